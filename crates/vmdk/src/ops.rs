@@ -1,0 +1,346 @@
+//! Whole-disk operations: commit, extend, rename, delete, inflate, punch zeros.
+
+use crate::create::{split_name, CreateSpec, DiskFormat, PROVISIONING_KEY};
+use crate::descriptor::{CreateType, ExtentType};
+use crate::disk::Disk;
+use crate::error::{Error, Result};
+use crate::extent::BlockState;
+use crate::fileio::{is_zero, sync_dir, PathFile};
+use crate::link::{read_descriptor, write_descriptor, Link, OpenOptions};
+use crate::progress::Progress;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+/// Commit the top link of the chain at `child` into its parent, then delete the child's files.
+///
+/// `above`, when given, is a disk whose parent is `child`: it is re-pointed at the parent
+/// (parentFileNameHint and parentCID). The parent keeps its CID, so at every moment of a
+/// crash the chain still reads the same: first the parent holds the child's data under
+/// the child, then `above` skips the child, then the child goes. Returns the parent's path.
+///
+/// The caller guarantees the parent has no other children (it is written).
+pub fn commit(child: &Path, above: Option<&Path>, opts: &OpenOptions, progress: &mut dyn Progress) -> Result<PathBuf> {
+    let mut src = Disk::open(child, &OpenOptions { writable: false, ..opts.clone() })?;
+    let Some(parent_link) = src.links().get(1) else {
+        return Err(Error::InvalidArgument(format!("{}: has no parent to commit into", child.display())));
+    };
+    let parent_path = parent_link.path().to_path_buf();
+    let mut dst = Disk::open(&parent_path, &OpenOptions { writable: true, ..opts.clone() })?;
+    dst.keep_cid();
+    let capacity = src.capacity();
+    progress.start(capacity);
+    let mut buf = vec![0u8; 4 << 20];
+    let mut pos = 0u64;
+    while pos < capacity {
+        let run = src.map_top(pos, buf.len() as u64)?;
+        let n = usize::try_from(run.len).unwrap_or(buf.len()).min(buf.len());
+        match run.state {
+            BlockState::Data => {
+                src.read_at(pos, &mut buf[..n])?;
+                dst.write_at(pos, &buf[..n])?;
+            }
+            BlockState::Zero => zero_range(&mut dst, pos, n as u64, &mut buf)?,
+            BlockState::Unallocated => {}
+        }
+        pos += n as u64;
+        if progress.advance(n as u64) == ControlFlow::Break(()) {
+            return Err(Error::Cancelled);
+        }
+    }
+    dst.close()?;
+    if let Some(above) = above {
+        let (mut d, store) = read_descriptor(above)?;
+        let (pd, _) = read_descriptor(&parent_path)?;
+        d.parent_cid = pd.cid;
+        d.parent_file_name_hint = Some(crate::create::relative_hint(above, &parent_path)?);
+        write_descriptor(above, store, &d)?;
+    }
+    let files = src.links()[0].files();
+    drop(src);
+    remove_files(&files)?;
+    progress.finish();
+    Ok(parent_path)
+}
+
+/// Make `[offset, offset+len)` read as zeros in `disk`, writing only where it does not already.
+fn zero_range(disk: &mut Disk, offset: u64, len: u64, buf: &mut [u8]) -> Result<()> {
+    let mut pos = offset;
+    let end = offset + len;
+    while pos < end {
+        let run = disk.map(pos, end - pos)?;
+        if run.state == BlockState::Data {
+            let n = usize::try_from(run.len).unwrap_or(buf.len()).min(buf.len());
+            buf[..n].fill(0);
+            disk.write_at(pos, &buf[..n])?;
+            pos += n as u64;
+        } else {
+            pos += run.len;
+        }
+    }
+    Ok(())
+}
+
+fn remove_files(files: &[PathBuf]) -> Result<()> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for f in files {
+        match std::fs::remove_file(f) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(f, "remove", e)),
+        }
+        let dir = f.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    }
+    dirs.iter().try_for_each(|d| sync_dir(d))
+}
+
+/// The files of the disk at `path` (its own link only: descriptor and extents).
+pub fn link_files(path: &Path) -> Result<Vec<PathBuf>> {
+    let (d, _) = read_descriptor(path)?;
+    let mut files = vec![path.to_path_buf()];
+    for e in &d.extents {
+        if let Some(name) = &e.file {
+            let f = crate::link::resolve_name(path, name, "extent", false)?;
+            if !files.contains(&f) {
+                files.push(f);
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// Delete a disk: its descriptor and every extent file (never its parents; a device behind
+/// a mapping file is not touched, only the mapping).
+pub fn delete(path: &Path) -> Result<()> {
+    remove_files(&link_files(path)?)
+}
+
+/// Rename a disk and its extent files, rewriting its descriptor. Extents whose names start
+/// with the old base name get the new one (`old-flat.vmdk` → `new-flat.vmdk`).
+pub fn rename(old: &Path, new: &Path) -> Result<()> {
+    let (old_dir, old_stem) = split_name(old)?;
+    let (new_dir, new_stem) = split_name(new)?;
+    if new.symlink_metadata().is_ok() {
+        return Err(Error::AlreadyExists { path: new.to_path_buf() });
+    }
+    let (mut d, store) = read_descriptor(old)?;
+    let mut moves: Vec<(PathBuf, PathBuf)> = Vec::new();
+    for e in d.extents.iter_mut() {
+        let Some(name) = e.file.clone() else { continue };
+        let from = crate::link::resolve_name(old, &name, "extent", false)?;
+        if from == old {
+            e.file = Some(crate::link::file_name_of(new));
+            continue;
+        }
+        let new_name = match name.strip_prefix(&old_stem) {
+            Some(rest) => format!("{new_stem}{rest}"),
+            None => name.clone(),
+        };
+        let to = new_dir.join(&new_name);
+        if to.symlink_metadata().is_ok() && from != to {
+            return Err(Error::AlreadyExists { path: to });
+        }
+        e.file = Some(new_name);
+        moves.push((from, to));
+    }
+    // Data files first, then the descriptor: a crash leaves the old descriptor naming files
+    // that moved, which check reports; never a descriptor naming files that do not exist yet
+    // under the new name.
+    for (from, to) in &moves {
+        std::fs::rename(from, to).map_err(|e| Error::io(from, "rename", e))?;
+    }
+    match store {
+        crate::link::DescriptorStore::Standalone => {
+            crate::fileio::write_atomic(new, d.to_text().as_bytes())?;
+            std::fs::remove_file(old).map_err(|e| Error::io(old, "remove", e))?;
+        }
+        crate::link::DescriptorStore::Embedded => {
+            std::fs::rename(old, new).map_err(|e| Error::io(old, "rename", e))?;
+            write_descriptor(new, store, &d)?;
+        }
+    }
+    sync_dir(&new_dir)?;
+    if old_dir != new_dir {
+        sync_dir(&old_dir)?;
+    }
+    Ok(())
+}
+
+fn refuse_children_and_chains(path: &Path, d: &crate::descriptor::Descriptor, what: &str) -> Result<()> {
+    if d.has_parent() {
+        return Err(Error::unsupported(path, format!("cannot {what} a disk that has a parent (a snapshot redo log)")));
+    }
+    Ok(())
+}
+
+/// Grow a disk to `new_capacity` bytes (never shrink). Flat layouts grow in place; sparse
+/// ones are rewritten into a larger disk of the same format which then replaces the old.
+pub fn extend(path: &Path, new_capacity: u64, progress: &mut dyn Progress) -> Result<()> {
+    let (mut d, store) = read_descriptor(path)?;
+    refuse_children_and_chains(path, &d, "extend")?;
+    let old = d.capacity_bytes();
+    if !new_capacity.is_multiple_of(512) {
+        return Err(Error::InvalidArgument(format!("new size {new_capacity} is not a multiple of 512 bytes")));
+    }
+    if new_capacity < old {
+        return Err(Error::InvalidArgument(format!(
+            "{}: new size {new_capacity} is smaller than the current {old} bytes: disks are never shrunk",
+            path.display()
+        )));
+    }
+    if new_capacity > crate::magic::MAX_CAPACITY_BYTES {
+        return Err(Error::InvalidArgument(format!("new size {new_capacity} exceeds the 64 TiB limit")));
+    }
+    if new_capacity == old {
+        return Ok(());
+    }
+    let format = DiskFormat::of_descriptor(&d)
+        .ok_or_else(|| Error::unsupported(path, format!("cannot extend a {} disk", d.create_type)))?;
+    match format {
+        DiskFormat::ZeroedThick | DiskFormat::EagerZeroedThick | DiskFormat::Thin | DiskFormat::MonoFlat
+            if d.extents.len() == 1 =>
+        {
+            let name = d.extents[0].file.clone().unwrap_or_default();
+            let flat = crate::link::resolve_name(path, &name, "extent", false)?;
+            let f = PathFile::open(&flat, true)?;
+            let base = d.extents[0].offset_sectors.saturating_mul(512);
+            match format {
+                DiskFormat::ZeroedThick => {
+                    f.set_len(base + new_capacity)?;
+                    crate::flat::preallocate(&f, base + new_capacity)?
+                }
+                DiskFormat::EagerZeroedThick => {
+                    let zeros = vec![0u8; 1 << 20];
+                    let mut pos = base + old;
+                    while pos < base + new_capacity {
+                        let n = (base + new_capacity - pos).min(zeros.len() as u64);
+                        f.write_all_at(&zeros[..n as usize], pos)?;
+                        pos += n;
+                    }
+                }
+                _ => f.set_len(base + new_capacity)?,
+            }
+            f.sync_all()?;
+            d.extents[0].sectors = new_capacity / 512;
+            update_geometry(&mut d, new_capacity);
+            write_descriptor(path, store, &d)
+        }
+        _ => rewrite_as(path, &CreateSpec { capacity_bytes: new_capacity, ..spec_of(&d, format) }, progress),
+    }
+}
+
+fn spec_of(d: &crate::descriptor::Descriptor, format: DiskFormat) -> CreateSpec {
+    let adapter = d.ddb_value("ddb.adapterType").and_then(|a| crate::create::AdapterType::parse(a).ok()).unwrap_or_default();
+    CreateSpec { capacity_bytes: d.capacity_bytes(), format, adapter, extra_ddb: Vec::new() }
+}
+
+fn update_geometry(d: &mut crate::descriptor::Descriptor, capacity: u64) {
+    let heads = d.ddb_value("ddb.geometry.heads").and_then(|h| h.parse::<u64>().ok()).filter(|&h| h > 0).unwrap_or(255);
+    let sectors = d.ddb_value("ddb.geometry.sectors").and_then(|h| h.parse::<u64>().ok()).filter(|&s| s > 0).unwrap_or(63);
+    let cylinders = (capacity / 512 / (heads * sectors)).clamp(1, 65535);
+    d.set_ddb("ddb.geometry.cylinders", cylinders.to_string());
+}
+
+/// Replace the disk at `path` by a converted copy made per `spec` (same name afterwards).
+fn rewrite_as(path: &Path, spec: &CreateSpec, progress: &mut dyn Progress) -> Result<()> {
+    let (dir, stem) = split_name(path)?;
+    let tmp = dir.join(format!("{stem}-vcbtmp.vmdk"));
+    if tmp.exists() {
+        delete(&tmp)?;
+    }
+    {
+        let mut src = Disk::open(path, &OpenOptions::read_only())?;
+        crate::convert::convert(&mut src, &tmp, spec, progress)?;
+    }
+    delete(path)?;
+    rename(&tmp, path)
+}
+
+/// Turn a thin disk into an eagerzeroedthick one: every hole is written with zeros.
+pub fn inflate(path: &Path, progress: &mut dyn Progress) -> Result<()> {
+    let (mut d, store) = read_descriptor(path)?;
+    let format = DiskFormat::of_descriptor(&d);
+    if !matches!(format, Some(DiskFormat::Thin | DiskFormat::ZeroedThick | DiskFormat::EagerZeroedThick)) {
+        return Err(Error::unsupported(path, format!("inflate works on vmfs flat disks, not {}", d.create_type)));
+    }
+    let mut link = Link::open(path, true, &OpenOptions::writable())?;
+    let capacity = link.capacity();
+    progress.start(capacity);
+    let zeros = vec![0u8; 1 << 20];
+    let mut pos = 0;
+    while pos < capacity {
+        let (state, len) = link.map(pos, zeros.len() as u64)?;
+        if state != BlockState::Data {
+            link.write_extent(pos, &zeros[..len as usize], &mut crate::extent::ZeroBacking)?;
+        }
+        pos += len;
+        if progress.advance(len) == ControlFlow::Break(()) {
+            link.flush()?;
+            return Err(Error::Cancelled);
+        }
+    }
+    link.close()?;
+    d.ddb.retain(|(k, _)| !k.eq_ignore_ascii_case("ddb.thinProvisioned"));
+    d.set_ddb(PROVISIONING_KEY, "eagerzeroedthick");
+    write_descriptor(path, store, &d)?;
+    progress.finish();
+    Ok(())
+}
+
+/// Deallocate all-zero blocks. Flat files get holes punched (64 KiB granularity); a sparse
+/// disk without a parent is rewritten compacted. Returns the bytes freed on the host.
+pub fn punch_zero(path: &Path, progress: &mut dyn Progress) -> Result<u64> {
+    let (d, _) = read_descriptor(path)?;
+    refuse_children_and_chains(path, &d, "punch zeros in")?;
+    let before = Disk::open(path, &OpenOptions::read_only())?.links()[0].allocated_file_bytes();
+    let flat = d.extents.iter().all(|e| matches!(e.kind, ExtentType::Flat | ExtentType::Vmfs));
+    if flat {
+        let mut link = Link::open(path, false, &OpenOptions::read_only())?;
+        let capacity = link.capacity();
+        progress.start(capacity);
+        let block = 64u64 << 10;
+        let mut buf = vec![0u8; block as usize];
+        let mut pos = 0;
+        while pos < capacity {
+            let (state, len) = link.map(pos, block - pos % block)?;
+            if state == BlockState::Data {
+                let n = len as usize;
+                link.read_data(pos, &mut buf[..n])?;
+                if is_zero(&buf[..n]) {
+                    punch_in_link(path, &d, pos, len)?;
+                }
+            }
+            pos += len;
+            if progress.advance(len) == ControlFlow::Break(()) {
+                return Err(Error::Cancelled);
+            }
+        }
+        progress.finish();
+    } else {
+        let format = DiskFormat::of_descriptor(&d)
+            .ok_or_else(|| Error::unsupported(path, format!("cannot punch zeros in a {} disk", d.create_type)))?;
+        if d.create_type == CreateType::StreamOptimized {
+            return Err(Error::unsupported(path, "streamOptimized disks are write-once"));
+        }
+        rewrite_as(path, &spec_of(&d, format), progress)?;
+    }
+    let after = Disk::open(path, &OpenOptions::read_only())?.links()[0].allocated_file_bytes();
+    Ok(before.saturating_sub(after))
+}
+
+fn punch_in_link(path: &Path, d: &crate::descriptor::Descriptor, offset: u64, len: u64) -> Result<()> {
+    let mut start = 0u64;
+    for e in &d.extents {
+        let size = e.sectors * 512;
+        if offset < start + size {
+            let name = e.file.clone().unwrap_or_default();
+            let file = crate::link::resolve_name(path, &name, "extent", false)?;
+            let f = PathFile::open(&file, true)?;
+            return crate::flat::punch_hole(&f, e.offset_sectors * 512 + (offset - start), len);
+        }
+        start += size;
+    }
+    Ok(())
+}
