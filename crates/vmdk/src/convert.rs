@@ -22,7 +22,12 @@ const ZERO_BLOCK: usize = 64 << 10;
 /// Convert `src` (any opened disk or chain) into a new disk at `dst` per `spec`.
 /// `spec.capacity_bytes` of 0 means "the source's capacity"; a larger one grows the disk.
 /// On error or cancellation every file created at `dst` is removed.
-pub fn convert(src: &mut Disk, dst: &Path, spec: &CreateSpec, progress: &mut dyn Progress) -> Result<()> {
+pub fn convert(
+    src: &mut Disk,
+    dst: &Path,
+    spec: &CreateSpec,
+    progress: &mut dyn Progress,
+) -> Result<()> {
     let mut spec = spec.clone();
     if spec.capacity_bytes == 0 {
         spec.capacity_bytes = src.capacity();
@@ -60,13 +65,21 @@ fn convert_into_new(src: &mut Disk, dst: &Path, progress: &mut dyn Progress) -> 
     out.close()
 }
 
-fn convert_to_stream(src: &mut Disk, dst: &Path, spec: &CreateSpec, progress: &mut dyn Progress) -> Result<()> {
+fn convert_to_stream(
+    src: &mut Disk,
+    dst: &Path,
+    spec: &CreateSpec,
+    progress: &mut dyn Progress,
+) -> Result<()> {
     let (_, name) = crate::create::split_name(dst)?;
     let mut d = crate::descriptor::Descriptor::new(crate::descriptor::CreateType::StreamOptimized);
     d.ddb = vec![
         ("ddb.virtualHWVersion".into(), "4".into()),
         ("ddb.adapterType".into(), spec.adapter.as_str().into()),
-        ("ddb.longContentID".into(), crate::descriptor::random_long_content_id()),
+        (
+            "ddb.longContentID".into(),
+            crate::descriptor::random_long_content_id(),
+        ),
     ];
     d.extents.push(crate::descriptor::ExtentLine {
         access: crate::descriptor::Access::Rw,
@@ -86,8 +99,23 @@ fn convert_to_stream(src: &mut Disk, dst: &Path, spec: &CreateSpec, progress: &m
     w.finish()
 }
 
+/// Buffers in flight between the reader thread and the writer: bounds memory to
+/// `PIPELINE_DEPTH × COPY_CHUNK` while letting reads and writes overlap.
+const PIPELINE_DEPTH: usize = 3;
+
+/// What the reader thread hands to the writer: a range that needs no writing (`data` None)
+/// or one read from the source.
+struct Piece {
+    /// Where `data` starts (grain aligned, at or before the reader's position).
+    offset: u64,
+    /// Bytes of progress: from the reader's position to the end of this piece.
+    len: u64,
+    data: Option<Vec<u8>>,
+}
+
 /// Walk `src`, calling `write(offset, bytes)` for every grain-aligned run of non-zero data,
-/// in increasing offset order.
+/// in increasing offset order. Reading runs on a second thread so that reading the source
+/// and writing the destination overlap (as qemu-img's parallel requests do).
 pub(crate) fn copy_data(
     src: &mut Disk,
     progress: &mut dyn Progress,
@@ -95,35 +123,92 @@ pub(crate) fn copy_data(
 ) -> Result<()> {
     let capacity = src.capacity();
     progress.start(capacity);
-    let mut buf = vec![0u8; COPY_CHUNK];
-    let grain = ZERO_BLOCK as u64;
-    let mut pos = 0u64;
-    while pos < capacity {
-        let run = src.map(pos, COPY_CHUNK as u64)?;
-        let next = if run.state == BlockState::Data {
-            // Widen to whole grains so zero detection and stream grains line up; a grain
-            // is read once even when several runs start inside it.
-            let start = pos - pos % grain;
-            let end = (pos + run.len).div_ceil(grain).saturating_mul(grain).min(capacity).min(start + COPY_CHUNK as u64);
-            let piece = &mut buf[..usize::try_from(end - start).unwrap_or(COPY_CHUNK)];
-            src.read_at(start, piece)?;
-            write_nonzero(start, piece, &mut write)?;
-            end
-        } else {
-            pos + run.len
-        };
-        if progress.advance(next - pos) == ControlFlow::Break(()) {
-            return Err(Error::Cancelled);
+    let (to_writer, from_reader) = std::sync::mpsc::sync_channel::<Result<Piece>>(PIPELINE_DEPTH);
+    let (recycle, spare) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|scope| {
+        scope.spawn(move || read_pieces(src, &to_writer, &spare));
+        for piece in from_reader {
+            let piece = piece?;
+            if let Some(data) = piece.data {
+                write_nonzero(piece.offset, &data, &mut write)?;
+                let _ = recycle.send(data);
+            }
+            if progress.advance(piece.len) == ControlFlow::Break(()) {
+                return Err(Error::Cancelled);
+            }
         }
-        pos = next;
-    }
+        Ok(())
+    })?;
     progress.finish();
     Ok(())
 }
 
+/// The reader side of [`copy_data`]: stops at the first error or when the writer hangs up.
+fn read_pieces(
+    src: &mut Disk,
+    out: &std::sync::mpsc::SyncSender<Result<Piece>>,
+    spare: &std::sync::mpsc::Receiver<Vec<u8>>,
+) {
+    let capacity = src.capacity();
+    let grain = ZERO_BLOCK as u64;
+    let mut allocated = 0usize;
+    let mut pos = 0u64;
+    while pos < capacity {
+        let piece = (|| {
+            let run = src.map(pos, COPY_CHUNK as u64)?;
+            if run.state != BlockState::Data {
+                return Ok(Piece {
+                    offset: pos,
+                    len: run.len,
+                    data: None,
+                });
+            }
+            // Widen to whole grains so zero detection and stream grains line up; a grain
+            // is read once even when several runs start inside it.
+            let start = pos - pos % grain;
+            let end = (pos + run.len)
+                .div_ceil(grain)
+                .saturating_mul(grain)
+                .min(capacity)
+                .min(start + COPY_CHUNK as u64);
+            let mut buf = match spare.try_recv() {
+                Ok(b) => b,
+                // At most PIPELINE_DEPTH + 2 buffers ever exist: the channel's, one being
+                // written, one being read.
+                Err(_) if allocated <= PIPELINE_DEPTH + 2 => {
+                    allocated += 1;
+                    vec![0u8; COPY_CHUNK]
+                }
+                Err(_) => spare.recv().map_err(|_| Error::Cancelled)?,
+            };
+            buf.resize(usize::try_from(end - start).unwrap_or(COPY_CHUNK), 0);
+            src.read_at(start, &mut buf)?;
+            Ok(Piece {
+                offset: start,
+                len: end - pos,
+                data: Some(buf),
+            })
+        })();
+        // `len` counts from `pos` (progress); `offset` may lie before it (grain alignment).
+        let next = match &piece {
+            Ok(p) => pos + p.len,
+            Err(_) => capacity,
+        };
+        let stop = piece.is_err();
+        if out.send(piece).is_err() || stop {
+            return;
+        }
+        pos = next;
+    }
+}
+
 /// Call `write` for each maximal run of non-zero `ZERO_BLOCK`s in `data` (aligned to
 /// absolute grain boundaries).
-fn write_nonzero(offset: u64, data: &[u8], write: &mut impl FnMut(u64, &[u8]) -> Result<()>) -> Result<()> {
+fn write_nonzero(
+    offset: u64,
+    data: &[u8],
+    write: &mut impl FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<()> {
     let mut i = 0usize;
     let mut run_start: Option<usize> = None;
     while i < data.len() {

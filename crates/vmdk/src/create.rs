@@ -55,7 +55,10 @@ impl DiskFormat {
     pub fn parse(s: &str) -> Result<Self> {
         let lower = s.to_ascii_lowercase();
         let device = |prefix: &str| -> Option<PathBuf> {
-            lower.strip_prefix(prefix).map(|_| PathBuf::from(&s[prefix.len()..])).filter(|p| !p.as_os_str().is_empty())
+            lower
+                .strip_prefix(prefix)
+                .map(|_| PathBuf::from(&s[prefix.len()..]))
+                .filter(|p| !p.as_os_str().is_empty())
         };
         if let Some(d) = device("rdmp:") {
             return Ok(DiskFormat::RdmPassthrough(d));
@@ -103,7 +106,9 @@ impl DiskFormat {
     /// The createType written for this format.
     pub fn create_type(&self) -> CreateType {
         match self {
-            DiskFormat::ZeroedThick | DiskFormat::EagerZeroedThick | DiskFormat::Thin => CreateType::Vmfs,
+            DiskFormat::ZeroedThick | DiskFormat::EagerZeroedThick | DiskFormat::Thin => {
+                CreateType::Vmfs
+            }
             DiskFormat::TwoGbSparse => CreateType::TwoGbMaxExtentSparse,
             DiskFormat::MonoSparse => CreateType::MonolithicSparse,
             DiskFormat::MonoFlat => CreateType::MonolithicFlat,
@@ -126,8 +131,13 @@ impl DiskFormat {
     /// Recognise the format of an opened disk's top descriptor.
     pub fn of_descriptor(d: &Descriptor) -> Option<DiskFormat> {
         Some(match d.create_type {
-            CreateType::Vmfs | CreateType::VmfsPreallocated | CreateType::VmfsEagerZeroedThick | CreateType::VmfsThin => {
-                if d.ddb_value("ddb.thinProvisioned") == Some("1") || d.create_type == CreateType::VmfsThin {
+            CreateType::Vmfs
+            | CreateType::VmfsPreallocated
+            | CreateType::VmfsEagerZeroedThick
+            | CreateType::VmfsThin => {
+                if d.ddb_value("ddb.thinProvisioned") == Some("1")
+                    || d.create_type == CreateType::VmfsThin
+                {
                     DiskFormat::Thin
                 } else if d.ddb_value(PROVISIONING_KEY) == Some("eagerzeroedthick")
                     || d.create_type == CreateType::VmfsEagerZeroedThick
@@ -173,7 +183,11 @@ impl AdapterType {
             "buslogic" => AdapterType::BusLogic,
             "lsilogic" => AdapterType::LsiLogic,
             "legacyesx" => AdapterType::LegacyEsx,
-            _ => return Err(Error::InvalidArgument(format!("unknown adapter type {s:?} (ide, buslogic, lsilogic, legacyESX)"))),
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown adapter type {s:?} (ide, buslogic, lsilogic, legacyESX)"
+                )))
+            }
         })
     }
 
@@ -204,7 +218,12 @@ pub struct CreateSpec {
 impl CreateSpec {
     /// A spec with the default adapter.
     pub fn new(capacity_bytes: u64, format: DiskFormat) -> Self {
-        CreateSpec { capacity_bytes, format, adapter: AdapterType::default(), extra_ddb: Vec::new() }
+        CreateSpec {
+            capacity_bytes,
+            format,
+            adapter: AdapterType::default(),
+            extra_ddb: Vec::new(),
+        }
     }
 }
 
@@ -215,8 +234,14 @@ pub(crate) fn split_name(path: &Path) -> Result<(PathBuf, String)> {
         .and_then(|n| n.to_str())
         .and_then(|n| n.strip_suffix(".vmdk").or(Some(n)))
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| Error::InvalidArgument(format!("{}: not a usable disk file name", path.display())))?;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!("{}: not a usable disk file name", path.display()))
+        })?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
     Ok((dir, stem.to_string()))
 }
 
@@ -230,22 +255,35 @@ fn base_ddb(capacity: u64, adapter: AdapterType) -> Vec<(String, String)> {
         ("ddb.geometry.sectors".into(), "63".into()),
         ("ddb.adapterType".into(), adapter.as_str().into()),
         ("ddb.uuid".into(), crate::descriptor::random_ddb_uuid()),
-        ("ddb.longContentID".into(), crate::descriptor::random_long_content_id()),
+        (
+            "ddb.longContentID".into(),
+            crate::descriptor::random_long_content_id(),
+        ),
     ]
 }
 
 fn check_capacity(capacity: u64) -> Result<()> {
     if capacity == 0 || !capacity.is_multiple_of(SECTOR) {
-        return Err(Error::InvalidArgument(format!("capacity {capacity} bytes is not a positive multiple of 512")));
+        return Err(Error::InvalidArgument(format!(
+            "capacity {capacity} bytes is not a positive multiple of 512"
+        )));
     }
     if capacity > crate::magic::MAX_CAPACITY_BYTES {
-        return Err(Error::InvalidArgument(format!("capacity {capacity} bytes exceeds the 64 TiB limit")));
+        return Err(Error::InvalidArgument(format!(
+            "capacity {capacity} bytes exceeds the 64 TiB limit"
+        )));
     }
     Ok(())
 }
 
 fn extent(kind: ExtentType, bytes: u64, file: String) -> ExtentLine {
-    ExtentLine { access: Access::Rw, sectors: bytes / SECTOR, kind, file: Some(file), offset_sectors: 0 }
+    ExtentLine {
+        access: Access::Rw,
+        sectors: bytes / SECTOR,
+        kind,
+        file: Some(file),
+        offset_sectors: 0,
+    }
 }
 
 /// Sizes of the pieces of a split disk.
@@ -275,7 +313,9 @@ pub fn create(path: &Path, spec: &CreateSpec) -> Result<()> {
 
 fn create_inner(path: &Path, spec: &CreateSpec, created: &mut Vec<PathBuf>) -> Result<()> {
     if path.symlink_metadata().is_ok() {
-        return Err(Error::AlreadyExists { path: path.to_path_buf() });
+        return Err(Error::AlreadyExists {
+            path: path.to_path_buf(),
+        });
     }
     let (dir, name) = split_name(path)?;
     let capacity = match spec.format.device() {
@@ -292,7 +332,10 @@ fn create_inner(path: &Path, spec: &CreateSpec, created: &mut Vec<PathBuf>) -> R
         d.set_ddb(k, v.clone());
     }
     match &spec.format {
-        DiskFormat::ZeroedThick | DiskFormat::EagerZeroedThick | DiskFormat::Thin | DiskFormat::MonoFlat => {
+        DiskFormat::ZeroedThick
+        | DiskFormat::EagerZeroedThick
+        | DiskFormat::Thin
+        | DiskFormat::MonoFlat => {
             let flat_name = format!("{name}-flat.vmdk");
             let flat_path = dir.join(&flat_name);
             let f = PathFile::create_new(&flat_path)?;
@@ -303,7 +346,11 @@ fn create_inner(path: &Path, spec: &CreateSpec, created: &mut Vec<PathBuf>) -> R
                 _ => f.set_len(capacity)?,
             }
             f.sync_all()?;
-            let kind = if spec.format == DiskFormat::MonoFlat { ExtentType::Flat } else { ExtentType::Vmfs };
+            let kind = if spec.format == DiskFormat::MonoFlat {
+                ExtentType::Flat
+            } else {
+                ExtentType::Vmfs
+            };
             d.extents.push(extent(kind, capacity, flat_name));
             if spec.format == DiskFormat::Thin {
                 d.set_ddb("ddb.thinProvisioned", "1");
@@ -331,13 +378,15 @@ fn create_inner(path: &Path, spec: &CreateSpec, created: &mut Vec<PathBuf>) -> R
             }
         }
         DiskFormat::MonoSparse => {
-            d.extents.push(extent(ExtentType::Sparse, capacity, format!("{name}.vmdk")));
+            d.extents
+                .push(extent(ExtentType::Sparse, capacity, format!("{name}.vmdk")));
             crate::sparse::create(path, capacity, &sparse_opts(Some(d.to_text())))?;
             created.push(path.to_path_buf());
             return sync_dir(&dir);
         }
         DiskFormat::StreamOptimized => {
-            d.extents.push(extent(ExtentType::Sparse, capacity, format!("{name}.vmdk")));
+            d.extents
+                .push(extent(ExtentType::Sparse, capacity, format!("{name}.vmdk")));
             let w = crate::stream::StreamWriter::create(path, capacity, &d.to_text())?;
             created.push(path.to_path_buf());
             w.finish()?;
@@ -352,9 +401,14 @@ fn create_inner(path: &Path, spec: &CreateSpec, created: &mut Vec<PathBuf>) -> R
             let map_name = format!("{name}-{suffix}.vmdk");
             let map_path = dir.join(&map_name);
             let target = std::path::absolute(dev).map_err(|e| Error::io(dev, "resolve", e))?;
-            std::os::unix::fs::symlink(&target, &map_path).map_err(|e| Error::io(&map_path, "create mapping", e))?;
+            std::os::unix::fs::symlink(&target, &map_path)
+                .map_err(|e| Error::io(&map_path, "create mapping", e))?;
             created.push(map_path);
-            let kind = if suffix == "raw" { ExtentType::VmfsRaw } else { ExtentType::VmfsRdm };
+            let kind = if suffix == "raw" {
+                ExtentType::VmfsRaw
+            } else {
+                ExtentType::VmfsRdm
+            };
             d.extents.push(extent(kind, capacity, map_name));
         }
     }
@@ -372,7 +426,9 @@ fn sparse_opts(embedded: Option<String>) -> crate::sparse::CreateSparse {
 
 fn write_new_descriptor(path: &Path, d: &Descriptor, created: &mut Vec<PathBuf>) -> Result<()> {
     if path.symlink_metadata().is_ok() {
-        return Err(Error::AlreadyExists { path: path.to_path_buf() });
+        return Err(Error::AlreadyExists {
+            path: path.to_path_buf(),
+        });
     }
     write_atomic(path, d.to_text().as_bytes())?;
     created.push(path.to_path_buf());
@@ -416,12 +472,22 @@ pub fn create_child(parent: &Path, child: &Path, format: ChildFormat) -> Result<
     let mut d = Descriptor::new(create_type);
     d.parent_cid = pd.cid;
     d.parent_file_name_hint = Some(hint);
-    d.ddb = pd.ddb.iter().filter(|(k, _)| !k.eq_ignore_ascii_case("ddb.thinProvisioned")).cloned().collect();
-    d.set_ddb("ddb.longContentID", crate::descriptor::random_long_content_id());
+    d.ddb = pd
+        .ddb
+        .iter()
+        .filter(|(k, _)| !k.eq_ignore_ascii_case("ddb.thinProvisioned"))
+        .cloned()
+        .collect();
+    d.set_ddb(
+        "ddb.longContentID",
+        crate::descriptor::random_long_content_id(),
+    );
     let mut created = Vec::new();
     let result = (|| {
         if child.symlink_metadata().is_ok() {
-            return Err(Error::AlreadyExists { path: child.to_path_buf() });
+            return Err(Error::AlreadyExists {
+                path: child.to_path_buf(),
+            });
         }
         match format {
             ChildFormat::VmfsSparse => {
@@ -429,11 +495,13 @@ pub fn create_child(parent: &Path, child: &Path, format: ChildFormat) -> Result<
                 let delta_path = dir.join(&delta);
                 crate::cowd::create(&delta_path, capacity, crate::cowd::ESX_GRANULARITY_SECTORS)?;
                 created.push(delta_path);
-                d.extents.push(extent(ExtentType::VmfsSparse, capacity, delta));
+                d.extents
+                    .push(extent(ExtentType::VmfsSparse, capacity, delta));
                 write_new_descriptor(child, &d, &mut created)?;
             }
             ChildFormat::HostedSparse => {
-                d.extents.push(extent(ExtentType::Sparse, capacity, format!("{name}.vmdk")));
+                d.extents
+                    .push(extent(ExtentType::Sparse, capacity, format!("{name}.vmdk")));
                 crate::sparse::create(child, capacity, &sparse_opts(Some(d.to_text())))?;
                 created.push(child.to_path_buf());
             }

@@ -51,7 +51,10 @@ const CREATE_TYPES: &[(CreateType, &str)] = &[
     (CreateType::VmfsSparse, "vmfsSparse"),
     (CreateType::VmfsRaw, "vmfsRaw"),
     (CreateType::VmfsRawDeviceMap, "vmfsRawDeviceMap"),
-    (CreateType::VmfsPassthroughRawDeviceMap, "vmfsPassthroughRawDeviceMap"),
+    (
+        CreateType::VmfsPassthroughRawDeviceMap,
+        "vmfsPassthroughRawDeviceMap",
+    ),
     (CreateType::FullDevice, "fullDevice"),
     (CreateType::PartitionedDevice, "partitionedDevice"),
     (CreateType::Custom, "custom"),
@@ -61,12 +64,19 @@ const CREATE_TYPES: &[(CreateType, &str)] = &[
 impl CreateType {
     /// The name as written in descriptors.
     pub fn as_str(self) -> &'static str {
-        CREATE_TYPES.iter().find(|(t, _)| *t == self).map(|(_, s)| *s).unwrap_or("custom")
+        CREATE_TYPES
+            .iter()
+            .find(|(t, _)| *t == self)
+            .map(|(_, s)| *s)
+            .unwrap_or("custom")
     }
 
     /// Parse a createType value (case-insensitive, as VMware does).
     pub fn parse(s: &str) -> Option<Self> {
-        CREATE_TYPES.iter().find(|(_, n)| n.eq_ignore_ascii_case(s)).map(|(t, _)| *t)
+        CREATE_TYPES
+            .iter()
+            .find(|(_, n)| n.eq_ignore_ascii_case(s))
+            .map(|(t, _)| *t)
     }
 }
 
@@ -186,7 +196,12 @@ fn bad(path: &Path, line: usize, reason: impl Into<String>, text: &str) -> Error
         }
         text.truncate(cut);
     }
-    Error::BadDescriptor { path: path.to_path_buf(), line, reason: reason.into(), text }
+    Error::BadDescriptor {
+        path: path.to_path_buf(),
+        line,
+        reason: reason.into(),
+        text,
+    }
 }
 
 fn unquote(v: &str) -> &str {
@@ -225,10 +240,19 @@ impl Descriptor {
         let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
         let bytes = &bytes[..end];
         if bytes.len() > MAX_DESCRIPTOR_BYTES {
-            return Err(bad(path, 0, format!("descriptor larger than {MAX_DESCRIPTOR_BYTES} bytes"), ""));
+            return Err(bad(
+                path,
+                0,
+                format!("descriptor larger than {MAX_DESCRIPTOR_BYTES} bytes"),
+                "",
+            ));
         }
         let text = std::str::from_utf8(bytes).map_err(|e| {
-            let line = bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1;
+            let line = bytes[..e.valid_up_to()]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+                + 1;
             bad(path, line, "not valid UTF-8", "")
         })?;
         let mut d = Descriptor {
@@ -257,7 +281,12 @@ impl Descriptor {
                 continue;
             }
             let Some((k, v)) = line.split_once('=') else {
-                return Err(bad(path, lineno, "expected key=value or an extent line", line));
+                return Err(bad(
+                    path,
+                    lineno,
+                    "expected key=value or an extent line",
+                    line,
+                ));
             };
             let key = k.trim();
             let value = unquote(v);
@@ -266,7 +295,9 @@ impl Descriptor {
             }
             match key.to_ascii_lowercase().as_str() {
                 "version" => {
-                    d.version = value.parse().map_err(|_| bad(path, lineno, "version is not a number", line))?
+                    d.version = value
+                        .parse()
+                        .map_err(|_| bad(path, lineno, "version is not a number", line))?
                 }
                 "cid" => {
                     d.cid = parse_cid(path, lineno, value, line)?;
@@ -300,7 +331,9 @@ impl Descriptor {
 
     /// Capacity in bytes: the sum of the extent sizes.
     pub fn capacity_bytes(&self) -> u64 {
-        self.extents.iter().fold(0u64, |a, e| a.saturating_add(e.sectors.saturating_mul(512)))
+        self.extents
+            .iter()
+            .fold(0u64, |a, e| a.saturating_add(e.sectors.saturating_mul(512)))
     }
 
     /// Whether this link has a parent.
@@ -310,13 +343,20 @@ impl Descriptor {
 
     /// A disk database value.
     pub fn ddb_value(&self, key: &str) -> Option<&str> {
-        self.ddb.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.as_str())
+        self.ddb
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.as_str())
     }
 
     /// Set (replace or append) a disk database value.
     pub fn set_ddb(&mut self, key: &str, value: impl Into<String>) {
         let value = value.into();
-        match self.ddb.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(key)) {
+        match self
+            .ddb
+            .iter_mut()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        {
             Some(slot) => slot.1 = value,
             None => self.ddb.push((key.to_string(), value)),
         }
@@ -327,12 +367,20 @@ impl Descriptor {
         let mut s = String::with_capacity(512);
         let _ = writeln!(s, "{DESCRIPTOR_SIGNATURE}");
         let _ = writeln!(s, "version={}", self.version);
-        for (k, v) in self.header_extra.iter().filter(|(k, _)| k.eq_ignore_ascii_case("encoding")) {
+        for (k, v) in self
+            .header_extra
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("encoding"))
+        {
             let _ = writeln!(s, "{k}=\"{v}\"");
         }
         let _ = writeln!(s, "CID={:08x}", self.cid);
         let _ = writeln!(s, "parentCID={:08x}", self.parent_cid);
-        for (k, v) in self.header_extra.iter().filter(|(k, _)| !k.eq_ignore_ascii_case("encoding")) {
+        for (k, v) in self
+            .header_extra
+            .iter()
+            .filter(|(k, _)| !k.eq_ignore_ascii_case("encoding"))
+        {
             let _ = writeln!(s, "{k}=\"{v}\"");
         }
         let _ = writeln!(s, "createType=\"{}\"", self.create_type);
@@ -385,7 +433,9 @@ fn parse_extent_line(path: &Path, lineno: usize, line: &str) -> Result<ExtentLin
             (None, 0)
         }
         Some(rest) => {
-            let close = rest.find('"').ok_or_else(|| bad(path, lineno, "unterminated file name", line))?;
+            let close = rest
+                .find('"')
+                .ok_or_else(|| bad(path, lineno, "unterminated file name", line))?;
             let name = &rest[..close];
             if name.is_empty() {
                 return Err(bad(path, lineno, "empty extent file name", line));
@@ -405,7 +455,13 @@ fn parse_extent_line(path: &Path, lineno: usize, line: &str) -> Result<ExtentLin
     if sectors == 0 {
         return Err(bad(path, lineno, "extent of zero sectors", line));
     }
-    Ok(ExtentLine { access, sectors, kind, file, offset_sectors })
+    Ok(ExtentLine {
+        access,
+        sectors,
+        kind,
+        file,
+        offset_sectors,
+    })
 }
 
 /// A fresh random content ID (never the "no parent" value).
@@ -463,7 +519,10 @@ mod tests {
 
     #[test]
     fn tolerates_crlf_spaces_and_nul_padding() {
-        let mut raw = QEMU_FLAT.replace('\n', "\r\n").replace("CID=52b3c2a1", "CID = 52b3c2a1").into_bytes();
+        let mut raw = QEMU_FLAT
+            .replace('\n', "\r\n")
+            .replace("CID=52b3c2a1", "CID = 52b3c2a1")
+            .into_bytes();
         raw.extend_from_slice(&[0u8; 300]);
         let d = Descriptor::parse(&raw, p()).unwrap();
         assert_eq!(d.cid, 0x52b3c2a1);
@@ -471,7 +530,10 @@ mod tests {
 
     #[test]
     fn zero_extent_needs_no_file() {
-        let t = QEMU_FLAT.replace("RW 131072 FLAT \"t-flat.vmdk\" 0", "RW 100 ZERO\nRDONLY 28 SPARSE \"x.vmdk\"");
+        let t = QEMU_FLAT.replace(
+            "RW 131072 FLAT \"t-flat.vmdk\" 0",
+            "RW 100 ZERO\nRDONLY 28 SPARSE \"x.vmdk\"",
+        );
         let d = Descriptor::parse(t.as_bytes(), p()).unwrap();
         assert_eq!(d.extents[0].kind, ExtentType::Zero);
         assert_eq!(d.extents[1].access, Access::RdOnly);
@@ -485,7 +547,10 @@ mod tests {
     fn errors_name_file_and_line() {
         let e = err_of(&QEMU_FLAT.replace("CID=52b3c2a1", "CID=zz"));
         assert!(matches!(e, Error::BadDescriptor { line: 3, .. }), "{e}");
-        assert!(e.to_string().starts_with("t.vmdk: descriptor line 3"), "{e}");
+        assert!(
+            e.to_string().starts_with("t.vmdk: descriptor line 3"),
+            "{e}"
+        );
         let e = err_of(&QEMU_FLAT.replace("monolithicFlat", "bogus"));
         assert!(e.to_string().contains("unknown createType"), "{e}");
         let e = err_of(&QEMU_FLAT.replace("RW 131072 FLAT", "RW many FLAT"));

@@ -43,17 +43,31 @@ impl Disk {
             if !child.descriptor.has_parent() {
                 break;
             }
-            let hint = child.descriptor.parent_file_name_hint.as_deref().unwrap_or_default();
-            let parent_path = crate::link::resolve_name(&child.path, hint, "parent", opts.allow_outside_paths)?;
+            let hint = child
+                .descriptor
+                .parent_file_name_hint
+                .as_deref()
+                .unwrap_or_default();
+            let parent_path =
+                crate::link::resolve_name(&child.path, hint, "parent", opts.allow_outside_paths)?;
             if !parent_path.exists() {
-                return Err(Error::MissingParent { path: child.path.clone(), parent: parent_path });
+                return Err(Error::MissingParent {
+                    path: child.path.clone(),
+                    parent: parent_path,
+                });
             }
             let canon = canonical(&parent_path);
             if seen.contains(&canon) {
-                return Err(Error::ChainLoop { path: child.path.clone(), parent: parent_path });
+                return Err(Error::ChainLoop {
+                    path: child.path.clone(),
+                    parent: parent_path,
+                });
             }
             if links.len() >= MAX_CHAIN_DEPTH {
-                return Err(Error::ChainTooDeep { path: path.to_path_buf(), max: MAX_CHAIN_DEPTH });
+                return Err(Error::ChainTooDeep {
+                    path: path.to_path_buf(),
+                    max: MAX_CHAIN_DEPTH,
+                });
             }
             let parent = Link::open(&parent_path, false, opts)?;
             if parent.descriptor.cid != child.descriptor.parent_cid {
@@ -75,7 +89,11 @@ impl Disk {
             seen.push(canon);
             links.push(parent);
         }
-        Ok(Disk { links, capacity, closed: false })
+        Ok(Disk {
+            links,
+            capacity,
+            closed: false,
+        })
     }
 
     /// Open a raw image file (`.img`, `.raw`) as a one-link flat disk, read-only.
@@ -88,7 +106,11 @@ impl Disk {
             )));
         }
         let link = Link::raw(path, len)?;
-        Ok(Disk { links: vec![link], capacity: len, closed: false })
+        Ok(Disk {
+            links: vec![link],
+            capacity: len,
+            closed: false,
+        })
     }
 
     /// Capacity in bytes.
@@ -115,7 +137,12 @@ impl Disk {
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
         match offset.checked_add(len) {
             Some(end) if end <= self.capacity => Ok(()),
-            _ => Err(Error::OutOfRange { path: self.path().to_path_buf(), offset, len, capacity: self.capacity }),
+            _ => Err(Error::OutOfRange {
+                path: self.path().to_path_buf(),
+                offset,
+                len,
+                capacity: self.capacity,
+            }),
         }
     }
 
@@ -130,7 +157,10 @@ impl Disk {
         self.check_range(offset, data.len() as u64)?;
         let (top, below) = self.links.split_first_mut().expect("chain has a top link");
         if !top.writable {
-            return Err(Error::ReadOnly { path: top.path.clone(), reason: "disk opened read-only" });
+            return Err(Error::ReadOnly {
+                path: top.path.clone(),
+                reason: "disk opened read-only",
+            });
         }
         top.renew_cid()?;
         let mut backing = ChainBacking { links: below };
@@ -138,7 +168,8 @@ impl Disk {
         while done < data.len() {
             let pos = offset + done as u64;
             let end = top.extent_end(pos);
-            let n = usize::try_from((end - pos).min((data.len() - done) as u64)).unwrap_or(usize::MAX);
+            let n =
+                usize::try_from((end - pos).min((data.len() - done) as u64)).unwrap_or(usize::MAX);
             top.write_extent(pos, &data[done..done + n], &mut backing)?;
             done += n;
         }
@@ -174,9 +205,15 @@ impl Disk {
         let mut out: Vec<Run> = Vec::new();
         let mut pos = 0;
         while pos < self.capacity {
-            let r = if top_only { self.map_top(pos, u64::MAX)? } else { self.map(pos, u64::MAX)? };
+            let r = if top_only {
+                self.map_top(pos, u64::MAX)?
+            } else {
+                self.map(pos, u64::MAX)?
+            };
             match out.last_mut() {
-                Some(last) if last.state == r.state && last.offset + last.len == r.offset => last.len += r.len,
+                Some(last) if last.state == r.state && last.offset + last.len == r.offset => {
+                    last.len += r.len
+                }
                 _ => out.push(r),
             }
             pos += r.len;
@@ -186,7 +223,12 @@ impl Disk {
 
     /// Bytes in `Data` state across the chain.
     pub fn allocated_bytes(&mut self) -> Result<u64> {
-        Ok(self.allocation()?.iter().filter(|r| r.state == BlockState::Data).map(|r| r.len).sum())
+        Ok(self
+            .allocation()?
+            .iter()
+            .filter(|r| r.state == BlockState::Data)
+            .map(|r| r.len)
+            .sum())
     }
 
     /// Make writes durable (data before metadata, per extent).

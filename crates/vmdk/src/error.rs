@@ -20,7 +20,9 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The file ends before a structure it must contain.
-    #[error("{path}: truncated: {what} at byte {offset:#x} lies past end of file ({file_len} bytes)")]
+    #[error(
+        "{path}: truncated: {what} at byte {offset:#x} lies past end of file ({file_len} bytes)"
+    )]
     Truncated {
         /// The file concerned.
         path: PathBuf,
@@ -112,7 +114,9 @@ pub enum Error {
         found: u32,
     },
     /// Parent and child capacities differ.
-    #[error("{path}: capacity {child} bytes differs from parent {parent} ({parent_capacity} bytes)")]
+    #[error(
+        "{path}: capacity {child} bytes differs from parent {parent} ({parent_capacity} bytes)"
+    )]
     CapacityMismatch {
         /// The child's descriptor.
         path: PathBuf,
@@ -183,14 +187,24 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, op: &'static str, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), op, source }
+        Error::Io {
+            path: path.into(),
+            op,
+            source,
+        }
     }
 
     pub(crate) fn corrupt(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        Error::Corrupt { path: path.into(), reason: reason.into() }
+        Error::Corrupt {
+            path: path.into(),
+            reason: reason.into(),
+        }
     }
 
     pub(crate) fn unsupported(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        Error::Unsupported { path: path.into(), reason: reason.into() }
+        Error::Unsupported {
+            path: path.into(),
+            reason: reason.into(),
+        }
     }
 }

@@ -88,7 +88,10 @@ impl Extent for ZeroExtent {
         Ok(())
     }
     fn write_at(&mut self, _offset: u64, _data: &[u8], _backing: &mut dyn Backing) -> Result<()> {
-        Err(crate::Error::ReadOnly { path: self.descriptor.clone(), reason: "ZERO extents cannot be written" })
+        Err(crate::Error::ReadOnly {
+            path: self.descriptor.clone(),
+            reason: "ZERO extents cannot be written",
+        })
     }
     fn flush(&mut self) -> Result<()> {
         Ok(())

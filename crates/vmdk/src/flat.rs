@@ -15,14 +15,29 @@ pub struct FlatExtent {
     /// Whether SEEK_DATA/SEEK_HOLE may be used (regular files only).
     seekable_holes: bool,
     dirty: bool,
+    /// Bytes written since writeback was last started.
+    unkicked: u64,
 }
+
+/// Bytes written between two starts of asynchronous writeback.
+const WRITEBACK_KICK_BYTES: u64 = 8 << 20;
 
 impl FlatExtent {
     /// Open `path`, where the extent's bytes start at `offset_bytes` and span `len_bytes`.
     pub fn open(path: &Path, offset_bytes: u64, len_bytes: u64, writable: bool) -> Result<Self> {
         let file = PathFile::open(path, writable)?;
-        let meta = file.file().metadata().map_err(|e| Error::io(path, "stat", e))?;
-        Ok(FlatExtent { file, offset_bytes, len_bytes, seekable_holes: meta.is_file(), dirty: false })
+        let meta = file
+            .file()
+            .metadata()
+            .map_err(|e| Error::io(path, "stat", e))?;
+        Ok(FlatExtent {
+            file,
+            offset_bytes,
+            len_bytes,
+            seekable_holes: meta.is_file(),
+            dirty: false,
+            unkicked: 0,
+        })
     }
 
     /// Next data offset at or after `pos` (file offsets), or None if only a hole follows.
@@ -62,10 +77,19 @@ impl Extent for FlatExtent {
 
     fn write_at(&mut self, offset: u64, data: &[u8], _backing: &mut dyn Backing) -> Result<()> {
         if !self.file.writable() {
-            return Err(Error::ReadOnly { path: self.file.path().to_path_buf(), reason: "extent opened read-only" });
+            return Err(Error::ReadOnly {
+                path: self.file.path().to_path_buf(),
+                reason: "extent opened read-only",
+            });
         }
         self.dirty = true;
-        self.file.write_all_at(data, self.offset_bytes + offset)
+        self.file.write_all_at(data, self.offset_bytes + offset)?;
+        self.unkicked += data.len() as u64;
+        if self.unkicked >= WRITEBACK_KICK_BYTES {
+            self.file.start_writeback();
+            self.unkicked = 0;
+        }
+        Ok(())
     }
 
     fn flush(&mut self) -> Result<()> {
@@ -93,20 +117,32 @@ impl Extent for FlatExtent {
 pub fn device_size(path: &Path) -> Result<u64> {
     use std::io::{Seek, SeekFrom};
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, "open", e))?;
-    f.seek(SeekFrom::End(0)).map_err(|e| Error::io(path, "seek", e))
+    f.seek(SeekFrom::End(0))
+        .map_err(|e| Error::io(path, "seek", e))
 }
 
 /// Deallocate `len` bytes at `offset` in a regular file, keeping its size.
 pub fn punch_hole(file: &PathFile, offset: u64, len: u64) -> Result<()> {
     let (Ok(off), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
-        return Err(Error::InvalidArgument(format!("hole {offset}+{len} too large")));
+        return Err(Error::InvalidArgument(format!(
+            "hole {offset}+{len} too large"
+        )));
     };
     // SAFETY: fallocate on a valid descriptor; no memory is passed.
     let r = unsafe {
-        libc::fallocate(file.file().as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, off, l)
+        libc::fallocate(
+            file.file().as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off,
+            l,
+        )
     };
     if r != 0 {
-        return Err(Error::io(file.path(), "punch hole", std::io::Error::last_os_error()));
+        return Err(Error::io(
+            file.path(),
+            "punch hole",
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(())
 }

@@ -52,7 +52,13 @@ pub struct DiskInfo {
 
 /// Describe the disk at `path`.
 pub fn info(path: &Path, opts: &OpenOptions) -> Result<DiskInfo> {
-    let mut disk = Disk::open(path, &OpenOptions { writable: false, ..opts.clone() })?;
+    let mut disk = Disk::open(
+        path,
+        &OpenOptions {
+            writable: false,
+            ..opts.clone()
+        },
+    )?;
     let runs = disk.allocation()?;
     let sum = |s: BlockState| runs.iter().filter(|r| r.state == s).map(|r| r.len).sum();
     let top = disk.links()[0].descriptor().clone();
@@ -87,8 +93,18 @@ pub fn info(path: &Path, opts: &OpenOptions) -> Result<DiskInfo> {
 /// Check that the chain at `path` opens: parents present, CIDs linked, capacities equal,
 /// no loops. Returns the chain's descriptor paths, top first.
 pub fn chain_consistent(path: &Path, opts: &OpenOptions) -> Result<Vec<PathBuf>> {
-    let disk = Disk::open(path, &OpenOptions { writable: false, ..opts.clone() })?;
-    Ok(disk.links().iter().map(|l| l.path().to_path_buf()).collect())
+    let disk = Disk::open(
+        path,
+        &OpenOptions {
+            writable: false,
+            ..opts.clone()
+        },
+    )?;
+    Ok(disk
+        .links()
+        .iter()
+        .map(|l| l.path().to_path_buf())
+        .collect())
 }
 
 /// Check (and with `repair`, fix) the metadata of every extent of the disk at `path` (its
@@ -100,7 +116,11 @@ pub fn check(path: &Path, repair: bool, opts: &OpenOptions) -> Result<CheckRepor
         let Some(name) = &e.file else { continue };
         let file = resolve_name(path, name, "extent", opts.allow_outside_paths)?;
         if !file.exists() {
-            report.problem(format!("{}: extent file {} is missing", path.display(), file.display()));
+            report.problem(format!(
+                "{}: extent file {} is missing",
+                path.display(),
+                file.display()
+            ));
             continue;
         }
         match e.kind {
@@ -116,7 +136,10 @@ pub fn check(path: &Path, repair: bool, opts: &OpenOptions) -> Result<CheckRepor
                     ));
                     if repair {
                         crate::fileio::PathFile::open(&file, true)?.set_len(need)?;
-                        report.repaired(format!("{}: extended to {need} bytes (the tail reads as zeros)", file.display()));
+                        report.repaired(format!(
+                            "{}: extended to {need} bytes (the tail reads as zeros)",
+                            file.display()
+                        ));
                     }
                 }
             }

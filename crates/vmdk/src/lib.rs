@@ -42,7 +42,10 @@ pub mod stream;
 
 pub use check::CheckReport;
 pub use convert::convert;
-pub use create::{create, create_child, relative_hint, AdapterType, ChildFormat, CreateSpec, DiskFormat, PROVISIONING_KEY};
+pub use create::{
+    create, create_child, relative_hint, AdapterType, ChildFormat, CreateSpec, DiskFormat,
+    PROVISIONING_KEY,
+};
 pub use descriptor::{CreateType, Descriptor};
 pub use disk::{Disk, Run, MAX_CHAIN_DEPTH};
 pub use error::{Error, Result};
@@ -55,7 +58,11 @@ pub use progress::{Progress, Warning};
 /// Parse a size like `10G`, `512m`, `100k`, `4096` (bytes), `2T`, `8s` (sectors).
 pub fn parse_size(s: &str) -> Result<u64> {
     let t = s.trim();
-    let bad = || Error::InvalidArgument(format!("invalid size {s:?} (examples: 10G, 512m, 100k, 4096)"));
+    let bad = || {
+        Error::InvalidArgument(format!(
+            "invalid size {s:?} (examples: 10G, 512m, 100k, 4096)"
+        ))
+    };
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: u64 = num.parse().map_err(|_| bad())?;
@@ -83,7 +90,10 @@ mod tests {
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert_eq!(parse_size("8s").unwrap(), 4096);
         for bad in ["", "G", "10X", "-1G", "99999999999999999999T"] {
-            assert!(matches!(parse_size(bad), Err(Error::InvalidArgument(_))), "{bad}");
+            assert!(
+                matches!(parse_size(bad), Err(Error::InvalidArgument(_))),
+                "{bad}"
+            );
         }
     }
 }

@@ -28,7 +28,10 @@ impl OpenOptions {
 
     /// Writable top link, confined.
     pub fn writable() -> Self {
-        OpenOptions { writable: true, ..Default::default() }
+        OpenOptions {
+            writable: true,
+            ..Default::default()
+        }
     }
 }
 
@@ -65,7 +68,10 @@ pub fn read_descriptor(path: &Path) -> Result<(Descriptor, DescriptorStore)> {
     }
     if magic == KDMV_MAGIC {
         return match crate::sparse::read_embedded_descriptor(path)? {
-            Some(text) => Ok((Descriptor::parse(text.as_bytes(), path)?, DescriptorStore::Embedded)),
+            Some(text) => Ok((
+                Descriptor::parse(text.as_bytes(), path)?,
+                DescriptorStore::Embedded,
+            )),
             None => {
                 // A bare sparse extent without descriptor: describe it as monolithicSparse.
                 let cap = crate::sparse::header_capacity_bytes(path)?;
@@ -82,33 +88,54 @@ pub fn read_descriptor(path: &Path) -> Result<(Descriptor, DescriptorStore)> {
         };
     }
     if magic == COWD_MAGIC {
-        return Err(Error::unsupported(path, "a bare COWD redo-log extent: open its descriptor instead"));
+        return Err(Error::unsupported(
+            path,
+            "a bare COWD redo-log extent: open its descriptor instead",
+        ));
     }
     if len > crate::descriptor::MAX_DESCRIPTOR_BYTES as u64 {
-        return Err(Error::NotVmdk { path: path.to_path_buf() });
+        return Err(Error::NotVmdk {
+            path: path.to_path_buf(),
+        });
     }
     let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
     f.read_exact_at(&mut buf, 0, "descriptor")?;
-    let looks_like_text = buf.starts_with(b"#") || buf.windows(10).any(|w| w.eq_ignore_ascii_case(b"createType"));
+    let looks_like_text = buf.starts_with(b"#")
+        || buf
+            .windows(10)
+            .any(|w| w.eq_ignore_ascii_case(b"createType"));
     if !looks_like_text {
-        return Err(Error::NotVmdk { path: path.to_path_buf() });
+        return Err(Error::NotVmdk {
+            path: path.to_path_buf(),
+        });
     }
     Ok((Descriptor::parse(&buf, path)?, DescriptorStore::Standalone))
 }
 
 pub(crate) fn file_name_of(path: &Path) -> String {
-    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Resolve a file name from a descriptor relative to the descriptor's folder, refusing names
 /// that leave that folder unless allowed.
-pub fn resolve_name(descriptor_path: &Path, name: &str, kind: &'static str, allow_outside: bool) -> Result<PathBuf> {
+pub fn resolve_name(
+    descriptor_path: &Path,
+    name: &str,
+    kind: &'static str,
+    allow_outside: bool,
+) -> Result<PathBuf> {
     let dir = descriptor_path.parent().unwrap_or(Path::new(""));
     let candidate = Path::new(name);
     if allow_outside {
         return Ok(dir.join(candidate));
     }
-    let refuse = || Error::PathOutsideFolder { path: descriptor_path.to_path_buf(), kind, name: name.to_string() };
+    let refuse = || Error::PathOutsideFolder {
+        path: descriptor_path.to_path_buf(),
+        kind,
+        name: name.to_string(),
+    };
     if name.contains('\0') {
         return Err(refuse());
     }
@@ -116,11 +143,16 @@ pub fn resolve_name(descriptor_path: &Path, name: &str, kind: &'static str, allo
         // An absolute name is fine when it points into the descriptor's own folder.
         let abs_dir = std::path::absolute(dir).map_err(|e| Error::io(dir, "resolve", e))?;
         return match candidate.parent() {
-            Some(p) if p == abs_dir && candidate.file_name().is_some() => Ok(candidate.to_path_buf()),
+            Some(p) if p == abs_dir && candidate.file_name().is_some() => {
+                Ok(candidate.to_path_buf())
+            }
             _ => Err(refuse()),
         };
     }
-    if candidate.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+    if candidate
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
         return Err(refuse());
     }
     Ok(dir.join(candidate))
@@ -135,29 +167,49 @@ impl Link {
         let mut access = Vec::with_capacity(descriptor.extents.len());
         let mut pos = 0u64;
         for line in &descriptor.extents {
-            let len = line.sectors.checked_mul(SECTOR).ok_or_else(|| Error::BadDescriptor {
-                path: path.to_path_buf(),
-                line: 0,
-                reason: "extent size overflows".into(),
-                text: line.sectors.to_string(),
-            })?;
+            let len = line
+                .sectors
+                .checked_mul(SECTOR)
+                .ok_or_else(|| Error::BadDescriptor {
+                    path: path.to_path_buf(),
+                    line: 0,
+                    reason: "extent size overflows".into(),
+                    text: line.sectors.to_string(),
+                })?;
             let ext_writable = writable && line.access == Access::Rw;
             let extent: Box<dyn Extent> = match (line.kind, &line.file) {
-                (ExtentType::Zero, _) => Box::new(ZeroExtent { len_bytes: len, descriptor: path.to_path_buf() }),
+                (ExtentType::Zero, _) => Box::new(ZeroExtent {
+                    len_bytes: len,
+                    descriptor: path.to_path_buf(),
+                }),
                 (_, None) => return Err(Error::corrupt(path, "extent without a file name")),
                 (kind, Some(name)) => {
                     let file = resolve_name(path, name, "extent", opts.allow_outside_paths)?;
                     match kind {
-                        ExtentType::Flat | ExtentType::Vmfs | ExtentType::VmfsRdm | ExtentType::VmfsRaw => {
-                            let offset = line.offset_sectors.checked_mul(SECTOR).ok_or_else(|| {
-                                Error::corrupt(path, format!("extent offset {} overflows", line.offset_sectors))
-                            })?;
+                        ExtentType::Flat
+                        | ExtentType::Vmfs
+                        | ExtentType::VmfsRdm
+                        | ExtentType::VmfsRaw => {
+                            let offset =
+                                line.offset_sectors.checked_mul(SECTOR).ok_or_else(|| {
+                                    Error::corrupt(
+                                        path,
+                                        format!("extent offset {} overflows", line.offset_sectors),
+                                    )
+                                })?;
                             Box::new(FlatExtent::open(&file, offset, len, ext_writable)?)
                         }
-                        ExtentType::Sparse => Box::new(SparseExtent::open(&file, len, ext_writable)?),
-                        ExtentType::VmfsSparse => Box::new(CowdExtent::open(&file, len, ext_writable)?),
+                        ExtentType::Sparse => {
+                            Box::new(SparseExtent::open(&file, len, ext_writable)?)
+                        }
+                        ExtentType::VmfsSparse => {
+                            Box::new(CowdExtent::open(&file, len, ext_writable)?)
+                        }
                         ExtentType::SeSparse => {
-                            return Err(Error::unsupported(path, "seSparse extents are not supported"))
+                            return Err(Error::unsupported(
+                                path,
+                                "seSparse extents are not supported",
+                            ))
                         }
                         ExtentType::Zero => unreachable!("handled above"),
                     }
@@ -165,7 +217,9 @@ impl Link {
             };
             starts.push(pos);
             access.push(line.access);
-            pos = pos.checked_add(len).ok_or_else(|| Error::corrupt(path, "capacity overflows"))?;
+            pos = pos
+                .checked_add(len)
+                .ok_or_else(|| Error::corrupt(path, "capacity overflows"))?;
             extents.push(extent);
         }
         if pos > crate::magic::MAX_CAPACITY_BYTES {
@@ -177,7 +231,16 @@ impl Link {
             });
         }
         starts.push(pos);
-        Ok(Link { path: path.to_path_buf(), descriptor, store, extents, starts, access, writable, cid_renewed: false })
+        Ok(Link {
+            path: path.to_path_buf(),
+            descriptor,
+            store,
+            extents,
+            starts,
+            access,
+            writable,
+            cid_renewed: false,
+        })
     }
 
     /// A read-only link over a raw image file.
@@ -233,7 +296,10 @@ impl Link {
     pub(crate) fn read_data(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let i = self.extent_index(offset);
         if self.access[i] == Access::NoAccess {
-            return Err(Error::ReadOnly { path: self.path.clone(), reason: "NOACCESS extent cannot be read" });
+            return Err(Error::ReadOnly {
+                path: self.path.clone(),
+                reason: "NOACCESS extent cannot be read",
+            });
         }
         self.extents[i].read_at(offset - self.starts[i], buf)
     }
@@ -256,13 +322,24 @@ impl Link {
     }
 
     /// Write a range lying within one extent.
-    pub(crate) fn write_extent(&mut self, offset: u64, data: &[u8], backing: &mut dyn Backing) -> Result<()> {
+    pub(crate) fn write_extent(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+        backing: &mut dyn Backing,
+    ) -> Result<()> {
         let i = self.extent_index(offset);
         if !self.writable || self.access[i] != Access::Rw {
-            return Err(Error::ReadOnly { path: self.path.clone(), reason: "link or extent is not writable" });
+            return Err(Error::ReadOnly {
+                path: self.path.clone(),
+                reason: "link or extent is not writable",
+            });
         }
         let start = self.starts[i];
-        let mut shifted = ShiftedBacking { inner: backing, shift: start };
+        let mut shifted = ShiftedBacking {
+            inner: backing,
+            shift: start,
+        };
         self.extents[i].write_at(offset - start, data, &mut shifted)
     }
 

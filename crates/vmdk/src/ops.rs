@@ -19,13 +19,33 @@ use std::path::{Path, PathBuf};
 /// the child, then `above` skips the child, then the child goes. Returns the parent's path.
 ///
 /// The caller guarantees the parent has no other children (it is written).
-pub fn commit(child: &Path, above: Option<&Path>, opts: &OpenOptions, progress: &mut dyn Progress) -> Result<PathBuf> {
-    let mut src = Disk::open(child, &OpenOptions { writable: false, ..opts.clone() })?;
+pub fn commit(
+    child: &Path,
+    above: Option<&Path>,
+    opts: &OpenOptions,
+    progress: &mut dyn Progress,
+) -> Result<PathBuf> {
+    let mut src = Disk::open(
+        child,
+        &OpenOptions {
+            writable: false,
+            ..opts.clone()
+        },
+    )?;
     let Some(parent_link) = src.links().get(1) else {
-        return Err(Error::InvalidArgument(format!("{}: has no parent to commit into", child.display())));
+        return Err(Error::InvalidArgument(format!(
+            "{}: has no parent to commit into",
+            child.display()
+        )));
     };
     let parent_path = parent_link.path().to_path_buf();
-    let mut dst = Disk::open(&parent_path, &OpenOptions { writable: true, ..opts.clone() })?;
+    let mut dst = Disk::open(
+        &parent_path,
+        &OpenOptions {
+            writable: true,
+            ..opts.clone()
+        },
+    )?;
     dst.keep_cid();
     let capacity = src.capacity();
     progress.start(capacity);
@@ -88,7 +108,11 @@ fn remove_files(files: &[PathBuf]) -> Result<()> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(f, "remove", e)),
         }
-        let dir = f.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+        let dir = f
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
         if !dirs.contains(&dir) {
             dirs.push(dir);
         }
@@ -123,7 +147,9 @@ pub fn rename(old: &Path, new: &Path) -> Result<()> {
     let (old_dir, old_stem) = split_name(old)?;
     let (new_dir, new_stem) = split_name(new)?;
     if new.symlink_metadata().is_ok() {
-        return Err(Error::AlreadyExists { path: new.to_path_buf() });
+        return Err(Error::AlreadyExists {
+            path: new.to_path_buf(),
+        });
     }
     let (mut d, store) = read_descriptor(old)?;
     let mut moves: Vec<(PathBuf, PathBuf)> = Vec::new();
@@ -168,9 +194,16 @@ pub fn rename(old: &Path, new: &Path) -> Result<()> {
     Ok(())
 }
 
-fn refuse_children_and_chains(path: &Path, d: &crate::descriptor::Descriptor, what: &str) -> Result<()> {
+fn refuse_children_and_chains(
+    path: &Path,
+    d: &crate::descriptor::Descriptor,
+    what: &str,
+) -> Result<()> {
     if d.has_parent() {
-        return Err(Error::unsupported(path, format!("cannot {what} a disk that has a parent (a snapshot redo log)")));
+        return Err(Error::unsupported(
+            path,
+            format!("cannot {what} a disk that has a parent (a snapshot redo log)"),
+        ));
     }
     Ok(())
 }
@@ -182,7 +215,9 @@ pub fn extend(path: &Path, new_capacity: u64, progress: &mut dyn Progress) -> Re
     refuse_children_and_chains(path, &d, "extend")?;
     let old = d.capacity_bytes();
     if !new_capacity.is_multiple_of(512) {
-        return Err(Error::InvalidArgument(format!("new size {new_capacity} is not a multiple of 512 bytes")));
+        return Err(Error::InvalidArgument(format!(
+            "new size {new_capacity} is not a multiple of 512 bytes"
+        )));
     }
     if new_capacity < old {
         return Err(Error::InvalidArgument(format!(
@@ -191,15 +226,21 @@ pub fn extend(path: &Path, new_capacity: u64, progress: &mut dyn Progress) -> Re
         )));
     }
     if new_capacity > crate::magic::MAX_CAPACITY_BYTES {
-        return Err(Error::InvalidArgument(format!("new size {new_capacity} exceeds the 64 TiB limit")));
+        return Err(Error::InvalidArgument(format!(
+            "new size {new_capacity} exceeds the 64 TiB limit"
+        )));
     }
     if new_capacity == old {
         return Ok(());
     }
-    let format = DiskFormat::of_descriptor(&d)
-        .ok_or_else(|| Error::unsupported(path, format!("cannot extend a {} disk", d.create_type)))?;
+    let format = DiskFormat::of_descriptor(&d).ok_or_else(|| {
+        Error::unsupported(path, format!("cannot extend a {} disk", d.create_type))
+    })?;
     match format {
-        DiskFormat::ZeroedThick | DiskFormat::EagerZeroedThick | DiskFormat::Thin | DiskFormat::MonoFlat
+        DiskFormat::ZeroedThick
+        | DiskFormat::EagerZeroedThick
+        | DiskFormat::Thin
+        | DiskFormat::MonoFlat
             if d.extents.len() == 1 =>
         {
             let name = d.extents[0].file.clone().unwrap_or_default();
@@ -227,18 +268,41 @@ pub fn extend(path: &Path, new_capacity: u64, progress: &mut dyn Progress) -> Re
             update_geometry(&mut d, new_capacity);
             write_descriptor(path, store, &d)
         }
-        _ => rewrite_as(path, &CreateSpec { capacity_bytes: new_capacity, ..spec_of(&d, format) }, progress),
+        _ => rewrite_as(
+            path,
+            &CreateSpec {
+                capacity_bytes: new_capacity,
+                ..spec_of(&d, format)
+            },
+            progress,
+        ),
     }
 }
 
 fn spec_of(d: &crate::descriptor::Descriptor, format: DiskFormat) -> CreateSpec {
-    let adapter = d.ddb_value("ddb.adapterType").and_then(|a| crate::create::AdapterType::parse(a).ok()).unwrap_or_default();
-    CreateSpec { capacity_bytes: d.capacity_bytes(), format, adapter, extra_ddb: Vec::new() }
+    let adapter = d
+        .ddb_value("ddb.adapterType")
+        .and_then(|a| crate::create::AdapterType::parse(a).ok())
+        .unwrap_or_default();
+    CreateSpec {
+        capacity_bytes: d.capacity_bytes(),
+        format,
+        adapter,
+        extra_ddb: Vec::new(),
+    }
 }
 
 fn update_geometry(d: &mut crate::descriptor::Descriptor, capacity: u64) {
-    let heads = d.ddb_value("ddb.geometry.heads").and_then(|h| h.parse::<u64>().ok()).filter(|&h| h > 0).unwrap_or(255);
-    let sectors = d.ddb_value("ddb.geometry.sectors").and_then(|h| h.parse::<u64>().ok()).filter(|&s| s > 0).unwrap_or(63);
+    let heads = d
+        .ddb_value("ddb.geometry.heads")
+        .and_then(|h| h.parse::<u64>().ok())
+        .filter(|&h| h > 0)
+        .unwrap_or(255);
+    let sectors = d
+        .ddb_value("ddb.geometry.sectors")
+        .and_then(|h| h.parse::<u64>().ok())
+        .filter(|&s| s > 0)
+        .unwrap_or(63);
     let cylinders = (capacity / 512 / (heads * sectors)).clamp(1, 65535);
     d.set_ddb("ddb.geometry.cylinders", cylinders.to_string());
 }
@@ -262,8 +326,14 @@ fn rewrite_as(path: &Path, spec: &CreateSpec, progress: &mut dyn Progress) -> Re
 pub fn inflate(path: &Path, progress: &mut dyn Progress) -> Result<()> {
     let (mut d, store) = read_descriptor(path)?;
     let format = DiskFormat::of_descriptor(&d);
-    if !matches!(format, Some(DiskFormat::Thin | DiskFormat::ZeroedThick | DiskFormat::EagerZeroedThick)) {
-        return Err(Error::unsupported(path, format!("inflate works on vmfs flat disks, not {}", d.create_type)));
+    if !matches!(
+        format,
+        Some(DiskFormat::Thin | DiskFormat::ZeroedThick | DiskFormat::EagerZeroedThick)
+    ) {
+        return Err(Error::unsupported(
+            path,
+            format!("inflate works on vmfs flat disks, not {}", d.create_type),
+        ));
     }
     let mut link = Link::open(path, true, &OpenOptions::writable())?;
     let capacity = link.capacity();
@@ -282,7 +352,8 @@ pub fn inflate(path: &Path, progress: &mut dyn Progress) -> Result<()> {
         }
     }
     link.close()?;
-    d.ddb.retain(|(k, _)| !k.eq_ignore_ascii_case("ddb.thinProvisioned"));
+    d.ddb
+        .retain(|(k, _)| !k.eq_ignore_ascii_case("ddb.thinProvisioned"));
     d.set_ddb(PROVISIONING_KEY, "eagerzeroedthick");
     write_descriptor(path, store, &d)?;
     progress.finish();
@@ -295,7 +366,10 @@ pub fn punch_zero(path: &Path, progress: &mut dyn Progress) -> Result<u64> {
     let (d, _) = read_descriptor(path)?;
     refuse_children_and_chains(path, &d, "punch zeros in")?;
     let before = Disk::open(path, &OpenOptions::read_only())?.links()[0].allocated_file_bytes();
-    let flat = d.extents.iter().all(|e| matches!(e.kind, ExtentType::Flat | ExtentType::Vmfs));
+    let flat = d
+        .extents
+        .iter()
+        .all(|e| matches!(e.kind, ExtentType::Flat | ExtentType::Vmfs));
     if flat {
         let mut link = Link::open(path, false, &OpenOptions::read_only())?;
         let capacity = link.capacity();
@@ -319,10 +393,17 @@ pub fn punch_zero(path: &Path, progress: &mut dyn Progress) -> Result<u64> {
         }
         progress.finish();
     } else {
-        let format = DiskFormat::of_descriptor(&d)
-            .ok_or_else(|| Error::unsupported(path, format!("cannot punch zeros in a {} disk", d.create_type)))?;
+        let format = DiskFormat::of_descriptor(&d).ok_or_else(|| {
+            Error::unsupported(
+                path,
+                format!("cannot punch zeros in a {} disk", d.create_type),
+            )
+        })?;
         if d.create_type == CreateType::StreamOptimized {
-            return Err(Error::unsupported(path, "streamOptimized disks are write-once"));
+            return Err(Error::unsupported(
+                path,
+                "streamOptimized disks are write-once",
+            ));
         }
         rewrite_as(path, &spec_of(&d, format), progress)?;
     }
@@ -330,7 +411,12 @@ pub fn punch_zero(path: &Path, progress: &mut dyn Progress) -> Result<u64> {
     Ok(before.saturating_sub(after))
 }
 
-fn punch_in_link(path: &Path, d: &crate::descriptor::Descriptor, offset: u64, len: u64) -> Result<()> {
+fn punch_in_link(
+    path: &Path,
+    d: &crate::descriptor::Descriptor,
+    offset: u64,
+    len: u64,
+) -> Result<()> {
     let mut start = 0u64;
     for e in &d.extents {
         let size = e.sectors * 512;

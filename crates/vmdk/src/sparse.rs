@@ -33,7 +33,7 @@
 //! In compressed (stream) files a GTE points at a grain marker (`u64 lba, u32 size`,
 //! then a zlib stream; see [`crate::stream`]).
 //!
-//! # Layout written by [`create`] (qemu's)
+//! # Layout written by [`create()`] (qemu's)
 //! header · descriptor (sectors 1..=20, only when embedded) · RGD · redundant GTs · GD ·
 //! GTs (all preallocated and zero) · first grain at `overHead` (rounded up to a grain).
 //! New grains are appended at EOF rounded up to a grain.
@@ -45,7 +45,7 @@
 //! clears `uncleanShutdown` (header last). A crash leaves either old or new GT entries,
 //! both pointing at complete grains; the flag stays set as the crash signal. If the flag
 //! was already set when the extent was opened (an earlier crash), close leaves it set:
-//! only [`check`] with repair certifies the metadata again.
+//! only [`check()`] with repair certifies the metadata again.
 
 mod check;
 mod compressed;

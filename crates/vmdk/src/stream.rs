@@ -245,7 +245,7 @@ impl StreamWriter {
 
     /// Append grain marker + zlib stream of `input`, padded to a sector. Incompressible
     /// grains (level 1 output larger than the input, e.g. encrypted data) are stored
-    /// instead: still a zlib stream, at most 11 bytes over the input.
+    /// instead: still a zlib stream, 16 bytes over a 64 KiB input.
     fn compress_grain(&mut self, lba: u64, input: &[u8]) -> Result<()> {
         let marker_at = self.buf.len();
         self.buf.extend_from_slice(&lba.to_le_bytes());
@@ -371,6 +371,29 @@ mod tests {
             .write_at(0, &[1], &mut crate::extent::ZeroBacking)
             .unwrap_err();
         assert!(matches!(err, Error::ReadOnly { .. }));
+    }
+
+    #[test]
+    fn incompressible_grain_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.vmdk");
+        let random = crate::sparse::tests::pattern(5, GRAIN);
+        let mut w = StreamWriter::create(&path, 1 << 20, "x").unwrap();
+        w.write_grain(0, &random).unwrap();
+        w.finish().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let first = (STREAM_OVERHEAD_SECTORS * SECTOR) as usize;
+        assert_eq!(
+            u64::from_le_bytes(bytes[first..first + 8].try_into().unwrap()),
+            0,
+            "lba"
+        );
+        let size = u32::from_le_bytes(bytes[first + 8..first + 12].try_into().unwrap());
+        assert!(size as usize <= GRAIN + 16, "stored, not expanded: {size}");
+        let mut e = SparseExtent::open(&path, 1 << 20, false).unwrap();
+        let mut b = vec![0u8; GRAIN];
+        e.read_at(0, &mut b).unwrap();
+        assert!(b == random);
     }
 
     #[test]

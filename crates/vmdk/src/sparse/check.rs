@@ -16,6 +16,18 @@ use std::path::Path;
 /// Detail lines listed per report before the rest is only counted.
 const MAX_LINES: usize = 1000;
 
+/// The primary and redundant copies of one grain table while it is checked.
+struct TablePair {
+    /// GD and RGD entries after repair.
+    np: u32,
+    nr: u32,
+    pt: Option<Vec<u32>>,
+    rt: Option<Vec<u32>>,
+    /// The table must be written back to `np` / `nr`.
+    p_changed: bool,
+    r_changed: bool,
+}
+
 struct Checker<'a> {
     file: &'a PathFile,
     file_len: u64,
@@ -25,6 +37,9 @@ struct Checker<'a> {
     report: CheckReport,
     hidden_problems: usize,
     hidden_repairs: usize,
+    /// More allocated grains than the file can hold were found (so some overlap); they
+    /// are not all collected, which bounds memory on hostile files.
+    grain_overflow: bool,
     /// The header must be rewritten (directory replaced or redundancy dropped).
     header_dirty: bool,
 }
@@ -55,6 +70,7 @@ pub fn check(path: &Path, repair: bool) -> Result<CheckReport> {
         report: CheckReport::default(),
         hidden_problems: 0,
         hidden_repairs: 0,
+        grain_overflow: false,
         header_dirty: false,
     };
     if c.h.overhead_sectors.saturating_mul(SECTOR) > file_len {
@@ -140,7 +156,7 @@ impl Checker<'_> {
         for i in 0..gd.as_ref().or(rgd.as_ref()).map_or(0, Vec::len) {
             let p = gd.as_ref().map_or(0, |d| d[i]);
             let r = rgd.as_ref().map_or(0, |d| d[i]);
-            let (np, nr) = self.check_table(i, p, r, (gd_sane, rgd_sane), &mut grains)?;
+            let (np, nr) = self.check_table(i, (p, r), (gd_sane, rgd_sane), &mut grains)?;
             if let (Some(d), true) = (gd.as_mut(), np != p) {
                 d[i] = np;
                 gd_dirty = true;
@@ -193,80 +209,109 @@ impl Checker<'_> {
     fn check_table(
         &mut self,
         i: usize,
-        p: u32,
-        r: u32,
+        (p, r): (u32, u32),
         sane: (bool, bool),
         grains: &mut Vec<(u32, u32)>,
     ) -> Result<(u32, u32)> {
-        let (gd_sane, rgd_sane) = sane;
-        let mut pt = if self.valid_table(p) {
-            Some(self.read_table(p)?)
-        } else {
-            None
+        let mut t = TablePair {
+            np: p,
+            nr: r,
+            pt: if self.valid_table(p) {
+                Some(self.read_table(p)?)
+            } else {
+                None
+            },
+            rt: if self.valid_table(r) {
+                Some(self.read_table(r)?)
+            } else {
+                None
+            },
+            p_changed: false,
+            r_changed: false,
         };
-        let mut rt = if self.valid_table(r) {
-            Some(self.read_table(r)?)
-        } else {
-            None
-        };
-        let mut p_changed = pt.as_mut().is_some_and(|t| self.fix_past_eof(i, t, "GT"));
-        let mut r_changed = rt
-            .as_mut()
-            .is_some_and(|t| self.fix_past_eof(i, t, "redundant GT"));
-        let (mut np, mut nr) = (p, r);
-        if p != 0 && pt.is_none() && self.repair && !rgd_sane {
-            np = 0;
+        t.p_changed = t.pt.as_mut().is_some_and(|x| self.fix_past_eof(i, x, "GT"));
+        t.r_changed =
+            t.rt.as_mut()
+                .is_some_and(|x| self.fix_past_eof(i, x, "redundant GT"));
+        if p != 0 && t.pt.is_none() && self.repair && !sane.1 {
+            t.np = 0;
             self.repaired(format!(
                 "GD entry {i} set to 0: the 512 grains of GT {i} are lost"
             ));
         }
-        if self.h.has_redundant_gd() && (pt.is_some() || rt.is_some()) && pt != rt {
+        if self.h.has_redundant_gd() && (t.pt.is_some() || t.rt.is_some()) && t.pt != t.rt {
             self.problem(format!(
                 "GT {i}: primary (sector {p:#x}) and redundant (sector {r:#x}) grain tables differ"
             ));
-            if self.repair && gd_sane && pt.is_some() {
-                if rt.is_none() {
-                    nr = p;
-                }
-                rt.clone_from(&pt);
-                r_changed = nr == r;
-                self.repaired(format!(
-                    "GT {i}: redundant grain table rewritten from the primary"
-                ));
-            } else if self.repair && rgd_sane && rt.is_some() {
-                if pt.is_none() {
-                    np = r;
-                }
-                pt.clone_from(&rt);
-                p_changed = np == p;
-                self.repaired(format!(
-                    "GT {i}: primary grain table rewritten from the redundant one"
-                ));
-            }
+            self.reconcile(i, &mut t, sane);
         }
         if self.repair {
-            if let Some(t) = pt.as_ref().filter(|_| p_changed && self.valid_table(np)) {
-                self.write_u32s(t, u64::from(np) * SECTOR)?;
+            if let Some(x) =
+                t.pt.as_ref()
+                    .filter(|_| t.p_changed && self.valid_table(t.np))
+            {
+                self.write_u32s(x, u64::from(t.np) * SECTOR)?;
             }
-            if let Some(t) = rt.as_ref().filter(|_| r_changed && self.valid_table(nr)) {
-                self.write_u32s(t, u64::from(nr) * SECTOR)?;
+            if let Some(x) =
+                t.rt.as_ref()
+                    .filter(|_| t.r_changed && self.valid_table(t.nr))
+            {
+                self.write_u32s(x, u64::from(t.nr) * SECTOR)?;
             }
         }
-        if let Some(t) = pt.as_ref().or(rt.as_ref()) {
-            self.collect_grains(i, t, grains);
+        if let Some(x) = t.pt.as_ref().or(t.rt.as_ref()) {
+            self.collect_grains(i, x, grains);
         }
-        Ok((np, nr))
+        Ok((t.np, t.nr))
+    }
+
+    /// Repairing: make the tables of a disagreeing pair equal, from the primary when the
+    /// primary GD is sane, else from the redundant one. A missing table shares the other.
+    fn reconcile(&mut self, i: usize, t: &mut TablePair, (gd_sane, rgd_sane): (bool, bool)) {
+        if !self.repair {
+            return;
+        }
+        if gd_sane && t.pt.is_some() {
+            if t.rt.is_none() {
+                t.nr = t.np;
+            }
+            t.rt.clone_from(&t.pt);
+            t.r_changed = t.nr != t.np;
+            self.repaired(format!(
+                "GT {i}: redundant grain table rewritten from the primary"
+            ));
+        } else if rgd_sane && t.rt.is_some() {
+            if t.pt.is_none() {
+                t.np = t.nr;
+            }
+            t.pt.clone_from(&t.rt);
+            t.p_changed = t.np != t.nr;
+            self.repaired(format!(
+                "GT {i}: primary grain table rewritten from the redundant one"
+            ));
+        }
     }
 
     /// Record the allocated grains of table `gt` as (sector, grain number).
-    fn collect_grains(&self, gt: usize, t: &[u32], grains: &mut Vec<(u32, u32)>) {
+    fn collect_grains(&mut self, gt: usize, t: &[u32], grains: &mut Vec<(u32, u32)>) {
         let zeroed = self.h.zeroed_gte();
+        // Distinct grains cannot outnumber what fits in the file (compressed: a sector each).
+        let span = if self.h.is_compressed() {
+            SECTOR
+        } else {
+            self.h.grain_bytes().max(SECTOR)
+        };
+        let limit = usize::try_from(self.file_len / span + 1).unwrap_or(usize::MAX);
         // At most 2^23 tables of 512 entries: grain numbers fit u32.
         let Some(base) = u32::try_from(gt).ok().and_then(|g| g.checked_mul(512)) else {
             return;
         };
         for (j, &s) in t.iter().enumerate() {
             if s > 1 || (s == 1 && !zeroed) {
+                if grains.len() >= limit {
+                    self.grain_overflow = true;
+                    return;
+                }
                 grains.push((s, base + u32::try_from(j).unwrap_or(0)));
             }
         }
@@ -298,6 +343,13 @@ impl Checker<'_> {
     /// Report grains inside the metadata, and grains that overlap (compressed grains:
     /// that share a start sector).
     fn check_overlaps(&mut self, grains: &mut [(u32, u32)]) {
+        if self.grain_overflow {
+            let n = grains.len();
+            self.problem(format!(
+                "more than {n} allocated grains in a file of {} bytes: grains overlap (not all listed)",
+                self.file_len
+            ));
+        }
         grains.sort_unstable();
         let overhead = self.h.overhead_sectors;
         let span = if self.h.is_compressed() {

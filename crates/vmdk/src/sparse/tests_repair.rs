@@ -208,3 +208,60 @@ fn create_refuses_bad_arguments() {
     ));
     assert!(!q.exists());
 }
+
+#[test]
+fn unreadable_primary_gd_is_replaced_by_redundant_on_repair() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p, _, _) = written_disk(dir.path(), "g.vmdk");
+    let mut h = disk_header(&p);
+    let rgd = h.rgd_offset_sectors;
+    h.gd_offset_sectors = 1 << 30;
+    patch(&p, 0, &h.to_bytes());
+    let mut e = SparseExtent::open(&p, 8 << 20, false).unwrap();
+    let mut b = vec![0u8; 4 * GRAIN as usize];
+    e.read_at(0, &mut b).unwrap();
+    assert!(b == pattern(1, 4 * GRAIN as usize));
+    let r = check(&p, false).unwrap();
+    assert!(
+        r.problems
+            .iter()
+            .any(|l| l.contains("g.vmdk: GD at sector") && l.contains("past EOF")),
+        "{r:?}"
+    );
+    let r = check(&p, true).unwrap();
+    assert!(
+        r.repaired
+            .iter()
+            .any(|l| l.contains("replaced by the redundant GD")),
+        "{r:?}"
+    );
+    let h = disk_header(&p);
+    assert_eq!((h.gd_offset_sectors, h.flags & 2), (rgd, 0));
+    assert!(check(&p, false).unwrap().problems.is_empty());
+    let mut e = SparseExtent::open(&p, 8 << 20, true).unwrap();
+    e.write_at(7 * GRAIN, b"after repair", &mut ZeroBacking)
+        .unwrap();
+    e.close().unwrap();
+    assert!(check(&p, false).unwrap().problems.is_empty());
+}
+
+#[test]
+fn shared_grains_beyond_file_size_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p, gt, rgt) = written_disk(dir.path(), "b.vmdk");
+    let first = read_u32_at(&p, gt * 512);
+    let table: Vec<u8> = std::iter::repeat_n(first.to_le_bytes(), 512)
+        .flatten()
+        .collect();
+    for t in [gt, rgt] {
+        patch(&p, t * 512, &table);
+    }
+    let r = check(&p, false).unwrap();
+    assert!(
+        r.problems
+            .iter()
+            .any(|l| l.contains("grains overlap (not all listed)")),
+        "{r:?}"
+    );
+    assert!(r.problems.len() < 100, "{}", r.problems.len());
+}

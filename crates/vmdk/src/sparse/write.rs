@@ -6,18 +6,10 @@ use crate::error::{Error, Result};
 use crate::extent::Backing;
 use crate::magic::SECTOR;
 
+/// Byte offset of `uncleanShutdown` in the header.
+const UNCLEAN_SHUTDOWN_OFFSET: u64 = 72;
 /// Grain data written between two starts of asynchronous writeback.
 const WRITEBACK_KICK_BYTES: u64 = 8 << 20;
-
-/// Ask the kernel to start writing the file's dirty pages back, without waiting. Purely a
-/// performance hint: durability still comes from the fdatasync/fsync of `flush`.
-fn start_writeback(file: &crate::fileio::PathFile) {
-    use std::os::fd::AsRawFd;
-    let fd = file.file().as_raw_fd();
-    // SAFETY: `fd` is a descriptor owned by `file`, open for the duration of the call;
-    // sync_file_range only reads its integer arguments (offset 0, length 0 = whole file).
-    let _ = unsafe { libc::sync_file_range(fd, 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
-}
 
 /// Largest copy-on-write buffer kept between writes.
 const SCRATCH_KEEP_BYTES: usize = 16 << 20;
@@ -42,9 +34,8 @@ impl SparseExtent {
     /// Set uncleanShutdown on disk (fsynced) before the first change.
     fn mark_unclean(&mut self) -> Result<()> {
         if !self.marked_unclean {
-            let mut h = self.header.clone();
-            h.unclean_shutdown = true;
-            self.file.write_all_at(&h.to_bytes(), 0)?;
+            // Only the flag byte changes: bytes this implementation does not know survive.
+            self.file.write_all_at(&[1], UNCLEAN_SHUTDOWN_OFFSET)?;
             self.file.sync_all()?;
             self.header.unclean_shutdown = true;
             self.marked_unclean = true;
@@ -79,40 +70,57 @@ impl SparseExtent {
         self.mark_unclean()?;
         self.closed = false;
         let gb = self.grain_bytes;
-        let gs = self.header.grain_sectors;
         let last = (end - 1) / gb;
         let mut grain = offset / gb;
         while grain <= last {
-            let first = self.gte(grain)?;
-            let mut n = 1u64;
-            while grain + n <= last {
-                let next = self.gte(grain + n)?;
-                let same_run = match (first, next) {
-                    (Gte::Data(s0), Gte::Data(s)) => s == s0 + n * gs,
-                    (Gte::Data(_), _) | (_, Gte::Data(_)) => false,
-                    _ => true,
-                };
-                if !same_run {
-                    break;
-                }
-                n += 1;
-            }
+            let (first, n) = self.write_run(grain, last)?;
             let run_start = (grain * gb).max(offset);
             let run_end = ((grain + n) * gb).min(end);
             let slice = &data[idx(run_start - offset)..idx(run_end - offset)];
             match first {
-                Gte::Data(sector) => {
-                    // Allocated grains are rewritten in place; contiguous ones in one pwrite.
-                    let base = self.grain_offset(grain, sector)?;
-                    self.file
-                        .write_all_at(slice, base + (run_start - grain * gb))?;
-                    self.wrote(len64(slice.len()));
-                }
+                Gte::Data(sector) => self.rewrite_in_place(grain, sector, run_start, slice)?,
                 _ => self.write_new_grains(grain, n, run_start, slice, backing)?,
             }
             grain += n;
         }
         self.unsynced = true;
+        Ok(())
+    }
+
+    /// The entry of `grain` and how many grains from it (up to `last`) one pwrite can
+    /// cover: allocated grains lying back to back in the file, or grains to allocate.
+    fn write_run(&mut self, grain: u64, last: u64) -> Result<(Gte, u64)> {
+        let gs = self.header.grain_sectors;
+        let first = self.gte(grain)?;
+        let mut n = 1u64;
+        while grain + n <= last {
+            let same_run = match (first, self.gte(grain + n)?) {
+                (Gte::Data(s0), Gte::Data(s)) => s == s0 + n * gs,
+                (Gte::Data(_), _) | (_, Gte::Data(_)) => false,
+                _ => true,
+            };
+            if !same_run {
+                break;
+            }
+            n += 1;
+        }
+        Ok((first, n))
+    }
+
+    /// Overwrite allocated grains (starting with `grain` at `sector`) in place.
+    fn rewrite_in_place(&mut self, grain: u64, sector: u64, at: u64, data: &[u8]) -> Result<()> {
+        if sector < self.header.overhead_sectors {
+            // A GTE into the metadata (qemu would read it): never write there.
+            let (gt, index) = split_grain(grain);
+            let reason = format!(
+                "GT {gt} entry {index} points into the metadata (sector {sector:#x}); run check"
+            );
+            return Err(Error::corrupt(self.file.path(), reason));
+        }
+        let base = self.grain_offset(grain, sector)?;
+        self.file
+            .write_all_at(data, base + (at - grain * self.grain_bytes))?;
+        self.wrote(len64(data.len()));
         Ok(())
     }
 
@@ -187,7 +195,7 @@ impl SparseExtent {
         self.unkicked_bytes += bytes;
         if self.unkicked_bytes >= WRITEBACK_KICK_BYTES {
             self.unkicked_bytes = 0;
-            start_writeback(&self.file);
+            self.file.start_writeback();
         }
     }
 
@@ -321,7 +329,7 @@ impl SparseExtent {
         self.flush_tables()?;
         if self.marked_unclean && !self.unclean_at_open {
             self.header.unclean_shutdown = false;
-            self.file.write_all_at(&self.header.to_bytes(), 0)?;
+            self.file.write_all_at(&[0], UNCLEAN_SHUTDOWN_OFFSET)?;
             self.file.sync_all()?;
             self.marked_unclean = false;
         }

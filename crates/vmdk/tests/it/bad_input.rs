@@ -30,7 +30,12 @@ fn patch(path: &Path, offset: u64, bytes: &[u8]) {
 fn truncated_sparse_file() {
     let dir = tempdir();
     let p = sparse_disk(dir.path());
-    std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(300).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(300)
+        .unwrap();
     let e = open_err(&p);
     assert!(e.to_string().contains("s.vmdk"), "{e}");
     eprintln!("truncated: {e}");
@@ -48,7 +53,10 @@ fn absurd_capacity_and_grain_size() {
     vmdk::create(&p2, &CreateSpec::new(4 << 20, DiskFormat::MonoSparse)).unwrap();
     patch(&p2, 20, &(1u64 << 40).to_le_bytes());
     let e = open_err(&p2);
-    assert!(matches!(e, Error::BadHeader { .. } | Error::BadDescriptor { .. }), "{e}");
+    assert!(
+        matches!(e, Error::BadHeader { .. } | Error::BadDescriptor { .. }),
+        "{e}"
+    );
     eprintln!("grain: {e}");
 }
 
@@ -59,11 +67,15 @@ fn grain_table_entry_past_eof() {
     // Find the primary GD, then its first GT, and point entry 0 far past EOF.
     let hdr = std::fs::read(&p).unwrap();
     let gd = u64::from_le_bytes(hdr[56..64].try_into().unwrap()) * 512;
-    let gt = u64::from(u32::from_le_bytes(hdr[gd as usize..gd as usize + 4].try_into().unwrap())) * 512;
+    let gt = u64::from(u32::from_le_bytes(
+        hdr[gd as usize..gd as usize + 4].try_into().unwrap(),
+    )) * 512;
     patch(&p, gt, &0x0fff_ffffu32.to_le_bytes());
     // Also the redundant table, so no fallback hides the damage.
     let rgd = u64::from_le_bytes(hdr[48..56].try_into().unwrap()) * 512;
-    let rgt = u64::from(u32::from_le_bytes(hdr[rgd as usize..rgd as usize + 4].try_into().unwrap())) * 512;
+    let rgt = u64::from(u32::from_le_bytes(
+        hdr[rgd as usize..rgd as usize + 4].try_into().unwrap(),
+    )) * 512;
     patch(&p, rgt, &0x0fff_ffffu32.to_le_bytes());
     let res = Disk::open(&p, &OpenOptions::read_only()).and_then(|mut d| {
         let mut buf = vec![0u8; 65536];
@@ -73,7 +85,10 @@ fn grain_table_entry_past_eof() {
     assert!(matches!(e, Error::GrainPastEof { .. }), "{e}");
     assert!(e.to_string().contains("past EOF"), "{e}");
     let report = vmdk::check(&p, false, &OpenOptions::read_only()).unwrap();
-    assert!(!report.problems.is_empty(), "check must report the bad entry");
+    assert!(
+        !report.problems.is_empty(),
+        "check must report the bad entry"
+    );
     let report = vmdk::check(&p, true, &OpenOptions::read_only()).unwrap();
     assert!(report.is_clean(), "{report:?}");
     let report = vmdk::check(&p, false, &OpenOptions::read_only()).unwrap();
@@ -106,7 +121,14 @@ fn extent_paths_outside_the_folder_are_refused() {
     let inner = dir.path().join("vm");
     std::fs::create_dir(&inner).unwrap();
     let p = descriptor_disk(&inner, "../elsewhere/x-flat.vmdk");
-    assert!(Disk::open(&p, &OpenOptions { writable: false, allow_outside_paths: true }).is_ok());
+    assert!(Disk::open(
+        &p,
+        &OpenOptions {
+            writable: false,
+            allow_outside_paths: true
+        }
+    )
+    .is_ok());
 }
 
 #[test]
@@ -143,7 +165,10 @@ fn chain_errors_name_the_files() {
     d.close().unwrap();
     let e = open_err(&child);
     assert!(matches!(e, Error::ParentCidMismatch { .. }), "{e}");
-    assert!(e.to_string().contains("b-000001.vmdk") && e.to_string().contains("modified"), "{e}");
+    assert!(
+        e.to_string().contains("b-000001.vmdk") && e.to_string().contains("modified"),
+        "{e}"
+    );
     // Missing parent.
     let (mut desc, store) = vmdk::read_descriptor(&child).unwrap();
     desc.parent_file_name_hint = Some("gone.vmdk".into());
@@ -154,7 +179,10 @@ fn chain_errors_name_the_files() {
     desc.parent_file_name_hint = Some("b-000001.vmdk".into());
     vmdk::write_descriptor(&child, store, &desc).unwrap();
     let e = open_err(&child);
-    assert!(matches!(e, Error::ChainLoop { .. } | Error::ParentCidMismatch { .. }), "{e}");
+    assert!(
+        matches!(e, Error::ChainLoop { .. } | Error::ParentCidMismatch { .. }),
+        "{e}"
+    );
     // Capacity mismatch.
     let other = dir.path().join("o.vmdk");
     vmdk::create(&other, &CreateSpec::new(2 << 20, DiskFormat::Thin)).unwrap();
@@ -177,7 +205,11 @@ fn parents_are_never_written_and_children_see_their_snapshot() {
     let mut d = Disk::open(&child, &OpenOptions::writable()).unwrap();
     d.write_at(100, b"only in the child").unwrap();
     d.close().unwrap();
-    assert_eq!(std::fs::read(&base).unwrap(), before, "parent bytes unchanged");
+    assert_eq!(
+        std::fs::read(&base).unwrap(),
+        before,
+        "parent bytes unchanged"
+    );
 }
 
 #[test]
@@ -204,11 +236,23 @@ fn unclean_shutdown_is_detected_and_repaired() {
         // Dropped without close: as if the process were killed.
     }
     let report = vmdk::check(&p, false, &OpenOptions::read_only()).unwrap();
-    assert!(report.problems.iter().any(|s| s.contains("uncleanShutdown") || s.contains("unclean")), "{report:?}");
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|s| s.contains("uncleanShutdown") || s.contains("unclean")),
+        "{report:?}"
+    );
     let report = vmdk::check(&p, true, &OpenOptions::read_only()).unwrap();
     assert!(report.is_clean());
-    assert!(vmdk::check(&p, false, &OpenOptions::read_only()).unwrap().problems.is_empty());
+    assert!(vmdk::check(&p, false, &OpenOptions::read_only())
+        .unwrap()
+        .problems
+        .is_empty());
     let mut buf = [0u8; 4096];
-    Disk::open(&p, &OpenOptions::read_only()).unwrap().read_at(0, &mut buf).unwrap();
+    Disk::open(&p, &OpenOptions::read_only())
+        .unwrap()
+        .read_at(0, &mut buf)
+        .unwrap();
     assert_eq!(buf, [1u8; 4096]);
 }

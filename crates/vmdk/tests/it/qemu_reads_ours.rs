@@ -16,7 +16,10 @@ const FORMATS: &[(DiskFormat, &str)] = &[
 
 fn create_type_of(disk: &std::path::Path) -> String {
     let info = qemu_info(disk);
-    info["format-specific"]["data"]["create-type"].as_str().unwrap_or_default().to_string()
+    info["format-specific"]["data"]["create-type"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[test]
@@ -32,7 +35,11 @@ fn conversions_from_raw_match_in_qemu() {
         let dst = dir.path().join(format!("out-{}.vmdk", format.name()));
         let mut src = Disk::open_raw(&raw).unwrap();
         vmdk::convert(&mut src, &dst, &CreateSpec::new(0, format.clone()), &mut ()).unwrap();
-        assert!(qemu_compare_raw(&dst, &raw), "{}: qemu-img compare differs", format.name());
+        assert!(
+            qemu_compare_raw(&dst, &raw),
+            "{}: qemu-img compare differs",
+            format.name()
+        );
         assert_eq!(create_type_of(&dst), *create_type, "{}", format.name());
         let (ok, out) = qemu_check(&dst);
         assert!(ok, "{}: qemu-img check: {out}", format.name());
@@ -47,13 +54,22 @@ fn sparse_outputs_hold_only_the_data() {
     let mut data = vec![0u8; 64 << 20];
     data[10 << 20..11 << 20].fill(0x77);
     let raw = write_file(dir.path(), "src.raw", &data);
-    for format in [DiskFormat::Thin, DiskFormat::MonoSparse, DiskFormat::TwoGbSparse, DiskFormat::StreamOptimized] {
+    for format in [
+        DiskFormat::Thin,
+        DiskFormat::MonoSparse,
+        DiskFormat::TwoGbSparse,
+        DiskFormat::StreamOptimized,
+    ] {
         let dst = dir.path().join(format!("o-{}.vmdk", format.name()));
         let mut src = Disk::open_raw(&raw).unwrap();
         vmdk::convert(&mut src, &dst, &CreateSpec::new(0, format.clone()), &mut ()).unwrap();
         let info = vmdk::info(&dst, &OpenOptions::read_only()).unwrap();
         let on_disk: u64 = info.chain.iter().map(|l| l.file_bytes).sum();
-        assert!(on_disk < 4 << 20, "{}: {on_disk} bytes on disk for 1 MiB of data", format.name());
+        assert!(
+            on_disk < 4 << 20,
+            "{}: {on_disk} bytes on disk for 1 MiB of data",
+            format.name()
+        );
         assert_same(format.name().as_str(), &vcb_read_all(&dst), &data);
     }
 }
@@ -100,7 +116,11 @@ fn vcb_made_chains_read_correctly_in_qemu() {
         assert!(ok, "{what}: qemu-img check: {out}");
         let chain = qemu_img(&[&"info", &"--backing-chain", &"--output=json", &parent]);
         let v: serde_json::Value = serde_json::from_slice(&chain.stdout).unwrap();
-        assert_eq!(v.as_array().map(|a| a.len()), Some(4), "{what}: backing chain length");
+        assert_eq!(
+            v.as_array().map(|a| a.len()),
+            Some(4),
+            "{what}: backing chain length"
+        );
     }
 }
 
@@ -132,11 +152,22 @@ fn commit_keeps_every_byte_and_the_chain_above_valid() {
     // Commit the middle link into the base; the top must now sit on the base.
     vmdk::commit(&c1, Some(&c2), &OpenOptions::read_only(), &mut ()).unwrap();
     assert!(!c1.exists(), "committed child's descriptor removed");
-    assert!(!dir.path().join("d-000001-delta.vmdk").exists(), "committed child's delta removed");
-    assert_eq!(vmdk::chain_consistent(&c2, &OpenOptions::read_only()).unwrap().len(), 2);
+    assert!(
+        !dir.path().join("d-000001-delta.vmdk").exists(),
+        "committed child's delta removed"
+    );
+    assert_eq!(
+        vmdk::chain_consistent(&c2, &OpenOptions::read_only())
+            .unwrap()
+            .len(),
+        2
+    );
     assert_same("after middle commit", &vcb_read_all(&c2), &model);
     assert_same("qemu after middle commit", &qemu_read_raw(&c2), &model);
     vmdk::commit(&c2, None, &OpenOptions::read_only(), &mut ()).unwrap();
     assert_same("after top commit", &vcb_read_all(&base), &model);
-    assert!(qemu_compare_raw(&base, &write_file(dir.path(), "m.raw", &model)));
+    assert!(qemu_compare_raw(
+        &base,
+        &write_file(dir.path(), "m.raw", &model)
+    ));
 }

@@ -6,7 +6,11 @@ use std::process::Command;
 
 /// Whether `tool` can run. Missing: a visible SKIP, or a failure when VCB_REQUIRE_TOOLS is set.
 pub fn require_tool(tool: &str) -> bool {
-    let ok = Command::new(tool).arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+    let ok = Command::new(tool)
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     if !ok {
         if std::env::var_os("VCB_REQUIRE_TOOLS").is_some() {
             panic!("{tool} is required (VCB_REQUIRE_TOOLS is set) but cannot run");
@@ -18,7 +22,9 @@ pub fn require_tool(tool: &str) -> bool {
 
 /// Run a command; on failure panic with the command, cwd, status, stdout and stderr.
 pub fn run(cmd: &mut Command) -> std::process::Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     if !out.status.success() {
         panic!(
             "command failed: {cmd:?}\ncwd: {:?}\nstatus: {}\nstdout:\n{}\nstderr:\n{}",
@@ -57,8 +63,19 @@ pub fn qemu_info(disk: &Path) -> serde_json::Value {
 
 /// `qemu-img check` exit status and output.
 pub fn qemu_check(disk: &Path) -> (bool, String) {
-    let out = Command::new("qemu-img").arg("check").arg(disk).output().expect("run qemu-img check");
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    let out = Command::new("qemu-img")
+        .arg("check")
+        .arg(disk)
+        .output()
+        .expect("run qemu-img check");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 /// `qemu-img compare` of a vmdk against a raw file: true when identical.
@@ -72,7 +89,10 @@ pub fn qemu_compare_raw(disk: &Path, raw: &Path) -> bool {
     match out.status.code() {
         Some(0) => true,
         Some(1) => false,
-        _ => panic!("qemu-img compare failed: {}", String::from_utf8_lossy(&out.stderr)),
+        _ => panic!(
+            "qemu-img compare failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
     }
 }
 
@@ -113,7 +133,8 @@ pub fn write_file(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
 
 /// Read the whole disk through vcb.
 pub fn vcb_read_all(path: &Path) -> Vec<u8> {
-    let mut d = vmdk::Disk::open(path, &vmdk::OpenOptions::read_only()).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut d = vmdk::Disk::open(path, &vmdk::OpenOptions::read_only())
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     let mut v = vec![0u8; d.capacity() as usize];
     d.read_at(0, &mut v).expect("read");
     v
