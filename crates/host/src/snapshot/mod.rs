@@ -1,0 +1,309 @@
+//! Snapshots: redo logs, the .vmsd snapshot tree, revert, remove and consolidate.
+//!
+//! ## Model
+//! A VM's disk files form a tree per disk: a base disk, redo logs (`NAME-000001.vmdk`
+//! with a COWD extent `NAME-000001-delta.vmdk`) each naming its parent. Two kinds of
+//! reference point into the tree:
+//! - the .vmx: each disk node names the link the VM writes (the "you are here" state);
+//! - the .vmsd: each snapshot names, per node, the link *as it was when the snapshot was
+//!   taken*. Taking the snapshot made that link the parent of a new redo log, so it is
+//!   never written again while the snapshot exists.
+//!
+//! A file is *pinned* while a reference names it. Every operation first changes the
+//! references, then runs the same clean-up ([`compact`]) until nothing changes:
+//! - an unpinned redo log with no children holds a state nobody needs: it is deleted;
+//! - an unpinned file F with exactly one child C, where C has at most one child X, is
+//!   merged: C's data is committed into F (`vmdk::commit`; F keeps its CID, so C and X
+//!   stay valid at every step), X is re-pointed at F, C is deleted, and every reference to
+//!   C now names F. F held no state anyone needs (it is unpinned) and only C read it.
+//!
+//! So removing snapshot S (named link F) merges the redo log taken at S into F when F has
+//! no other child; when it has (a revert made a branch), F stays as the shared parent and
+//! nothing is written. Every remaining snapshot and the current state read exactly what
+//! they read before, and a parent disk with children is never written.
+//!
+//! ## Crash safety
+//! Every step holds the VM folder lock. Creating: new redo logs, then the .vmx, then the
+//! .vmsd, so a crash leaves either unreferenced redo logs (deleted by consolidate) or a
+//! .vmx deeper than the .vmsd explains (committed by consolidate). A merge first writes a
+//! journal (`.vcb-journal`) naming child, parent and the re-pointed link; the next lock
+//! holder finishes it (commit is repeatable) before doing anything else.
+
+mod compact;
+mod graph;
+mod ops;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use vmx::{DiskNode, SnapshotDb};
+
+use crate::error::{Error, Result};
+use crate::fsutil::{read_text_opt, write_atomic};
+use crate::lock::{FileLock, LockMode};
+use crate::vm::{read_vmx, Vm, VmRef};
+use crate::Host;
+
+pub use compact::{Cleanup, JOURNAL_FILE};
+pub use ops::{SnapshotCreated, SnapshotDisk};
+
+/// A VM whose folder lock this process holds, with its .vmx and .vmsd read under the
+/// lock. Snapshot operations live here; the lock is released when it is dropped.
+#[derive(Debug)]
+pub struct LockedVm<'h> {
+    host: &'h Host,
+    vm: Vm,
+    db: SnapshotDb,
+    /// Disks may lie outside the VM folder (the .vmx or .vmsd names one there).
+    allow_outside: bool,
+    /// Every disk a reference named since the lock was taken: the tree is built from
+    /// these too, so that what an operation stops referencing is cleaned up by it rather
+    /// than taken for a leftover of an interrupted run.
+    seen: BTreeSet<PathBuf>,
+    _lock: FileLock,
+}
+
+impl Host {
+    /// Locks the VM's folder, re-reads its .vmx and .vmsd, and finishes any merge an
+    /// interrupted process left in its journal.
+    ///
+    /// # Errors
+    /// [`Error::Busy`] (with [`LockMode::NoWait`]), [`Error::NotRegistered`], and errors
+    /// reading the .vmx, .vmsd or journal.
+    pub fn lock_vm(&self, moref: VmRef, mode: LockMode) -> Result<LockedVm<'_>> {
+        let vm = self.vm(moref)?;
+        let lock = vm.lock(mode)?;
+        // Re-read under the lock: another process may have changed the .vmx meanwhile.
+        let vm = self.vm(moref)?;
+        let db = read_vmsd(&vm.vmsd_path())?;
+        let mut locked = LockedVm {
+            host: self,
+            vm,
+            db,
+            allow_outside: false,
+            seen: BTreeSet::new(),
+            _lock: lock,
+        };
+        locked.allow_outside = locked.names_outside_folder()?;
+        locked.recover()?;
+        Ok(locked)
+    }
+}
+
+impl LockedVm<'_> {
+    /// The VM as read under the lock.
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    /// The snapshot tree.
+    pub fn snapshots(&self) -> &SnapshotDb {
+        &self.db
+    }
+
+    /// The uid of the snapshot called `name`, or with uid `name`.
+    ///
+    /// # Errors
+    /// [`Error::UnknownSnapshot`], [`Error::AmbiguousSnapshot`].
+    pub fn find_snapshot(&self, name: &str) -> Result<u64> {
+        let named: Vec<u64> = self
+            .db
+            .snapshots()
+            .iter()
+            .filter(|s| s.display_name == name)
+            .map(|s| s.uid)
+            .collect();
+        match named.as_slice() {
+            [uid] => Ok(*uid),
+            [] => name
+                .parse::<u64>()
+                .ok()
+                .filter(|uid| self.db.get(*uid).is_some())
+                .ok_or_else(|| Error::UnknownSnapshot {
+                    vm: self.vm.name(),
+                    name: name.to_owned(),
+                }),
+            many => Err(Error::AmbiguousSnapshot {
+                vm: self.vm.name(),
+                name: name.to_owned(),
+                count: many.len(),
+            }),
+        }
+    }
+
+    /// Each disk's chain as the .vmx names it: node and links, top first (canonical).
+    ///
+    /// # Errors
+    /// As for [`Vm::disks`]; [`Error::Disk`] when a chain does not open.
+    pub fn chains(&self) -> Result<Vec<(DiskNode, Vec<PathBuf>)>> {
+        self.vm
+            .disks(self.host)?
+            .into_iter()
+            .map(|d| {
+                Ok((
+                    d.node,
+                    graph::open_chain(self.host, &d.path, self.allow_outside)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Every disk file of the VM: each link of every chain the .vmx and .vmsd name, and
+    /// leftover redo logs whose chains lead into them (canonical paths).
+    ///
+    /// # Errors
+    /// As for [`LockedVm::chains`].
+    pub fn disk_files(&mut self) -> Result<Vec<PathBuf>> {
+        let (_, g) = self.graph()?;
+        Ok(g.files().cloned().collect())
+    }
+
+    /// The pinned files (named by a reference now) and the disk tree, built from them and
+    /// from every disk referenced since the lock was taken.
+    fn graph(&mut self) -> Result<(BTreeSet<PathBuf>, graph::DiskGraph)> {
+        let pinned: BTreeSet<PathBuf> = self.references()?.into_iter().map(|(_, _, p)| p).collect();
+        self.seen.extend(pinned.iter().cloned());
+        let roots: Vec<PathBuf> = self
+            .seen
+            .iter()
+            .filter(|p| pinned.contains(*p) || p.exists())
+            .cloned()
+            .collect();
+        let g = graph::DiskGraph::build(self.host, &self.vm.dir, &roots, self.allow_outside)?;
+        Ok((pinned, g))
+    }
+
+    /// True when the VM's disks may lie outside its folder: open its disks with
+    /// `vmdk::OpenOptions::allow_outside_paths` set to this.
+    pub fn allow_outside_paths(&self) -> bool {
+        self.allow_outside
+    }
+
+    /// Every file any reference names: (owner, node, canonical path). Owner `None` is
+    /// the .vmx, `Some(uid)` a snapshot.
+    fn references(&self) -> Result<Vec<(Option<u64>, DiskNode, PathBuf)>> {
+        references(self.host, &self.vm, &self.db)
+    }
+
+    /// True if a reference names a disk outside the VM folder.
+    fn names_outside_folder(&self) -> Result<bool> {
+        Ok(names_outside(&self.vm, &self.references()?))
+    }
+
+    /// Writes the .vmx atomically.
+    fn save_vmx(&mut self) -> Result<()> {
+        write_atomic(&self.vm.vmx_path, self.vm.config.to_string().as_bytes())
+    }
+
+    /// Writes the .vmsd atomically.
+    fn save_vmsd(&mut self) -> Result<()> {
+        let path = self.vm.vmsd_path();
+        let dict = self.db.to_dict().map_err(|e| Error::vmx(&path, e))?;
+        write_atomic(&path, dict.to_string().as_bytes())
+    }
+
+    /// Makes every reference to `from` name `to` instead, in the .vmx and the .vmsd.
+    fn rename_references(&mut self, from: &Path, to: &Path) -> Result<()> {
+        let name = self.vm.ref_name(self.host, to);
+        let mut nodes: Vec<DiskNode> = Vec::new();
+        for d in self.vm.config.disks() {
+            // The file may be gone already (a finished commit deletes it).
+            if self.vm.resolve_name(self.host, &d.file_name)? == from {
+                nodes.push(d.node);
+            }
+        }
+        if !nodes.is_empty() {
+            for node in nodes {
+                self.vm
+                    .config
+                    .set_disk_file(node, &name)
+                    .map_err(|e| Error::vmx(&self.vm.vmx_path, e))?;
+            }
+            self.save_vmx()?;
+        }
+        let vmsd = self.vm.vmsd_path();
+        let mut dict = self.db.to_dict().map_err(|e| Error::vmx(&vmsd, e))?;
+        let mut changed = false;
+        // `to_dict` writes snapshot i's disk m as `snapshot{i}.disk{m}.fileName`.
+        for (i, s) in self.db.snapshots().iter().enumerate() {
+            for (m, (_, file)) in s.disks.iter().enumerate() {
+                if self.vm.resolve_name(self.host, file)? == from {
+                    dict.set(&format!("snapshot{i}.disk{m}.fileName"), &name)
+                        .map_err(|e| Error::vmx(&vmsd, e))?;
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.db = SnapshotDb::from_dict(&dict).map_err(|e| Error::vmx(&vmsd, e))?;
+            self.save_vmsd()?;
+        }
+        Ok(())
+    }
+
+    /// Re-reads the .vmx (after a failed step, to drop in-memory edits).
+    fn reload_vmx(&mut self) -> Result<()> {
+        self.vm.config = read_vmx(&self.vm.vmx_path)?;
+        Ok(())
+    }
+}
+
+/// Every file the .vmx and .vmsd name: (owner, node, path). Owner `None` is the .vmx,
+/// `Some(uid)` a snapshot.
+fn references(
+    host: &Host,
+    vm: &Vm,
+    db: &SnapshotDb,
+) -> Result<Vec<(Option<u64>, DiskNode, PathBuf)>> {
+    let mut refs = Vec::new();
+    for d in vm.config.disks() {
+        refs.push((None, d.node, vm.resolve_name(host, &d.file_name)?));
+    }
+    for s in db.snapshots() {
+        for (node, name) in &s.disks {
+            refs.push((Some(s.uid), *node, vm.resolve_name(host, name)?));
+        }
+    }
+    Ok(refs)
+}
+
+/// True if one of `refs` lies outside the VM folder: disk chains are then opened with
+/// `allow_outside_paths` (every link is still checked to lie inside a datastore).
+fn names_outside(vm: &Vm, refs: &[(Option<u64>, DiskNode, PathBuf)]) -> bool {
+    refs.iter()
+        .any(|(_, _, p)| crate::fsutil::parent_dir(p) != vm.dir)
+}
+
+impl Vm {
+    /// Each disk's chain, top first, read without the VM lock (a concurrent change may
+    /// make it fail; retry or lock with [`Host::lock_vm`] for a stable view).
+    ///
+    /// # Errors
+    /// As for [`Vm::disks`] and [`read_vmsd`]; [`Error::Disk`] when a chain does not open.
+    pub fn disk_chains(&self, host: &Host) -> Result<Vec<(DiskNode, Vec<PathBuf>)>> {
+        let db = read_vmsd(&self.vmsd_path())?;
+        let outside = names_outside(self, &references(host, self, &db)?);
+        self.disks(host)?
+            .into_iter()
+            .map(|d| Ok((d.node, graph::open_chain(host, &d.path, outside)?)))
+            .collect()
+    }
+}
+
+/// Reads a .vmsd; a missing file is an empty database.
+///
+/// # Errors
+/// [`Error::Vmx`] for a malformed file or an inconsistent tree (cycle, unknown parent,
+/// duplicate uid...).
+pub fn read_vmsd(path: &Path) -> Result<SnapshotDb> {
+    let max = u64::try_from(vmx::MAX_INPUT_BYTES).unwrap_or(u64::MAX);
+    let Some(text) = read_text_opt(path, max)? else {
+        return Ok(SnapshotDb::new());
+    };
+    let dict = vmx::Dict::parse(&text).map_err(|e| Error::vmx(path, e))?;
+    SnapshotDb::from_dict(&dict).map_err(|e| Error::vmx(path, e))
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;

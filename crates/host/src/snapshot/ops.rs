@@ -1,0 +1,367 @@
+//! The snapshot operations: create, revert, remove, remove all, consolidate.
+
+use std::path::{Path, PathBuf};
+
+use vmx::{DiskNode, Snapshot};
+
+use super::compact::Cleanup;
+use super::graph::next_redo_path;
+use super::LockedVm;
+use crate::error::{Error, Result};
+use crate::fsutil::{now_micros, remove_file_if_exists, write_atomic};
+use crate::vm::{PowerState, VmDiskFile};
+
+/// Disks a snapshot leaves out, with the reason.
+type Skipped = Vec<(DiskNode, String)>;
+
+/// One disk of a new snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotDisk {
+    /// Where the disk is attached.
+    pub node: DiskNode,
+    /// The link the snapshot preserves, read-only from now on: what a backup exports.
+    pub base: PathBuf,
+    /// The new redo log the VM now writes.
+    pub redo: PathBuf,
+}
+
+/// What [`LockedVm::create_snapshot`] made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotCreated {
+    /// The new snapshot's uid.
+    pub uid: u64,
+    /// The disks it covers.
+    pub disks: Vec<SnapshotDisk>,
+    /// Disks left out (independent, physical-mode RDM), with the reason.
+    pub skipped: Vec<(DiskNode, String)>,
+}
+
+impl LockedVm<'_> {
+    /// Takes a snapshot: a redo log per disk (`NAME-000001.vmdk` + `-delta.vmdk`), the
+    /// .vmx pointed at the redo logs, the snapshot recorded in the .vmsd as a child of the
+    /// current one and made current. A `.vmsn` file keeps the .vmx as it was.
+    ///
+    /// # Errors
+    /// [`Error::NothingToSnapshot`]; [`Error::WrongPowerState`] for a running VM; disk and
+    /// file errors. On error nothing is left changed, as far as undoing succeeds.
+    pub fn create_snapshot(&mut self, name: &str, description: &str) -> Result<SnapshotCreated> {
+        self.refuse_state(
+            PowerState::PoweredOn,
+            "a running VM is snapshotted through its runtime",
+        )?;
+        self.validate_tree()?;
+        let (targets, skipped) = self.snapshot_targets()?;
+        if targets.is_empty() {
+            return Err(Error::NothingToSnapshot { vm: self.vm.name() });
+        }
+        let uid = self
+            .db
+            .snapshots()
+            .iter()
+            .map(|s| s.uid)
+            .fold(self.db.last_uid(), u64::max)
+            .saturating_add(1);
+        let bases: Vec<&Path> = targets.iter().map(|d| d.path.as_path()).collect();
+        let created = self.make_redo_logs(&bases)?;
+        let vmsn_name = format!("{}-Snapshot{uid}.vmsn", self.vm.stem());
+        let vmsn = self.vm.dir.join(&vmsn_name);
+        if let Err(e) = write_atomic(&vmsn, self.vm.config.to_string().as_bytes()) {
+            return Err(discard(&created, e));
+        }
+        let old: Vec<(DiskNode, String)> = targets
+            .iter()
+            .map(|d| (d.node, d.file_name.clone()))
+            .collect();
+        if let Err(e) = self.point_disks(targets.iter().map(|d| d.node).zip(created.iter())) {
+            let _ = remove_file_if_exists(&vmsn);
+            return Err(discard(&created, e));
+        }
+        let snapshot = Snapshot {
+            uid,
+            display_name: name.to_owned(),
+            description: description.to_owned(),
+            parent: self.db.current(),
+            create_time_micros: now_micros(),
+            filename: vmsn_name,
+            disks: old.clone(),
+        };
+        let uid = match self.record_snapshot(snapshot) {
+            Ok(uid) => uid,
+            // Put the .vmx back; if even that fails, consolidate finds the redo logs.
+            Err(e) if self.restore_disk_names(&old).is_ok() => {
+                let _ = remove_file_if_exists(&vmsn);
+                return Err(discard(&created, e));
+            }
+            Err(e) => return Err(e),
+        };
+        let disks = targets
+            .iter()
+            .zip(created)
+            .map(|(d, redo)| SnapshotDisk {
+                node: d.node,
+                base: d.path.clone(),
+                redo,
+            })
+            .collect();
+        Ok(SnapshotCreated {
+            uid,
+            disks,
+            skipped,
+        })
+    }
+
+    /// The disks a snapshot covers, and those it leaves out with the reason.
+    fn snapshot_targets(&self) -> Result<(Vec<VmDiskFile>, Skipped)> {
+        let mut targets = Vec::new();
+        let mut skipped = Vec::new();
+        for d in self.vm.disks(self.host)? {
+            let (desc, _) =
+                vmdk::read_descriptor(&d.path).map_err(|e| Error::disk("read descriptor", e))?;
+            let create_type = desc.create_type.to_string();
+            if d.independent {
+                skipped.push((d.node, "independent disk".to_owned()));
+            } else if create_type == "vmfsPassthroughRawDeviceMap" || create_type == "vmfsRaw" {
+                skipped.push((d.node, "physical-mode raw device".to_owned()));
+            } else {
+                targets.push(d);
+            }
+        }
+        Ok((targets, skipped))
+    }
+
+    /// Creates a redo log (ESX naming, in the VM folder) over each of `bases`; on error
+    /// the ones made are deleted again.
+    fn make_redo_logs(&self, bases: &[&Path]) -> Result<Vec<PathBuf>> {
+        let mut created = Vec::new();
+        for base in bases {
+            let made = next_redo_path(&self.vm.dir, base).and_then(|redo| {
+                vmdk::create_child(base, &redo, vmdk::ChildFormat::VmfsSparse)
+                    .map_err(|e| Error::disk("create redo log", e))?;
+                Ok(redo)
+            });
+            match made {
+                Ok(redo) => created.push(redo),
+                Err(e) => return Err(discard(&created, e)),
+            }
+        }
+        Ok(created)
+    }
+
+    /// Adds `snapshot` to the .vmsd as the current one; on error the database is read
+    /// back from the file.
+    fn record_snapshot(&mut self, snapshot: Snapshot) -> Result<u64> {
+        let vmsd = self.vm.vmsd_path();
+        let recorded = self
+            .db
+            .add(snapshot)
+            .and_then(|uid| self.db.set_current(Some(uid)).map(|()| uid))
+            .map_err(|e| Error::vmx(&vmsd, e))
+            .and_then(|uid| self.save_vmsd().map(|()| uid));
+        if recorded.is_err() {
+            if let Ok(db) = super::read_vmsd(&vmsd) {
+                self.db = db;
+            }
+        }
+        recorded
+    }
+
+    /// Reverts to snapshot `uid`: each of its disks gets a fresh redo log the .vmx points
+    /// at, the snapshot becomes current, and the discarded state's redo logs are deleted
+    /// (never a file a remaining snapshot needs).
+    ///
+    /// # Errors
+    /// [`Error::UnknownSnapshot`]; [`Error::WrongPowerState`] for a suspended VM (its
+    /// saved memory belongs to the current disks); disk and file errors.
+    pub fn revert_to_snapshot(
+        &mut self,
+        uid: u64,
+        progress: &mut dyn vmdk::Progress,
+    ) -> Result<Cleanup> {
+        self.refuse_state(
+            PowerState::Suspended,
+            "discard the suspended state before reverting",
+        )?;
+        self.refuse_state(PowerState::PoweredOn, "power it off before reverting")?;
+        let snap = self.snapshot(uid)?.clone();
+        self.validate_tree()?;
+        let mut notes = Vec::new();
+        let mut nodes = Vec::new();
+        let mut bases = Vec::new();
+        for (node, name) in &snap.disks {
+            if self.vm.config.disk(*node).is_none() {
+                notes.push(format!(
+                    "{node}: the VM no longer has this disk; left alone"
+                ));
+                continue;
+            }
+            nodes.push(*node);
+            bases.push(self.vm.resolve_name(self.host, name)?);
+        }
+        let base_refs: Vec<&Path> = bases.iter().map(PathBuf::as_path).collect();
+        let created = self.make_redo_logs(&base_refs)?;
+        if let Err(e) = self.point_disks(nodes.into_iter().zip(created.iter())) {
+            return Err(discard(&created, e));
+        }
+        self.db
+            .set_current(Some(uid))
+            .map_err(|e| Error::vmx(self.vm.vmsd_path(), e))?;
+        self.save_vmsd()?;
+        let mut out = self.compact(false, progress)?;
+        out.notes.extend(notes);
+        Ok(out)
+    }
+
+    /// Removes snapshot `uid` as a restore point and commits the redo logs it no longer
+    /// needs, without changing what any other snapshot or the current state reads.
+    ///
+    /// # Errors
+    /// [`Error::UnknownSnapshot`]; disk and file errors.
+    pub fn remove_snapshot(
+        &mut self,
+        uid: u64,
+        progress: &mut dyn vmdk::Progress,
+    ) -> Result<Cleanup> {
+        self.snapshot(uid)?;
+        self.validate_tree()?;
+        let removed = self
+            .db
+            .remove(uid)
+            .map_err(|e| Error::vmx(self.vm.vmsd_path(), e))?;
+        self.save_vmsd()?;
+        let mut out = self.compact(false, progress)?;
+        self.remove_vmsn(&removed.filename, &mut out);
+        Ok(out)
+    }
+
+    /// Removes every snapshot and commits every redo log into the base disks.
+    ///
+    /// # Errors
+    /// Disk and file errors.
+    pub fn remove_all_snapshots(&mut self, progress: &mut dyn vmdk::Progress) -> Result<Cleanup> {
+        self.validate_tree()?;
+        let uids: Vec<u64> = self.db.snapshots().iter().map(|s| s.uid).collect();
+        let mut vmsns = Vec::new();
+        for uid in uids {
+            let s = self
+                .db
+                .remove(uid)
+                .map_err(|e| Error::vmx(self.vm.vmsd_path(), e))?;
+            vmsns.push(s.filename);
+        }
+        self.save_vmsd()?;
+        let mut out = self.compact(false, progress)?;
+        for f in vmsns {
+            self.remove_vmsn(&f, &mut out);
+        }
+        Ok(out)
+    }
+
+    /// Commits redo logs no snapshot owns (the .vmx names a chain deeper than the .vmsd
+    /// explains, as an interrupted backup leaves it) and deletes leftover redo logs and
+    /// snapshot state files nothing references.
+    ///
+    /// # Errors
+    /// Disk and file errors.
+    pub fn consolidate(&mut self, progress: &mut dyn vmdk::Progress) -> Result<Cleanup> {
+        let mut out = self.compact(true, progress)?;
+        let stem = self.vm.stem();
+        let listed: Vec<String> = self
+            .db
+            .snapshots()
+            .iter()
+            .map(|s| s.filename.clone())
+            .collect();
+        let entries = std::fs::read_dir(&self.vm.dir)
+            .map_err(|e| Error::io(&self.vm.dir, "list folder", e))?;
+        for entry in entries.filter_map(|e| e.ok()) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let ours = name.starts_with(&format!("{stem}-Snapshot")) && name.ends_with(".vmsn");
+            if ours && !listed.contains(&name) {
+                self.remove_vmsn(&name, &mut out);
+            }
+        }
+        Ok(out)
+    }
+
+    fn snapshot(&self, uid: u64) -> Result<&Snapshot> {
+        self.db.get(uid).ok_or_else(|| Error::UnknownSnapshot {
+            vm: self.vm.name(),
+            name: uid.to_string(),
+        })
+    }
+
+    fn refuse_state(&self, state: PowerState, reason: &'static str) -> Result<()> {
+        let now = self.vm.power_state(self.host);
+        if now == state {
+            return Err(Error::WrongPowerState {
+                vm: self.vm.name(),
+                state: now,
+                reason,
+            });
+        }
+        Ok(())
+    }
+
+    /// Opens every chain the .vmx and .vmsd name, so that a broken or hostile tree is
+    /// refused before anything changes.
+    fn validate_tree(&mut self) -> Result<()> {
+        self.graph().map(|_| ())
+    }
+
+    /// Points each node's disk at the given file and writes the .vmx.
+    fn point_disks<'a>(
+        &mut self,
+        disks: impl Iterator<Item = (DiskNode, &'a PathBuf)>,
+    ) -> Result<()> {
+        for (node, file) in disks {
+            let name = self.vm.ref_name(self.host, file);
+            if let Err(e) = self.vm.config.set_disk_file(node, &name) {
+                let _ = self.reload_vmx();
+                return Err(Error::vmx(&self.vm.vmx_path, e));
+            }
+        }
+        self.save_vmx().inspect_err(|_| {
+            let _ = self.reload_vmx();
+        })
+    }
+
+    /// Writes the given file names (as originally written) back into the .vmx.
+    fn restore_disk_names(&mut self, disks: &[(DiskNode, String)]) -> Result<()> {
+        for (node, name) in disks {
+            self.vm
+                .config
+                .set_disk_file(*node, name)
+                .map_err(|e| Error::vmx(&self.vm.vmx_path, e))?;
+        }
+        self.save_vmx()
+    }
+
+    /// Deletes a snapshot state file no snapshot names any more (only inside the VM
+    /// folder; a bad name is noted and left).
+    fn remove_vmsn(&self, name: &str, out: &mut Cleanup) {
+        if name.is_empty() || self.db.snapshots().iter().any(|s| s.filename == name) {
+            return;
+        }
+        if vmx::validate_relative_name(name).is_err() || name.contains('/') {
+            out.notes.push(format!(
+                "snapshot state file {name:?} is not in the VM folder; left alone"
+            ));
+            return;
+        }
+        let path = self.vm.dir.join(name);
+        match remove_file_if_exists(&path) {
+            Ok(true) => out.deleted.push(path),
+            Ok(false) => {}
+            Err(e) => out.notes.push(e.to_string()),
+        }
+    }
+}
+
+/// Deletes redo logs made by a step that failed, and returns the step's error.
+fn discard(created: &[PathBuf], err: Error) -> Error {
+    for f in created.iter().rev() {
+        // Best effort: a leftover is found and removed by consolidate.
+        let _ = vmdk::delete(Path::new(f));
+    }
+    err
+}

@@ -1,0 +1,399 @@
+//! [`Vm`]: a registered VM as read from its .vmx, with its files confined to the host's
+//! datastores.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use vmx::{DatastorePath, DiskNode, Uuid, VmConfig};
+
+use crate::error::{Error, Result};
+use crate::fsutil::{canonical, parent_dir, read_text};
+use crate::inventory::Inventory;
+use crate::lock::{FileLock, LockMode, LOCK_FILE_NAME};
+use crate::Host;
+
+/// A VM's managed object reference: a number assigned when the inventory is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct VmRef(pub u32);
+
+impl fmt::Display for VmRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A VM's power state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PowerState {
+    /// Running. A standalone host on files never reports it; the runtime (a later issue)
+    /// will, for the VMs it runs.
+    PoweredOn,
+    /// Not running, no suspended state.
+    PoweredOff,
+    /// A suspended state file (.vmss) exists.
+    Suspended,
+}
+
+impl PowerState {
+    /// The specifier spelling: `on`, `off` or `suspended`.
+    pub fn short_name(self) -> &'static str {
+        match self {
+            PowerState::PoweredOn => "on",
+            PowerState::PoweredOff => "off",
+            PowerState::Suspended => "suspended",
+        }
+    }
+
+    /// Parses `on`, `off` or `suspended` (and the vSphere names), any case.
+    pub fn parse(s: &str) -> Option<PowerState> {
+        match s.to_ascii_lowercase().as_str() {
+            "on" | "poweredon" => Some(PowerState::PoweredOn),
+            "off" | "poweredoff" => Some(PowerState::PoweredOff),
+            "suspended" => Some(PowerState::Suspended),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for PowerState {
+    /// The vSphere name: `poweredOn`, `poweredOff`, `suspended`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PowerState::PoweredOn => "poweredOn",
+            PowerState::PoweredOff => "poweredOff",
+            PowerState::Suspended => "suspended",
+        })
+    }
+}
+
+/// A registered VM.
+#[derive(Debug, Clone)]
+pub struct Vm {
+    /// Its moref.
+    pub moref: VmRef,
+    /// The .vmx as registered.
+    pub vmx: DatastorePath,
+    /// The .vmx file (canonical).
+    pub vmx_path: PathBuf,
+    /// The VM folder: the folder holding the .vmx (canonical).
+    pub dir: PathBuf,
+    /// The VM folder in the inventory (normalised; `/` is the root).
+    pub folder: String,
+    /// The resource pool (normalised; `/` is the root pool).
+    pub pool: String,
+    /// The .vmx contents.
+    pub config: VmConfig,
+}
+
+/// One virtual disk of a VM, its file resolved and confined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmDiskFile {
+    /// Where it is attached.
+    pub node: DiskNode,
+    /// `<node>.fileName` as written in the .vmx.
+    pub file_name: String,
+    /// The descriptor (canonical path).
+    pub path: PathBuf,
+    /// `<node>.mode` is `independent-*`: snapshots leave the disk alone.
+    pub independent: bool,
+}
+
+impl Vm {
+    /// Reads the VM registered as `vmx` with moref `moref`.
+    ///
+    /// # Errors
+    /// [`Error::UnknownDatastore`], [`Error::MissingFile`], [`Error::Vmx`] (a malformed or
+    /// hostile .vmx: bad lines, duplicate keys, bad values).
+    pub fn load(
+        host: &Host,
+        moref: VmRef,
+        vmx: &DatastorePath,
+        folder: &str,
+        pool: &str,
+    ) -> Result<Vm> {
+        let path = host.resolve(vmx)?;
+        let vmx_path = canonical(&path, ".vmx file")?;
+        if !host.in_datastore(&vmx_path) {
+            return Err(Error::OutsideDatastores {
+                file: path,
+                name: vmx.to_string(),
+            });
+        }
+        let config = read_vmx(&vmx_path)?;
+        Ok(Vm {
+            moref,
+            vmx: vmx.clone(),
+            dir: parent_dir(&vmx_path),
+            vmx_path,
+            folder: folder.to_owned(),
+            pool: pool.to_owned(),
+            config,
+        })
+    }
+
+    /// The display name, or the .vmx file's stem when there is none.
+    pub fn name(&self) -> String {
+        match self.config.display_name() {
+            Some(n) if !n.is_empty() => n.to_owned(),
+            _ => self.stem(),
+        }
+    }
+
+    /// The .vmx file name without `.vmx`: the base of the VM's other file names.
+    pub fn stem(&self) -> String {
+        let name = self
+            .vmx_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        name.strip_suffix(".vmx").map(str::to_owned).unwrap_or(name)
+    }
+
+    /// `uuid.bios`.
+    pub fn uuid(&self) -> Option<Uuid> {
+        self.config.uuid_bios()
+    }
+
+    /// `guestinfo.ip`.
+    pub fn guest_ip(&self) -> Option<&str> {
+        self.config.guest_ip().filter(|s| !s.is_empty())
+    }
+
+    /// The snapshot database file (`NAME.vmsd` beside the .vmx).
+    pub fn vmsd_path(&self) -> PathBuf {
+        self.dir.join(format!("{}.vmsd", self.stem()))
+    }
+
+    /// The VM folder's lock file.
+    pub fn lock_path(&self) -> PathBuf {
+        self.dir.join(LOCK_FILE_NAME)
+    }
+
+    /// Takes the VM folder lock.
+    ///
+    /// # Errors
+    /// [`Error::Busy`] when another process holds it and `mode` is [`LockMode::NoWait`].
+    pub fn lock(&self, mode: LockMode) -> Result<FileLock> {
+        FileLock::acquire(&self.lock_path(), mode)
+    }
+
+    /// The power state, from the files: suspended when a .vmss exists, else powered off.
+    /// (The runtime, a later issue, reports powered-on VMs before this is consulted.)
+    pub fn power_state(&self, host: &Host) -> PowerState {
+        if self.suspend_file(host).is_some() {
+            PowerState::Suspended
+        } else {
+            PowerState::PoweredOff
+        }
+    }
+
+    /// The suspended state file, if one exists: `checkpoint.vmState`, else `NAME.vmss` or
+    /// `NAME-*.vmss` in the suspend folder.
+    pub fn suspend_file(&self, host: &Host) -> Option<PathBuf> {
+        let dir = match self.config.suspend_dir().filter(|s| !s.is_empty()) {
+            Some(d) => self.resolve_name(host, d).ok()?,
+            None => self.dir.clone(),
+        };
+        if let Some(state) = self
+            .config
+            .dict()
+            .get("checkpoint.vmState")
+            .filter(|s| !s.is_empty())
+        {
+            if let Ok(p) = self.resolve_name(host, state) {
+                if p.is_file() {
+                    return Some(p);
+                }
+            }
+        }
+        let stem = self.stem();
+        let entries = std::fs::read_dir(&dir).ok()?;
+        entries.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.strip_suffix(".vmss")
+                    .is_some_and(|s| s == stem || s.starts_with(&format!("{stem}-")))
+            })
+        })
+    }
+
+    /// Resolves a file name written in the .vmx or .vmsd: relative to the VM folder, a
+    /// datastore path, or an absolute path (`/vmfs/volumes/NAME/...` maps to datastore
+    /// NAME). The result is canonical when the file exists, and must lie inside one of
+    /// the host's datastores.
+    ///
+    /// # Errors
+    /// [`Error::Vmx`] for a relative name with `..` or control characters;
+    /// [`Error::OutsideDatastores`]; [`Error::UnknownDatastore`].
+    pub fn resolve_name(&self, host: &Host, name: &str) -> Result<PathBuf> {
+        let outside = || Error::OutsideDatastores {
+            file: self.vmx_path.clone(),
+            name: name.to_owned(),
+        };
+        let path = if name.starts_with('[') {
+            let dp: DatastorePath = name.parse().map_err(|e| Error::vmx(&self.vmx_path, e))?;
+            host.resolve(&dp)?
+        } else if let Some(rest) = name.strip_prefix("/vmfs/volumes/") {
+            let (ds, rel) = rest.split_once('/').unwrap_or((rest, ""));
+            let dp = DatastorePath::new(ds, rel).map_err(|_| outside())?;
+            host.resolve(&dp)?
+        } else if name.starts_with('/') {
+            PathBuf::from(name)
+        } else {
+            vmx::validate_relative_name(name).map_err(|e| Error::vmx(&self.vmx_path, e))?;
+            self.dir.join(name)
+        };
+        let resolved = match std::fs::canonicalize(&path) {
+            Ok(c) => c,
+            Err(_) => {
+                // Not there (yet): confine its folder instead.
+                let parent = std::fs::canonicalize(parent_dir(&path)).map_err(|_| outside())?;
+                match path.file_name() {
+                    Some(file) => parent.join(file),
+                    None => return Err(outside()),
+                }
+            }
+        };
+        let check = if resolved.exists() {
+            resolved.clone()
+        } else {
+            parent_dir(&resolved)
+        };
+        if !host.in_datastore(&check) {
+            return Err(outside());
+        }
+        Ok(resolved)
+    }
+
+    /// How to write `path` into the .vmx or .vmsd: a bare name inside the VM folder, else
+    /// a datastore path (else the absolute path).
+    pub fn ref_name(&self, host: &Host, path: &Path) -> String {
+        if parent_dir(path) == self.dir {
+            if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+                return name.to_owned();
+            }
+        }
+        match host.datastore_path_of(path) {
+            Some(dp) => dp.to_string(),
+            None => path.to_string_lossy().into_owned(),
+        }
+    }
+
+    /// The VM's disks, resolved and confined. Each descriptor must exist.
+    ///
+    /// # Errors
+    /// As for [`Vm::resolve_name`]; [`Error::MissingFile`].
+    pub fn disks(&self, host: &Host) -> Result<Vec<VmDiskFile>> {
+        self.config
+            .disks()
+            .iter()
+            .map(|d| {
+                let path = self.resolve_name(host, &d.file_name)?;
+                if !path.exists() {
+                    return Err(Error::MissingFile { path, what: "disk" });
+                }
+                let mode = self
+                    .config
+                    .dict()
+                    .get(&format!("{}.mode", d.node))
+                    .unwrap_or_default();
+                Ok(VmDiskFile {
+                    node: d.node,
+                    file_name: d.file_name.clone(),
+                    path,
+                    independent: mode.to_ascii_lowercase().starts_with("independent"),
+                })
+            })
+            .collect()
+    }
+
+    /// The configuration files that exist: .vmx, .vmsd, .vmxf, NVRAM, snapshot state
+    /// files (.vmsn) and logs (`vmware*.log`) in the VM folder.
+    ///
+    /// # Errors
+    /// As for [`Vm::resolve_name`] (for the NVRAM name).
+    pub fn config_files(&self, host: &Host) -> Result<Vec<PathBuf>> {
+        let mut files = vec![self.vmx_path.clone()];
+        if let Some(nvram) = self.config.nvram().filter(|s| !s.is_empty()) {
+            let p = self.resolve_name(host, nvram)?;
+            if p.is_file() {
+                files.push(p);
+            }
+        }
+        let stem = self.stem();
+        let mut extra: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .map_err(|e| Error::io(&self.dir, "list folder", e))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .filter(|p| {
+                let n = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                n == format!("{stem}.vmsd")
+                    || n == format!("{stem}.vmxf")
+                    || n.ends_with(".vmsn")
+                    || (n.starts_with("vmware") && n.ends_with(".log"))
+            })
+            .collect();
+        extra.sort();
+        for p in extra {
+            if !files.contains(&p) {
+                files.push(p);
+            }
+        }
+        Ok(files)
+    }
+}
+
+/// Reads and parses a .vmx file.
+pub(crate) fn read_vmx(path: &Path) -> Result<VmConfig> {
+    let max = u64::try_from(vmx::MAX_INPUT_BYTES).unwrap_or(u64::MAX);
+    let text = read_text(path, max)?;
+    let dict = vmx::Dict::parse(&text).map_err(|e| Error::vmx(path, e))?;
+    VmConfig::from_dict(&dict).map_err(|e| Error::vmx(path, e))
+}
+
+impl Host {
+    /// The registered VMs' morefs, .vmx paths, folders and pools, in inventory order.
+    pub fn entries(&self) -> Vec<(VmRef, &crate::InventoryEntry)> {
+        self.inventory
+            .vms
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (VmRef(Inventory::moref_of(i)), e))
+            .collect()
+    }
+
+    /// Loads the VM with `moref`.
+    ///
+    /// # Errors
+    /// [`Error::NotRegistered`], and as for [`Vm::load`].
+    pub fn vm(&self, moref: VmRef) -> Result<Vm> {
+        let i = self
+            .inventory
+            .index_of(moref.0)
+            .ok_or(Error::NotRegistered { moref: moref.0 })?;
+        let e = &self.inventory.vms[i];
+        let dp: DatastorePath = e
+            .vmx
+            .parse()
+            .map_err(|err| Error::vmx(self.root().join(crate::host::INVENTORY_FILE), err))?;
+        Vm::load(self, moref, &dp, &e.folder, &e.pool)
+    }
+
+    /// Every registered VM that loads, with the errors of those that do not.
+    pub fn vms(&self) -> (Vec<Vm>, Vec<(VmRef, Error)>) {
+        let mut good = Vec::new();
+        let mut bad = Vec::new();
+        for (moref, _) in self.entries() {
+            match self.vm(moref) {
+                Ok(vm) => good.push(vm),
+                Err(e) => bad.push((moref, e)),
+            }
+        }
+        (good, bad)
+    }
+}
+
+#[cfg(test)]
+#[path = "vm_tests.rs"]
+mod tests;

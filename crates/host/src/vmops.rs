@@ -1,0 +1,155 @@
+//! Registering, unregistering and destroying VMs.
+
+use std::fs;
+use std::path::PathBuf;
+
+use vmx::DatastorePath;
+
+use crate::config::ContainerKind;
+use crate::error::{Error, Result};
+use crate::fsutil::{remove_file_if_exists, sync_dir};
+use crate::inventory::{Inventory, InventoryEntry};
+use crate::lock::LockMode;
+use crate::vm::{PowerState, Vm, VmRef};
+use crate::Host;
+
+/// What [`Host::destroy_vm`] removed and left.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Destroyed {
+    /// Files deleted.
+    pub deleted: Vec<PathBuf>,
+    /// Files that belong to the VM but lie outside its folder, or other files found in
+    /// its folder: left alone.
+    pub left: Vec<PathBuf>,
+}
+
+impl Host {
+    /// Registers the VM whose .vmx is `vmx`. The .vmx must parse and every file name in
+    /// it must stay inside the host's datastores.
+    ///
+    /// # Errors
+    /// [`Error::UnknownDatastore`], [`Error::MissingFile`], [`Error::Vmx`],
+    /// [`Error::OutsideDatastores`], [`Error::UnknownContainer`],
+    /// [`Error::AlreadyRegistered`].
+    pub fn register_vm(
+        &mut self,
+        vmx: &DatastorePath,
+        folder: Option<&str>,
+        pool: Option<&str>,
+    ) -> Result<Vm> {
+        let folder = self.container(ContainerKind::Folder, folder.unwrap_or("/"))?;
+        let pool = self.container(ContainerKind::Pool, pool.unwrap_or("/"))?;
+        let probe = Vm::load(self, VmRef(0), vmx, &folder, &pool)?;
+        for d in probe.config.disks() {
+            probe.resolve_name(self, &d.file_name)?;
+        }
+        if let Some(nvram) = probe.config.nvram().filter(|s| !s.is_empty()) {
+            probe.resolve_name(self, nvram)?;
+        }
+        let me = self.clone();
+        let moref = self.update(|_, inventory| {
+            for (i, e) in inventory.vms.iter().enumerate() {
+                let same = e
+                    .vmx
+                    .parse::<DatastorePath>()
+                    .ok()
+                    .and_then(|dp| me.resolve(&dp).ok())
+                    .and_then(|p| fs::canonicalize(p).ok())
+                    .is_some_and(|p| p == probe.vmx_path);
+                if same {
+                    return Err(Error::AlreadyRegistered {
+                        vmx: e.vmx.clone(),
+                        moref: Inventory::moref_of(i),
+                    });
+                }
+            }
+            inventory.vms.push(InventoryEntry {
+                vmx: vmx.to_string(),
+                folder,
+                pool,
+            });
+            Ok(VmRef(Inventory::moref_of(inventory.vms.len() - 1)))
+        })?;
+        self.vm(moref)
+    }
+
+    /// Removes the VM from the inventory; its files stay.
+    ///
+    /// # Errors
+    /// [`Error::NotRegistered`].
+    pub fn unregister_vm(&mut self, moref: VmRef) -> Result<()> {
+        // Look the entry up by its .vmx: morefs are positions, and the file may have
+        // changed since this host was loaded.
+        let i = self
+            .inventory
+            .index_of(moref.0)
+            .ok_or(Error::NotRegistered { moref: moref.0 })?;
+        let vmx = self.inventory.vms[i].vmx.clone();
+        self.update(|_, inventory| {
+            let before = inventory.vms.len();
+            inventory.vms.retain(|e| e.vmx != vmx);
+            if inventory.vms.len() == before {
+                return Err(Error::NotRegistered { moref: moref.0 });
+            }
+            Ok(())
+        })
+    }
+
+    /// Unregisters the VM and deletes its files: the .vmx, .vmsd, NVRAM, logs, snapshot
+    /// state, suspended state and every disk link inside its folder; then the folder
+    /// when it is empty. Disks outside the folder are left (another VM may use them).
+    ///
+    /// # Errors
+    /// [`Error::WrongPowerState`] for a running VM, [`Error::Busy`], and file errors.
+    pub fn destroy_vm(&mut self, moref: VmRef, mode: LockMode) -> Result<Destroyed> {
+        let mut locked = self.lock_vm(moref, mode)?;
+        let vm = locked.vm().clone();
+        let state = vm.power_state(self);
+        if state == PowerState::PoweredOn {
+            return Err(Error::WrongPowerState {
+                vm: vm.name(),
+                state,
+                reason: "power it off first",
+            });
+        }
+        let mut files = vm.config_files(self)?;
+        files.extend(vm.suspend_file(self));
+        for disk in locked.disk_files()? {
+            let links = vmdk::link_files(&disk).map_err(|e| Error::disk("list disk files", e))?;
+            files.extend(links);
+        }
+        drop(locked);
+        let mut out = Destroyed::default();
+        let vm_dir = vm.dir.clone();
+        let in_folder = |p: &PathBuf| crate::fsutil::parent_dir(p) == vm_dir;
+        let (inside, outside): (Vec<PathBuf>, Vec<PathBuf>) =
+            files.into_iter().partition(in_folder);
+        out.left.extend(outside);
+        let lock = vm.lock(mode)?;
+        self.unregister_vm(moref)?;
+        for f in inside {
+            if !out.deleted.contains(&f) && remove_file_if_exists(&f)? {
+                out.deleted.push(f);
+            }
+        }
+        for name in [crate::lock::LOCK_FILE_NAME, crate::snapshot::JOURNAL_FILE] {
+            remove_file_if_exists(&vm_dir.join(name))?;
+        }
+        drop(lock);
+        let is_datastore_root = self
+            .datastores()
+            .iter()
+            .any(|ds| fs::canonicalize(&ds.path).is_ok_and(|p| p == vm_dir));
+        let rest: Vec<PathBuf> = fs::read_dir(&vm_dir)
+            .map_err(|e| Error::io(&vm_dir, "list folder", e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        if rest.is_empty() && !is_datastore_root {
+            fs::remove_dir(&vm_dir).map_err(|e| Error::io(&vm_dir, "remove folder", e))?;
+            sync_dir(&crate::fsutil::parent_dir(&vm_dir))?;
+        } else if !is_datastore_root {
+            out.left.extend(rest);
+        }
+        Ok(out)
+    }
+}
