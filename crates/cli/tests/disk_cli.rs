@@ -33,38 +33,67 @@ fn ok(o: Output) -> String {
 
 #[track_caller]
 fn fails(o: Output) -> String {
-    assert!(!o.status.success(), "expected failure, got success: {}", String::from_utf8_lossy(&o.stdout));
+    assert!(
+        !o.status.success(),
+        "expected failure, got success: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert_eq!(err.trim_end().lines().count(), 1, "one-line error expected, got:\n{err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one-line error expected, got:\n{err}"
+    );
     err
 }
 
 fn qemu_available() -> bool {
-    let ok = Command::new("qemu-img").arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+    let ok = Command::new("qemu-img")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     if !ok {
-        assert!(std::env::var_os("VCB_REQUIRE_TOOLS").is_none(), "qemu-img required");
+        assert!(
+            std::env::var_os("VCB_REQUIRE_TOOLS").is_none(),
+            "qemu-img required"
+        );
         eprintln!("SKIP: qemu-img not found");
     }
     ok
 }
 
 fn qemu_create_type(p: &Path) -> String {
-    let o = Command::new("qemu-img").args(["info", "--output=json"]).arg(p).output().unwrap();
+    let o = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(p)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    v["format-specific"]["data"]["create-type"].as_str().unwrap_or_default().to_string()
+    v["format-specific"]["data"]["create-type"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn qemu_raw(p: &Path) -> Vec<u8> {
     let out = p.with_extension("oracle.raw");
-    let o = Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(p).arg(&out).output().unwrap();
+    let o = Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(p)
+        .arg(&out)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     std::fs::read(out).unwrap()
 }
 
 fn files_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> =
-        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     v.sort();
     v
 }
@@ -81,8 +110,17 @@ fn create_every_format_with_size_suffixes() {
         ("monoflat", "monolithicFlat"),
     ] {
         let d = dir.path().join(format!("{fmt}.vmdk"));
-        ok(vmkfstools(&[&"-c", &"3m", &"-d", &fmt, &"-a", &"buslogic", &d]));
-        let info: serde_json::Value = serde_json::from_str(&ok(vcb(&[&"disk", &"info", &d, &"--json"]))).unwrap();
+        ok(vmkfstools(&[
+            &"-c",
+            &"3m",
+            &"-d",
+            &fmt,
+            &"-a",
+            &"buslogic",
+            &d,
+        ]));
+        let info: serde_json::Value =
+            serde_json::from_str(&ok(vcb(&[&"disk", &"info", &d, &"--json"]))).unwrap();
         assert_eq!(info["capacity"], 3 << 20, "{fmt}");
         assert_eq!(info["adapter"], "buslogic", "{fmt}");
         if qemu_available() {
@@ -93,7 +131,10 @@ fn create_every_format_with_size_suffixes() {
     let d = dir.path().join("default.vmdk");
     ok(vmkfstools(&[&"-c", &"1M", &d]));
     let text = std::fs::read_to_string(&d).unwrap();
-    assert!(text.contains("createType=\"vmfs\"") && !text.contains("thinProvisioned"), "{text}");
+    assert!(
+        text.contains("createType=\"vmfs\"") && !text.contains("thinProvisioned"),
+        "{text}"
+    );
     let thin = std::fs::read_to_string(dir.path().join("thin.vmdk")).unwrap();
     assert!(thin.contains("ddb.thinProvisioned = \"1\""), "{thin}");
 }
@@ -101,7 +142,9 @@ fn create_every_format_with_size_suffixes() {
 #[test]
 fn import_raw_write_read_and_clone() {
     let dir = tempfile::tempdir().unwrap();
-    let raw: Vec<u8> = (0..(2u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    let raw: Vec<u8> = (0..(2u32 << 20))
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
     let src = dir.path().join("guest.img");
     std::fs::write(&src, &raw).unwrap();
     let thin = dir.path().join("thin.vmdk");
@@ -128,11 +171,18 @@ fn extend_rename_delete() {
     let d = dir.path().join("a.vmdk");
     ok(vmkfstools(&[&"-c", &"1M", &"-d", &"monosparse", &d]));
     let content = dir.path().join("content.bin");
-    std::fs::write(&content, (0..300_000u32).map(|i| (i % 253) as u8).collect::<Vec<u8>>()).unwrap();
+    std::fs::write(
+        &content,
+        (0..300_000u32)
+            .map(|i| (i % 253) as u8)
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
     ok(vcb(&[&"disk", &"write", &d, &"100k", &content]));
     let before = ok(vcb(&[&"disk", &"read", &d, &"0", &"1M"]));
     ok(vmkfstools(&[&"-X", &"5M", &d]));
-    let info: serde_json::Value = serde_json::from_str(&ok(vcb(&[&"disk", &"info", &d, &"--json"]))).unwrap();
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(vcb(&[&"disk", &"info", &d, &"--json"]))).unwrap();
     assert_eq!(info["capacity"], 5 << 20);
     assert_eq!(ok(vcb(&[&"disk", &"read", &d, &"0", &"1M"])), before);
     let err = fails(vmkfstools(&[&"-X", &"2M", &d]));
@@ -142,12 +192,20 @@ fn extend_rename_delete() {
     ok(vmkfstools(&[&"-X", &"3M", &flat]));
     let renamed = dir.path().join("g.vmdk");
     ok(vmkfstools(&[&"-E", &flat, &renamed]));
-    assert!(files_in(dir.path()).contains(&"g-flat.vmdk".to_string()), "{:?}", files_in(dir.path()));
+    assert!(
+        files_in(dir.path()).contains(&"g-flat.vmdk".to_string()),
+        "{:?}",
+        files_in(dir.path())
+    );
     assert!(!flat.exists());
     ok(vmkfstools(&[&"-e", &renamed]));
     ok(vmkfstools(&[&"-U", &renamed]));
     ok(vmkfstools(&[&"-U", &d]));
-    assert_eq!(files_in(dir.path()), vec!["content.bin".to_string()], "only the test input remains");
+    assert_eq!(
+        files_in(dir.path()),
+        vec!["content.bin".to_string()],
+        "only the test input remains"
+    );
 }
 
 #[test]
@@ -158,13 +216,19 @@ fn rdm_create_and_query() {
     let map = dir.path().join("rdm.vmdk");
     ok(vmkfstools(&[&"-r", &dev, &map]));
     let q = ok(vmkfstools(&[&"-q", &map]));
-    assert!(q.contains("Non-passthrough Raw Device Mapping") && q.contains("lun0.bin"), "{q}");
+    assert!(
+        q.contains("Non-passthrough Raw Device Mapping") && q.contains("lun0.bin"),
+        "{q}"
+    );
     let mapp = dir.path().join("rdmp.vmdk");
     ok(vmkfstools(&[&"-z", &dev, &mapp]));
     let q = ok(vmkfstools(&[&"-q", &mapp]));
     assert!(q.contains("is a Passthrough Raw Device Mapping"), "{q}");
     // Reading the mapping reads the device.
-    assert_eq!(ok(vcb(&[&"disk", &"read", &map, &"0", &"4"])).as_bytes(), &[7, 7, 7, 7]);
+    assert_eq!(
+        ok(vcb(&[&"disk", &"read", &map, &"0", &"4"])).as_bytes(),
+        &[7, 7, 7, 7]
+    );
     let err = fails(vmkfstools(&[&"-q", &dir.path().join("nothing.vmdk")]));
     assert!(err.contains("nothing.vmdk"), "{err}");
 }
@@ -189,7 +253,10 @@ fn bad_options_give_one_line_errors() {
     let junk = dir.path().join("junk.vmdk");
     std::fs::write(&junk, [0xffu8; 1000]).unwrap();
     let err = fails(vmkfstools(&[&"-i", &junk, &dir.path().join("y.vmdk")]));
-    assert!(err.contains("junk.vmdk") && err.contains("not a VMDK"), "{err}");
+    assert!(
+        err.contains("junk.vmdk") && err.contains("not a VMDK"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -200,7 +267,12 @@ fn check_and_repair_through_the_cli() {
     let out = ok(vmkfstools(&[&"-x", &"check", &d]));
     assert!(out.contains("no errors"), "{out}");
     // Truncate the flat file: check reports, repair fixes.
-    std::fs::OpenOptions::new().write(true).open(dir.path().join("c-flat.vmdk")).unwrap().set_len(4096).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join("c-flat.vmdk"))
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
     let err = fails(vmkfstools(&[&"-x", &"check", &d]));
     assert!(err.contains("problem"), "{err}");
     let out = ok(vmkfstools(&[&"-x", &"repair", &d]));

@@ -17,7 +17,10 @@ pub struct Common {
 
 impl Common {
     fn open_options(&self, writable: bool) -> OpenOptions {
-        OpenOptions { writable, allow_outside_paths: self.allow_outside_paths }
+        OpenOptions {
+            writable,
+            allow_outside_paths: self.allow_outside_paths,
+        }
     }
 }
 
@@ -190,25 +193,64 @@ pub enum DiskCmd {
 /// Run a `vcb disk` command.
 pub fn run(cmd: DiskCmd) -> Result<()> {
     match cmd {
-        DiskCmd::Create { disk, size, format, adapter, .. } => create(&disk, &size, &format, &adapter),
-        DiskCmd::Import { src, dst, format, adapter, common } => {
-            import(&src, &dst, &format, adapter.as_deref(), &common)
-        }
+        DiskCmd::Create {
+            disk,
+            size,
+            format,
+            adapter,
+            ..
+        } => create(&disk, &size, &format, &adapter),
+        DiskCmd::Import {
+            src,
+            dst,
+            format,
+            adapter,
+            common,
+        } => import(&src, &dst, &format, adapter.as_deref(), &common),
         DiskCmd::Delete { disk } => Ok(vmdk::delete(&disk)?),
         DiskCmd::Rename { old, new } => Ok(vmdk::rename(&old, &new)?),
         DiskCmd::Extend { disk, size } => extend(&disk, &size),
-        DiskCmd::Inflate { disk } => Ok(vmdk::inflate(&disk, &mut Bar::new(format!("Inflating \"{}\"", disk.display())))?),
+        DiskCmd::Inflate { disk } => Ok(vmdk::inflate(
+            &disk,
+            &mut Bar::new(format!("Inflating \"{}\"", disk.display())),
+        )?),
         DiskCmd::PunchZero { disk } => punch_zero(&disk),
-        DiskCmd::CreateRdm { device, map, passthrough } => create_rdm(&device, &map, passthrough),
+        DiskCmd::CreateRdm {
+            device,
+            map,
+            passthrough,
+        } => create_rdm(&device, &map, passthrough),
         DiskCmd::QueryRdm { map } => query_rdm(&map),
         DiskCmd::ChainCheck { disk, common } => chain_check(&disk, &common),
-        DiskCmd::Check { disk, repair, common } => check(&disk, repair, &common),
+        DiskCmd::Check {
+            disk,
+            repair,
+            common,
+        } => check(&disk, repair, &common),
         DiskCmd::Info { disk, json, common } => info(&disk, json, &common),
         DiskCmd::Map { disk, json, common } => map(&disk, json, &common),
-        DiskCmd::Write { disk, offset, file, common } => write(&disk, &offset, &file, &common),
-        DiskCmd::Read { disk, offset, length, common } => read(&disk, &offset, &length, &common),
-        DiskCmd::Snapshot { parent, child, hosted } => {
-            let format = if hosted { vmdk::ChildFormat::HostedSparse } else { vmdk::ChildFormat::VmfsSparse };
+        DiskCmd::Write {
+            disk,
+            offset,
+            file,
+            common,
+        } => write(&disk, &offset, &file, &common),
+        DiskCmd::Read {
+            disk,
+            offset,
+            length,
+            common,
+        } => read(&disk, &offset, &length, &common),
+        DiskCmd::Snapshot {
+            parent,
+            child,
+            hosted,
+        } => {
+            let format = if hosted {
+                vmdk::ChildFormat::HostedSparse
+            } else {
+                vmdk::ChildFormat::VmfsSparse
+            };
             Ok(vmdk::create_child(&parent, &child, format)?)
         }
         DiskCmd::Commit { child, common } => {
@@ -235,7 +277,10 @@ pub fn create(disk: &Path, size: &str, format: &str, adapter: &str) -> Result<()
 
 /// Open a conversion source: a raw image by extension, else a VMDK chain (read-only).
 pub fn open_source(src: &Path, common: &Common) -> Result<Disk> {
-    let ext = src.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    let ext = src
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
     if matches!(ext.as_deref(), Some("img" | "raw" | "bin" | "iso")) {
         return Ok(Disk::open_raw(src)?);
     }
@@ -243,7 +288,13 @@ pub fn open_source(src: &Path, common: &Common) -> Result<Disk> {
 }
 
 /// Copy/convert `src` into a new disk at `dst`.
-pub fn import(src: &Path, dst: &Path, format: &str, adapter: Option<&str>, common: &Common) -> Result<()> {
+pub fn import(
+    src: &Path,
+    dst: &Path,
+    format: &str,
+    adapter: Option<&str>,
+    common: &Common,
+) -> Result<()> {
     let format = DiskFormat::parse(format)?;
     let mut source = open_source(src, common)?;
     let adapter = match adapter {
@@ -254,8 +305,16 @@ pub fn import(src: &Path, dst: &Path, format: &str, adapter: Option<&str>, commo
             .and_then(|a| AdapterType::parse(a).ok())
             .unwrap_or_default(),
     };
-    let spec = CreateSpec { capacity_bytes: 0, format, adapter, extra_ddb: Vec::new() };
-    let name = dst.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let spec = CreateSpec {
+        capacity_bytes: 0,
+        format,
+        adapter,
+        extra_ddb: Vec::new(),
+    };
+    let name = dst
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mut bar = Bar::new(format!("Cloning \"{}\" to \"{name}\"", src.display()));
     vmdk::convert(&mut source, dst, &spec, &mut bar)?;
     Ok(())
@@ -264,13 +323,20 @@ pub fn import(src: &Path, dst: &Path, format: &str, adapter: Option<&str>, commo
 /// Grow a disk.
 pub fn extend(disk: &Path, size: &str) -> Result<()> {
     let capacity = vmdk::parse_size(size)?;
-    vmdk::extend(disk, capacity, &mut Bar::new(format!("Extending \"{}\"", disk.display())))?;
+    vmdk::extend(
+        disk,
+        capacity,
+        &mut Bar::new(format!("Extending \"{}\"", disk.display())),
+    )?;
     Ok(())
 }
 
 /// Deallocate zero blocks and say how much was freed.
 pub fn punch_zero(disk: &Path) -> Result<()> {
-    let freed = vmdk::punch_zero(disk, &mut Bar::new(format!("Punching zeros in \"{}\"", disk.display())))?;
+    let freed = vmdk::punch_zero(
+        disk,
+        &mut Bar::new(format!("Punching zeros in \"{}\"", disk.display())),
+    )?;
     println!("{}: {} freed", disk.display(), human_bytes(freed));
     Ok(())
 }
@@ -282,7 +348,8 @@ pub fn create_rdm(device: &Path, map: &Path, passthrough: bool) -> Result<()> {
     } else {
         DiskFormat::Rdm(device.to_path_buf())
     };
-    vmdk::create(map, &CreateSpec::new(0, format)).with_context(|| format!("cannot create mapping {}", map.display()))
+    vmdk::create(map, &CreateSpec::new(0, format))
+        .with_context(|| format!("cannot create mapping {}", map.display()))
 }
 
 /// Print what a mapping file maps.
@@ -301,7 +368,11 @@ pub fn query_rdm(map: &Path) -> Result<()> {
 /// Verify a chain and print its links.
 pub fn chain_check(disk: &Path, common: &Common) -> Result<()> {
     let links = vmdk::chain_consistent(disk, &common.open_options(false))?;
-    println!("Disk chain is consistent ({} link{}):", links.len(), if links.len() == 1 { "" } else { "s" });
+    println!(
+        "Disk chain is consistent ({} link{}):",
+        links.len(),
+        if links.len() == 1 { "" } else { "s" }
+    );
     for l in links {
         println!("  {}", l.display());
     }
@@ -320,7 +391,11 @@ pub fn check(disk: &Path, repair: bool, common: &Common) -> Result<()> {
     if report.problems.is_empty() {
         println!("{}: no errors found", disk.display());
     } else if !report.is_clean() {
-        bail!("{}: {} problem(s) found", disk.display(), report.problems.len() - report.repaired.len());
+        bail!(
+            "{}: {} problem(s) found",
+            disk.display(),
+            report.problems.len() - report.repaired.len()
+        );
     }
     Ok(())
 }
@@ -335,9 +410,24 @@ pub fn info(disk: &Path, json: bool, common: &Common) -> Result<()> {
         return Ok(());
     }
     writeln!(out, "Disk:       {}", info.path.display())?;
-    writeln!(out, "Format:     {} (createType {})", info.format.as_deref().unwrap_or("-"), info.create_type)?;
-    writeln!(out, "Capacity:   {} ({} bytes)", human_bytes(info.capacity), info.capacity)?;
-    writeln!(out, "Allocated:  {} ({} bytes of data)", human_bytes(info.allocated), info.allocated)?;
+    writeln!(
+        out,
+        "Format:     {} (createType {})",
+        info.format.as_deref().unwrap_or("-"),
+        info.create_type
+    )?;
+    writeln!(
+        out,
+        "Capacity:   {} ({} bytes)",
+        human_bytes(info.capacity),
+        info.capacity
+    )?;
+    writeln!(
+        out,
+        "Allocated:  {} ({} bytes of data)",
+        human_bytes(info.allocated),
+        info.allocated
+    )?;
     if let Some(a) = &info.adapter {
         writeln!(out, "Adapter:    {a}")?;
     }

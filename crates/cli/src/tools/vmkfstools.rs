@@ -17,7 +17,9 @@ use std::process::ExitCode;
 /// vmkfstools: create, import, convert, extend and check virtual disks.
 #[derive(Parser, Debug)]
 #[command(name = "vmkfstools", version, about, disable_help_flag = false)]
-#[command(after_help = "Formats (-d): zeroedthick (default, \"preallocated\"), eagerzeroedthick, thin, 2gbsparse, monosparse, monoflat, rdm:<device>, rdmp:<device>, raw:<device>.\nSizes: 10G, 512m, 100k, or bytes.")]
+#[command(
+    after_help = "Formats (-d): zeroedthick (default, \"preallocated\"), eagerzeroedthick, thin, 2gbsparse, monosparse, monoflat, rdm:<device>, rdmp:<device>, raw:<device>.\nSizes: 10G, 512m, 100k, or bytes."
+)]
 struct Args {
     /// Create a virtual disk of SIZE (e.g. 10G, 512m, 100k) at the path given last.
     #[arg(short = 'c', long = "createvirtualdisk", value_name = "SIZE")]
@@ -78,7 +80,9 @@ pub fn main() -> ExitCode {
 }
 
 fn run(a: Args) -> Result<()> {
-    let common = Common { allow_outside_paths: a.allow_outside_paths };
+    let common = Common {
+        allow_outside_paths: a.allow_outside_paths,
+    };
     let actions = [
         a.create.is_some(),
         a.import.is_some(),
@@ -99,7 +103,9 @@ fn run(a: Args) -> Result<()> {
         _ => bail!("give one operation at a time (see --help)"),
     }
     let target = || -> Result<PathBuf> {
-        a.target.clone().ok_or_else(|| anyhow::anyhow!("missing the target disk path (given last)"))
+        a.target
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("missing the target disk path (given last)"))
     };
     let no_target = |what: &str| -> Result<()> {
         match &a.target {
@@ -112,7 +118,12 @@ fn run(a: Args) -> Result<()> {
     }
     let format = a.format.clone().unwrap_or_else(|| "zeroedthick".into());
     if let Some(size) = &a.create {
-        return disk::create(&target()?, size, &format, a.adapter.as_deref().unwrap_or("lsilogic"));
+        return disk::create(
+            &target()?,
+            size,
+            &format,
+            a.adapter.as_deref().unwrap_or("lsilogic"),
+        );
     }
     if let Some(src) = &a.import {
         return disk::import(src, &target()?, &format, a.adapter.as_deref(), &common);
@@ -129,7 +140,10 @@ fn run(a: Args) -> Result<()> {
     }
     if let Some(d) = &a.inflate {
         no_target("-j")?;
-        return Ok(vmdk::inflate(d, &mut crate::output::Bar::new(format!("Inflating \"{}\"", d.display())))?);
+        return Ok(vmdk::inflate(
+            d,
+            &mut crate::output::Bar::new(format!("Inflating \"{}\"", d.display())),
+        )?);
     }
     if let Some(d) = &a.punch {
         no_target("-K")?;

@@ -1,0 +1,210 @@
+//! The disks of a backup: which are exported and how, and the conversion itself.
+
+use crate::error::{Error, Result};
+use crate::observer::Observer;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use vmx::DiskNode;
+
+/// How an exported disk is laid out in the backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExportFormat {
+    /// `-M 0`: twoGbMaxExtentSparse, split in 2 GB extents (the default).
+    #[default]
+    Split2Gb,
+    /// `-M 1`: one monolithicSparse file.
+    Monolithic,
+}
+
+impl ExportFormat {
+    /// The vmdk format written.
+    pub fn disk_format(self) -> vmdk::DiskFormat {
+        match self {
+            ExportFormat::Split2Gb => vmdk::DiskFormat::TwoGbSparse,
+            ExportFormat::Monolithic => vmdk::DiskFormat::MonoSparse,
+        }
+    }
+}
+
+/// What kind of disk sits at a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskKind {
+    /// A virtual disk (flat, thin, sparse...) with its provisioning (`thin`...).
+    Virtual {
+        /// The vmkfstools format name of the base link.
+        format: String,
+    },
+    /// A virtual-compatibility RDM: snapshotted and exported like a virtual disk.
+    VirtualRdm {
+        /// The mapped device.
+        device: PathBuf,
+    },
+    /// A physical-compatibility RDM (or raw device): cannot be snapshotted.
+    PhysicalRdm {
+        /// The mapped device.
+        device: PathBuf,
+    },
+}
+
+/// One disk of the VM as the backup sees it.
+#[derive(Debug, Clone)]
+pub struct DiskPlan {
+    /// Where it is attached.
+    pub node: DiskNode,
+    /// The link the .vmx names before the backup snapshot (the chain's top).
+    pub top: PathBuf,
+    /// The chain's bottom link: the disk's identity and provisioning.
+    pub base: PathBuf,
+    /// What it is.
+    pub kind: DiskKind,
+    /// `independent-*` disks are left out of snapshots.
+    pub independent: bool,
+    /// Capacity in bytes (0 for a physical RDM, not opened).
+    pub capacity_bytes: u64,
+}
+
+impl DiskPlan {
+    /// The disk's name inside the backup: `scsi0-0-0-<base stem>.vmdk`.
+    pub fn backup_name(&self) -> String {
+        let file = self
+            .base
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let stem = file.strip_suffix(".vmdk").unwrap_or(&file);
+        format!("{}-0-{stem}.vmdk", self.node.file_prefix())
+    }
+
+    /// The catalog's `format` value.
+    pub fn catalog_format(&self) -> String {
+        match &self.kind {
+            DiskKind::Virtual { format } => format.clone(),
+            DiskKind::VirtualRdm { .. } => "rdm".to_owned(),
+            DiskKind::PhysicalRdm { .. } => "rdmp".to_owned(),
+        }
+    }
+}
+
+/// Classify a disk whose top link is `top`. A physical RDM is not opened (its device may
+/// be in use); everything else is opened read-only to find the chain's base.
+pub fn plan_disk(node: DiskNode, top: &Path, independent: bool) -> Result<DiskPlan> {
+    let plan = |base: PathBuf, kind, capacity_bytes| DiskPlan {
+        node,
+        top: top.to_path_buf(),
+        base,
+        kind,
+        independent,
+        capacity_bytes,
+    };
+    if let Ok((mode, device)) = vmdk::rdm_target(top) {
+        if mode != vmdk::RdmMode::Virtual {
+            return Ok(plan(top.to_path_buf(), DiskKind::PhysicalRdm { device }, 0));
+        }
+    }
+    let disk = vmdk::Disk::open(top, &vmdk::OpenOptions::read_only())?;
+    let capacity = disk.capacity();
+    let base = disk
+        .links()
+        .last()
+        .map_or_else(|| top.to_path_buf(), |l| l.path().to_path_buf());
+    drop(disk);
+    if let Ok((vmdk::RdmMode::Virtual, device)) = vmdk::rdm_target(&base) {
+        return Ok(plan(base, DiskKind::VirtualRdm { device }, capacity));
+    }
+    let (desc, _) = vmdk::read_descriptor(&base)?;
+    let format =
+        vmdk::DiskFormat::of_descriptor(&desc).map_or_else(|| "thin".to_owned(), |f| f.name());
+    Ok(plan(base, DiskKind::Virtual { format }, capacity))
+}
+
+/// Convert the static chain whose top is `source` into a new compacted disk at `dst`.
+/// Returns the files written (descriptor and extents).
+pub fn export_disk(
+    source: &Path,
+    dst: &Path,
+    format: ExportFormat,
+    obs: &mut dyn Observer,
+) -> Result<Vec<PathBuf>> {
+    let mut disk = vmdk::Disk::open(source, &vmdk::OpenOptions::read_only())?;
+    let adapter = disk.links()[0]
+        .descriptor()
+        .ddb_value("ddb.adapterType")
+        .and_then(|a| vmdk::AdapterType::parse(a).ok())
+        .unwrap_or_default();
+    let spec = vmdk::CreateSpec {
+        adapter,
+        ..vmdk::CreateSpec::new(0, format.disk_format())
+    };
+    convert_observed(&mut disk, dst, dst, &spec, obs, "compact file")?;
+    Ok(vmdk::link_files(dst)?)
+}
+
+/// Convert `src` into a new disk at `dst`, reporting through `obs.converting(shown, note)`
+/// (`shown` is the name the user knows: the final one when `dst` is temporary); a cancel
+/// from the observer becomes [`Error::Cancelled`].
+pub(crate) fn convert_observed(
+    src: &mut vmdk::Disk,
+    dst: &Path,
+    shown: &Path,
+    spec: &vmdk::CreateSpec,
+    obs: &mut dyn Observer,
+    note: &str,
+) -> Result<()> {
+    let mut progress = obs.converting(shown, note);
+    let mut cancelled = false;
+    let mut watch = Watch {
+        inner: &mut *progress,
+        cancelled: &mut cancelled,
+    };
+    match vmdk::convert(src, dst, spec, &mut watch) {
+        Ok(()) => Ok(()),
+        Err(_) if cancelled => Err(Error::Cancelled),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Passes progress through and remembers whether the observer cancelled.
+struct Watch<'a> {
+    inner: &'a mut dyn vmdk::Progress,
+    cancelled: &'a mut bool,
+}
+
+impl vmdk::Progress for Watch<'_> {
+    fn start(&mut self, total_bytes: u64) {
+        self.inner.start(total_bytes)
+    }
+    fn advance(&mut self, bytes: u64) -> ControlFlow<()> {
+        let flow = self.inner.advance(bytes);
+        if flow.is_break() {
+            *self.cancelled = true;
+        }
+        flow
+    }
+    fn warn(&mut self, w: &vmdk::Warning) {
+        self.inner.warn(w)
+    }
+    fn finish(&mut self) {
+        self.inner.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backup_names_follow_vcb() {
+        let p = DiskPlan {
+            node: "scsi0:1".parse().unwrap(),
+            top: "/ds/vm/vm-000001.vmdk".into(),
+            base: "/ds/vm/vm_1.vmdk".into(),
+            kind: DiskKind::Virtual {
+                format: "thin".into(),
+            },
+            independent: false,
+            capacity_bytes: 0,
+        };
+        assert_eq!(p.backup_name(), "scsi0-1-0-vm_1.vmdk");
+        assert_eq!(p.catalog_format(), "thin");
+    }
+}

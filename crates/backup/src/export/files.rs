@@ -1,0 +1,364 @@
+//! Exporting a VM's files into the destination and building the catalog.
+
+use super::disks::{self, DiskKind, DiskPlan};
+use super::BackupOptions;
+use crate::dest::Destination;
+use crate::error::{Error, Result};
+use crate::hash::hash_file;
+use crate::observer::{Event, Observer};
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use vmx::{CatalogDisk, CatalogFile, DatastorePath};
+
+/// What the backup needs from before the snapshot changed the .vmx and .vmsd.
+pub(super) struct ConfigSnapshot {
+    /// The .vmx as it was (disks naming the links that become static).
+    config: vmx::VmConfig,
+    /// The .vmsd's bytes, if it existed (the user's snapshots, kept for the record).
+    vmsd: Option<Vec<u8>>,
+    /// The power state.
+    state: vmx::PowerState,
+    /// The suspended state file, if suspended.
+    suspend_file: Option<PathBuf>,
+}
+
+impl ConfigSnapshot {
+    /// Read under the VM lock, before the backup snapshot.
+    pub(super) fn read(host: &host::Host, vm: &host::Vm) -> Result<ConfigSnapshot> {
+        let vmsd_path = vm.vmsd_path();
+        let vmsd = match std::fs::read(&vmsd_path) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(&vmsd_path, "read", e)),
+        };
+        let state = match vm.power_state(host) {
+            host::PowerState::PoweredOn => vmx::PowerState::PoweredOn,
+            host::PowerState::PoweredOff => vmx::PowerState::PoweredOff,
+            host::PowerState::Suspended => vmx::PowerState::Suspended,
+        };
+        Ok(ConfigSnapshot {
+            config: vm.config.clone(),
+            vmsd,
+            state,
+            suspend_file: vm.suspend_file(host),
+        })
+    }
+}
+
+/// Export the configuration files and every disk; returns every file written.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn export_all(
+    host: &host::Host,
+    vm: &host::Vm,
+    view: &ConfigSnapshot,
+    created: &host::SnapshotCreated,
+    plans: &[DiskPlan],
+    dest: &mut dyn Destination,
+    opts: &BackupOptions,
+    obs: &mut dyn Observer,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<CatalogFile>> {
+    let mut out = Vec::new();
+    let vmx_name = file_name(&vm.vmx_path)?;
+    put(
+        dest,
+        &vmx_name,
+        &mut exported_vmx(view, plans)?.as_bytes(),
+        obs,
+        &mut out,
+    )?;
+    if let Some(vmsd) = &view.vmsd {
+        put(
+            dest,
+            &file_name(&vm.vmsd_path())?,
+            &mut vmsd.as_slice(),
+            obs,
+            &mut out,
+        )?;
+    }
+    for path in other_files(host, vm, view)? {
+        let name = file_name(&path)?;
+        if out.iter().any(|f| f.name == name) {
+            continue;
+        }
+        let mut file = std::fs::File::open(&path).map_err(|e| Error::io(&path, "open", e))?;
+        put(dest, &name, &mut file, obs, &mut out)?;
+    }
+    if let Some(pause) = opts.pause_after_snapshot {
+        // Test hook: the configuration files are in the destination, the disks not yet.
+        std::thread::sleep(pause);
+    }
+    let mut hashing = Hashing::new();
+    for plan in plans {
+        let source = match &plan.kind {
+            DiskKind::PhysicalRdm { device } => {
+                let reason = format!(
+                    "physical-compatibility RDM of {}: not backed up",
+                    device.display()
+                );
+                obs.event(&Event::DiskSkipped {
+                    node: plan.node.to_string(),
+                    reason,
+                });
+                continue;
+            }
+            _ => match created.disks.iter().find(|d| d.node == plan.node) {
+                Some(d) => d.base.clone(),
+                None => {
+                    let text = format!(
+                        "{}: independent disk exported without a snapshot",
+                        plan.node
+                    );
+                    obs.event(&Event::Warning(text.clone()));
+                    warnings.push(text);
+                    plan.top.clone()
+                }
+            },
+        };
+        let Some(dir) = dest.local_dir().map(Path::to_path_buf) else {
+            return Err(Error::UnsupportedDestination {
+                spec: dest.location(),
+                reason: "disks can only be exported to a local folder in this build".into(),
+            });
+        };
+        let dst = dir.join(plan.backup_name());
+        for file in disks::export_disk(&source, &dst, opts.format, obs)? {
+            let name = file
+                .strip_prefix(&dir)
+                .ok()
+                .and_then(|p| p.to_str())
+                .ok_or_else(|| {
+                    Error::unsafe_path(
+                        "exported extent",
+                        file.display().to_string(),
+                        "outside the backup folder",
+                    )
+                })?
+                .to_owned();
+            hashing.spawn(name, file);
+        }
+    }
+    out.extend(hashing.join()?);
+    for f in &out[..] {
+        if f.name.contains('/') {
+            return Err(Error::unsafe_path(
+                "backup file",
+                f.name.clone(),
+                "not a plain file name",
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Save one small file into the backup.
+fn put(
+    dest: &mut dyn Destination,
+    name: &str,
+    data: &mut dyn std::io::Read,
+    obs: &mut dyn Observer,
+    out: &mut Vec<CatalogFile>,
+) -> Result<()> {
+    let info = dest.put(name, data)?;
+    obs.event(&Event::FileCopied {
+        name: name.to_owned(),
+        size_bytes: info.size_bytes,
+    });
+    out.push(CatalogFile {
+        name: name.to_owned(),
+        size_bytes: info.size_bytes,
+        sha256: info.sha256,
+    });
+    Ok(())
+}
+
+/// The .vmx as saved in the backup: each exported disk names its file in the backup.
+fn exported_vmx(view: &ConfigSnapshot, plans: &[DiskPlan]) -> Result<String> {
+    let mut config = view.config.clone();
+    for plan in plans
+        .iter()
+        .filter(|p| !matches!(p.kind, DiskKind::PhysicalRdm { .. }))
+    {
+        config
+            .set_disk_file(plan.node, &plan.backup_name())
+            .map_err(|e| Error::dict("exported .vmx", e))?;
+    }
+    Ok(config.to_string())
+}
+
+/// NVRAM, .vmxf, logs and the suspended state: everything but the .vmx, .vmsd and the
+/// snapshot state files (the backup holds the current state only).
+fn other_files(host: &host::Host, vm: &host::Vm, view: &ConfigSnapshot) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = vm
+        .config_files(host)?
+        .into_iter()
+        .filter(|p| *p != vm.vmx_path && *p != vm.vmsd_path())
+        .filter(|p| p.extension().is_none_or(|e| e != "vmsn"))
+        .collect();
+    if let Some(vmss) = &view.suspend_file {
+        files.push(vmss.clone());
+    }
+    Ok(files)
+}
+
+fn file_name(path: &Path) -> Result<String> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    vmx::validate_relative_name(name)
+        .map_err(|e| Error::unsafe_path("VM file", path.display().to_string(), e.to_string()))?;
+    Ok(name.to_owned())
+}
+
+/// Threads hashing exported files while the next disk converts: enough to use both
+/// cores of a small host without one thread per extent of a large VM.
+const HASH_THREADS: usize = 2;
+
+/// A file to hash: its position in the result, name in the backup, and path.
+type HashJob = (usize, String, PathBuf);
+
+/// A hashed file: its position, name, and size and SHA-256.
+type HashDone = (usize, String, Result<(u64, crate::hash::Sha256Sum)>);
+
+/// Hashes exported disk files on background threads while the next disk converts.
+struct Hashing {
+    jobs: Option<std::sync::mpsc::Sender<HashJob>>,
+    results: std::sync::mpsc::Receiver<HashDone>,
+    workers: Vec<JoinHandle<()>>,
+    queued: usize,
+}
+
+impl Hashing {
+    fn new() -> Hashing {
+        let (jobs, job_rx) = std::sync::mpsc::channel::<HashJob>();
+        let (result_tx, results) = std::sync::mpsc::channel();
+        let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
+        let workers = (0..HASH_THREADS)
+            .map(|_| {
+                let rx = std::sync::Arc::clone(&job_rx);
+                let tx = result_tx.clone();
+                std::thread::spawn(move || loop {
+                    let job = match rx.lock() {
+                        Ok(guard) => guard.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok((i, name, path)) = job else { return };
+                    if tx.send((i, name, hash_file(&path))).is_err() {
+                        return;
+                    }
+                })
+            })
+            .collect();
+        Hashing {
+            jobs: Some(jobs),
+            results,
+            workers,
+            queued: 0,
+        }
+    }
+
+    fn spawn(&mut self, name: String, path: PathBuf) {
+        if let Some(jobs) = &self.jobs {
+            // The workers live until `join`: the send cannot fail before.
+            let _ = jobs.send((self.queued, name, path));
+            self.queued += 1;
+        }
+    }
+
+    fn join(mut self) -> Result<Vec<CatalogFile>> {
+        self.jobs = None;
+        let mut out: Vec<Option<CatalogFile>> = vec![None; self.queued];
+        for _ in 0..self.queued {
+            let (i, name, result) = self.results.recv().map_err(|_| {
+                Error::io(
+                    "exported disk",
+                    "hash",
+                    std::io::Error::other("hashing thread stopped"),
+                )
+            })?;
+            let (size_bytes, sha256) = result?;
+            out[i] = Some(CatalogFile {
+                name,
+                size_bytes,
+                sha256,
+            });
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+}
+
+/// The catalog of a finished export.
+pub(super) fn build_catalog(
+    host: &host::Host,
+    vm: &host::Vm,
+    view: &ConfigSnapshot,
+    plans: &[DiskPlan],
+    files: &[CatalogFile],
+    opts: &BackupOptions,
+) -> Result<vmx::Catalog> {
+    use host::ContainerKind;
+    let mut c = vmx::Catalog::new(&vm.name(), view.state);
+    c.uuid = vm.uuid();
+    c.host = Some(host.name().to_owned());
+    c.ipaddr = vm.guest_ip().map(str::to_owned);
+    c.folder_path = Some(
+        host.config()
+            .display_container(ContainerKind::Folder, &vm.folder),
+    );
+    c.resource_pool = Some(
+        host.config()
+            .display_container(ContainerKind::Pool, &vm.pool),
+    );
+    c.config_vmx = Some(vm.vmx.clone());
+    let vm_dir = folder_path(host, &vm.dir);
+    let suspend_dir = view
+        .suspend_file
+        .as_deref()
+        .and_then(Path::parent)
+        .map(|d| folder_path(host, d));
+    c.config_suspend_dir = suspend_dir.flatten().or_else(|| vm_dir.clone());
+    c.config_log_dir = vm_dir;
+    c.timestamp_unix_secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs());
+    c.tool_version = Some(opts.tool_version.clone()).filter(|v| !v.is_empty());
+    c.quiesced = Some(false);
+    for plan in plans {
+        let mut d = CatalogDisk::new(plan.node);
+        d.diskname = host.datastore_path_of(&plan.base);
+        d.format = Some(plan.catalog_format());
+        match &plan.kind {
+            DiskKind::PhysicalRdm { device } => {
+                d.backed_up = false;
+                d.reason = Some("physical compatibility RDM".to_owned());
+                d.rdm_device = Some(device.display().to_string());
+            }
+            DiskKind::VirtualRdm { device } => {
+                d.rdm_device = Some(device.display().to_string());
+                d.filename = Some(plan.backup_name());
+                d.capacity_bytes = Some(plan.capacity_bytes);
+            }
+            DiskKind::Virtual { .. } => {
+                d.filename = Some(plan.backup_name());
+                d.capacity_bytes = Some(plan.capacity_bytes);
+            }
+        }
+        c.disks.push(d);
+    }
+    c.files = files.to_vec();
+    Ok(c)
+}
+
+/// `[ds] path/` for a folder inside a datastore.
+fn folder_path(host: &host::Host, dir: &Path) -> Option<DatastorePath> {
+    let dp = host.datastore_path_of(dir)?;
+    if dp.path().is_empty() || dp.path().ends_with('/') {
+        return Some(dp);
+    }
+    DatastorePath::new(dp.datastore(), &format!("{}/", dp.path())).ok()
+}

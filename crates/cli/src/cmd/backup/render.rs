@@ -1,0 +1,174 @@
+//! Rendering backup and restore progress: event lines, the seed's
+//! `Converting "<file>" (compact file):` lines with a bar, and conflict prompts.
+
+use backup::{Answer, Event, GroupItem, GroupObserver, Observer};
+use std::io::{BufRead, IsTerminal, Write};
+use std::ops::ControlFlow;
+use std::path::Path;
+
+/// Prints what a backup or restore does. `level` follows the tools' `-L`: 0 prints
+/// nothing but errors, 1 the conversion lines, 3 (the default) every step.
+pub struct Render {
+    level: u8,
+}
+
+impl Render {
+    /// A renderer at log level `level` (0..6).
+    pub fn new(level: u8) -> Render {
+        Render { level }
+    }
+
+    /// Print a result line (level 1 and up).
+    pub fn line(&self, text: impl AsRef<str>) {
+        if self.level >= 1 {
+            println!("{}", text.as_ref());
+        }
+    }
+}
+
+/// `1.5 GiB`-style sizes.
+pub fn size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+impl Observer for Render {
+    fn event(&mut self, event: &Event) {
+        if let Event::Warning(w) = event {
+            eprintln!("warning: {w}");
+            return;
+        }
+        if self.level < 3 {
+            return;
+        }
+        let text = match event {
+            Event::HookRan { path, stage } => format!("Ran {stage} hook {}", path.display()),
+            Event::Consolidated { vm } => {
+                format!("Committed the snapshot an interrupted backup of {vm} left")
+            }
+            Event::SnapshotTaken { vm } => format!("Took the backup snapshot of {vm}"),
+            Event::SnapshotRemoved { vm } => {
+                format!("Removed the backup snapshot of {vm} (redo logs committed)")
+            }
+            Event::FileCopied { name, size_bytes } => {
+                format!("Copied {name} ({})", size(*size_bytes))
+            }
+            Event::DiskSkipped { node, reason } => format!("Skipped disk {node}: {reason}"),
+            Event::Verified { files } => format!("Verified {files} files against the catalog"),
+            Event::Kept { what } => format!("Keeping existing {what}"),
+            Event::Replaced { what } => format!("Replacing existing {what}"),
+            Event::RdmRecreated { path, device } => {
+                format!(
+                    "Recreated mapping {} for device {}",
+                    path.display(),
+                    device.display()
+                )
+            }
+            other => format!("{other:?}"),
+        };
+        println!("{text}");
+    }
+
+    fn converting(&mut self, dest: &Path, note: &str) -> Box<dyn vmdk::Progress + '_> {
+        let message = format!("Converting \"{}\" ({note}):", dest.display());
+        if self.level == 0 {
+            return Box::new(());
+        }
+        if std::io::stderr().is_terminal() {
+            Box::new(crate::output::Bar::new(message))
+        } else {
+            println!("{message}");
+            Box::new(Stars::default())
+        }
+    }
+
+    fn ask(&mut self, what: &str) -> Option<Answer> {
+        let stdin = std::io::stdin();
+        if !stdin.is_terminal() {
+            return None;
+        }
+        loop {
+            eprint!("{what} already exists: [o]verwrite, [k]eep, [a]bort? ");
+            let _ = std::io::stderr().flush();
+            let mut line = String::new();
+            if stdin.lock().read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            match line.trim().to_ascii_lowercase().as_str() {
+                "o" | "overwrite" => return Some(Answer::Overwrite),
+                "k" | "keep" => return Some(Answer::Keep),
+                "a" | "abort" => return Some(Answer::Abort),
+                _ => continue,
+            }
+        }
+    }
+}
+
+impl GroupObserver for Render {
+    fn vm_started(&mut self, vm: &str, dest: &Path) {
+        self.line(format!("Backing up {vm} to {}", dest.display()));
+    }
+
+    fn vm_finished(&mut self, item: &GroupItem) {
+        match &item.result {
+            Ok(r) => self.line(format!(
+                "Backed up {} ({} files, {})",
+                item.vm,
+                r.catalog.files.len(),
+                size(r.bytes_written)
+            )),
+            Err(e) => eprintln!("error: {}: {e}", item.vm),
+        }
+    }
+}
+
+/// The seed's text progress: a row of `*` filled as the conversion advances.
+#[derive(Default)]
+struct Stars {
+    total: u64,
+    done: u64,
+    printed: u64,
+}
+
+/// Stars in a full row.
+const ROW: u64 = 78;
+
+impl vmdk::Progress for Stars {
+    fn start(&mut self, total_bytes: u64) {
+        self.total = total_bytes;
+    }
+    fn advance(&mut self, bytes: u64) -> ControlFlow<()> {
+        self.done = self.done.saturating_add(bytes);
+        let want = if self.total == 0 {
+            ROW
+        } else {
+            (self.done.min(self.total) as u128 * ROW as u128 / self.total as u128) as u64
+        };
+        if want > self.printed {
+            print!("{}", "*".repeat((want - self.printed) as usize));
+            let _ = std::io::stdout().flush();
+            self.printed = want;
+        }
+        ControlFlow::Continue(())
+    }
+    fn warn(&mut self, w: &vmdk::Warning) {
+        eprintln!("warning: {w}");
+    }
+    fn finish(&mut self) {
+        if self.printed < ROW {
+            print!("{}", "*".repeat((ROW - self.printed) as usize));
+        }
+        println!();
+        self.printed = ROW;
+    }
+}

@@ -1,0 +1,8 @@
+//! `vcb` subcommands, one module per noun.
+
+pub mod backup;
+pub mod datastore;
+pub mod disk;
+pub mod folder;
+pub mod host;
+pub mod vm;

@@ -1,0 +1,58 @@
+//! The `vcb` command and the VMware-compatible tools (`vmkfstools`, `vcbMounter`,
+//! `vcbRestore`, `vcbSnapAll`, `vcbVmName`, `vcbUtil`): argument parsing, output and
+//! progress rendering over the library crates. No storage logic lives here.
+
+pub mod cmd;
+pub mod output;
+pub mod tools;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// vcb: VMware-style consolidated backup and restore.
+#[derive(Parser, Debug)]
+#[command(name = "vcb", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Virtual disk operations (the twin of vmkfstools).
+    #[command(subcommand)]
+    Disk(cmd::disk::DiskCmd),
+    /// Back up a whole VM into a new folder (the twin of vcbMounter -t fullvm).
+    Backup(cmd::backup::BackupArgs),
+    /// Restore a VM from a backup folder (the twin of vcbRestore).
+    Restore(cmd::backup::RestoreArgs),
+    /// Back up and restore a demo VM on a throw-away host, in seconds.
+    Demo(cmd::backup::DemoArgs),
+    /// The standalone host: create it, show it, back up its configuration.
+    Host(cmd::host::HostArgs),
+    /// Datastores: folders holding VM folders.
+    Datastore(cmd::datastore::DatastoreArgs),
+    /// VM folders of the inventory.
+    Folder(cmd::folder::ContainerArgs),
+    /// Resource pools of the inventory.
+    Pool(cmd::folder::ContainerArgs),
+    /// Virtual machines: create, register, list, snapshots.
+    Vm(cmd::vm::VmArgs),
+}
+
+/// Entry point of the `vcb` binary.
+pub fn run_vcb() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Disk(c) => cmd::disk::run(c),
+        Command::Backup(a) => cmd::backup::backup(a),
+        Command::Restore(a) => cmd::backup::restore(a),
+        Command::Demo(a) => cmd::backup::demo(a),
+        Command::Host(a) => cmd::host::run(a),
+        Command::Datastore(a) => cmd::datastore::run(a),
+        Command::Folder(a) => cmd::folder::run(host::ContainerKind::Folder, a),
+        Command::Pool(a) => cmd::folder::run(host::ContainerKind::Pool, a),
+        Command::Vm(a) => cmd::vm::run(a),
+    };
+    output::exit_with(result)
+}

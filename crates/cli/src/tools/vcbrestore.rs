@@ -1,0 +1,65 @@
+//! `vcbRestore`: restore a VM from a backup folder, over `vcb restore`'s code.
+//!
+//! ```text
+//! vcbRestore -s <backup directory | file://...> [-a <alternate catalog>]
+//!            [-l prompt|overwrite|keep|abort] [-b ...] [-h -u -p -L]
+//! ```
+
+use crate::cmd::backup::{
+    open_host, parse_restore_format, read_alternate_catalog, render::Render, run_restore,
+};
+use crate::tools::conf::ToolArgs;
+use anyhow::{bail, Result};
+use backup::{ConflictPolicy, RestoreOptions};
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// vcbRestore: restore a VM where it was, or elsewhere through an edited catalog.
+#[derive(Parser, Debug)]
+#[command(name = "vcbRestore", version, disable_help_flag = true)]
+struct Args {
+    /// The backup: a folder or file:///path.
+    #[arg(short = 's', value_name = "SOURCE")]
+    src: String,
+    /// An edited copy of the backup's catalog (datastore paths, folder, resource pool).
+    #[arg(short = 'a', value_name = "CATALOG")]
+    catalog: Option<PathBuf>,
+    /// When a file exists or the VM is registered: prompt (default), overwrite, keep, abort.
+    #[arg(short = 'l', value_name = "POLICY")]
+    policy: Option<ConflictPolicy>,
+    /// Synonym of -l (VCB accepted it).
+    #[arg(short = 'b', value_name = "POLICY", conflicts_with = "policy")]
+    policy_b: Option<ConflictPolicy>,
+    /// Provisioning of the restored disks instead of the recorded one.
+    #[arg(long, value_name = "FORMAT")]
+    disk_format: Option<String>,
+    #[command(flatten)]
+    tool: ToolArgs,
+}
+
+/// Entry point of the `vcbRestore` binary.
+pub fn main() -> ExitCode {
+    crate::output::exit_with(run(Args::parse()))
+}
+
+fn run(a: Args) -> Result<()> {
+    if a.src.is_empty() {
+        bail!("-s <backup directory> is required");
+    }
+    let (mut host, _) = open_host(&a.tool.host_args, &a.tool.overrides(None))?;
+    let opts = RestoreOptions {
+        alternate_catalog: a
+            .catalog
+            .as_deref()
+            .map(read_alternate_catalog)
+            .transpose()?,
+        policy: a.policy.or(a.policy_b).unwrap_or_default(),
+        disk_format: a
+            .disk_format
+            .as_deref()
+            .map(parse_restore_format)
+            .transpose()?,
+    };
+    run_restore(&mut host, &a.src, &opts, &mut Render::new(a.tool.level))
+}
