@@ -162,7 +162,8 @@ pub struct ExtentLine {
     pub kind: ExtentType,
     /// File name (relative to the descriptor's folder, or absolute); None for ZERO.
     pub file: Option<String>,
-    /// Offset in sectors into the file (FLAT extents).
+    /// Offset in sectors into the file (used by FLAT, VMFS, VMFSRDM and VMFSRAW extents;
+    /// always written for FLAT, for the others when non-zero).
     pub offset_sectors: u64,
 }
 
@@ -392,7 +393,10 @@ impl Descriptor {
             let _ = write!(s, "{} {} {}", e.access.as_str(), e.sectors, e.kind.as_str());
             if let Some(f) = &e.file {
                 let _ = write!(s, " \"{f}\"");
-                if e.kind == ExtentType::Flat {
+                // FLAT lines always carry the offset (qemu requires it); other lines keep one
+                // they were read with: VMFS and RDM extents use it, and dropping it would move
+                // their data on the next rewrite (issue 2).
+                if e.kind == ExtentType::Flat || e.offset_sectors != 0 {
                     let _ = write!(s, " {}", e.offset_sectors);
                 }
             }
@@ -537,6 +541,26 @@ mod tests {
         let d = Descriptor::parse(t.as_bytes(), p()).unwrap();
         assert_eq!(d.extents[0].kind, ExtentType::Zero);
         assert_eq!(d.extents[1].access, Access::RdOnly);
+    }
+
+    /// Fuzzing found `RW 2048 ZERO "f-flat.vmdk" 5` losing its offset in `to_text`. The same
+    /// loss moved the data of VMFS/RDM extents, which do use an offset, when a write
+    /// rewrote the descriptor.
+    #[test]
+    fn issue_2_fuzz_extent_offset_survives_rendering() {
+        let t = QEMU_FLAT.replace(
+            "RW 131072 FLAT \"t-flat.vmdk\" 0",
+            "RW 2048 ZERO \"f-flat.vmdk\" 5\nRW 100 VMFS \"x-flat.vmdk\" 8\nRW 9 VMFS \"y-flat.vmdk\"",
+        );
+        let d = Descriptor::parse(t.as_bytes(), p()).unwrap();
+        let text = d.to_text();
+        assert!(text.contains("RW 100 VMFS \"x-flat.vmdk\" 8\n"), "{text}");
+        assert!(
+            text.contains("RW 9 VMFS \"y-flat.vmdk\"\n"),
+            "as VMware writes it: {text}"
+        );
+        let again = Descriptor::parse(text.as_bytes(), p()).unwrap();
+        assert_eq!(again.extents, d.extents);
     }
 
     fn err_of(text: &str) -> Error {

@@ -41,6 +41,9 @@ pub const MARKER_GD: u32 = 2;
 /// Stream marker type: footer (copy of the header) follows.
 pub const MARKER_FOOTER: u32 = 3;
 
+/// COWD format version, the only one that exists (qemu block/vmdk.c, `VMDK3Header.version`;
+/// vmkernel `cow_ext.h`, `COWDISK_VERSION`).
+pub const COWD_VERSION: u32 = 1;
 /// COWD header size in bytes.
 pub const COWD_HEADER_BYTES: u64 = 2048;
 /// COWD grain table entries per table.

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Writes small seed inputs for every fuzz target into fuzz/corpus/<target>/ (git-ignored):
+# COWD headers and files built byte by byte, hosted sparse / streamOptimized files and text
+# descriptors from qemu-img (skipped without it), and the .vmx / .vmsd samples of the vmx
+# crate's tests. Run from anywhere; needs python3.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+corpus="$here/corpus"
+mkdir -p "$corpus"/{cowd_header,sparse_header,descriptor,vmx_dict}
+
+python3 - "$corpus/cowd_header" <<'EOF'
+import struct, sys
+out = sys.argv[1]
+def cowd(num_sectors, gran, gd, free, flags=3, parent=b"", grains=(), unclean=0):
+    """Header (4 sectors), GD at sector 4, then GTs and grains placed by the caller."""
+    h = bytearray(2048)
+    h[0:4] = b"COWD"
+    n_gd = len(gd)
+    struct.pack_into("<7I", h, 4, 1, flags, num_sectors, gran, 4, n_gd, free)
+    if flags & 1:
+        struct.pack_into("<3I", h, 32, num_sectors // (255 * 63), 255, 63)
+    else:
+        h[32:32 + len(parent)] = parent
+    struct.pack_into("<I", h, 1648, unclean)
+    body = bytearray(h) + b"".join(struct.pack("<I", e) for e in gd)
+    body += bytes(-len(body) % 512)
+    for sector, data in grains:
+        body += bytes(max(0, sector * 512 - len(body)))
+        body[sector * 512:sector * 512 + len(data)] = data
+    body += bytes(max(0, free * 512 - len(body)))
+    return bytes(body)
+seeds = {
+    # ESX-style lazy tables: GD entry 0, nothing allocated.
+    "lazy": cowd(4096, 1, [0], 5),
+    # One preallocated GT at sector 5 with one 8-sector grain at 40.
+    "one-grain": cowd(8192, 8, [5], 48,
+                      grains=[(5, struct.pack("<I", 40)), (40, b"\xab" * 4096)]),
+    # Legacy child header naming its parent, left unclean.
+    "child": cowd(4096, 1, [0], 5, flags=2, parent=b"parent.vmdk", unclean=1),
+    # Header alone (GD past EOF).
+    "header-only": cowd(4096, 1, [5], 37)[:2048],
+}
+for name, data in seeds.items():
+    open(f"{out}/{name}", "wb").write(data)
+EOF
+
+if command -v qemu-img >/dev/null; then
+    tmp="$(mktemp -d)"
+    trap 'rm -rf "$tmp"' EXIT
+    (
+        cd "$tmp"
+        qemu-img create -q -f vmdk s.vmdk 1M
+        qemu-io -f vmdk -c "write -P 0x11 0 4k" s.vmdk >/dev/null
+        qemu-img create -q -f vmdk -o subformat=streamOptimized so-empty.vmdk 1M
+        qemu-img convert -O vmdk -o subformat=streamOptimized s.vmdk so.vmdk
+        qemu-img create -q -f vmdk -o subformat=monolithicFlat f.vmdk 1M
+        qemu-img create -q -f vmdk -o subformat=twoGbMaxExtentSparse t.vmdk 1M
+    )
+    cp "$tmp/s.vmdk" "$tmp/so.vmdk" "$tmp/so-empty.vmdk" "$corpus/sparse_header/"
+    cp "$tmp/f.vmdk" "$corpus/descriptor/flat.vmdk"
+    cp "$tmp/t.vmdk" "$corpus/descriptor/split.vmdk"
+    head -c 65536 "$tmp/s.vmdk" >"$corpus/descriptor/embedded.vmdk"
+else
+    echo "SKIP: qemu-img not found, no sparse or qemu descriptor seeds" >&2
+fi
+cat >"$corpus/descriptor/vmfs-sparse-child.vmdk" <<'EOF'
+# Disk DescriptorFile
+version=1
+encoding="UTF-8"
+CID=bbbbbbbb
+parentCID=aaaaaaaa
+isNativeSnapshot="no"
+createType="vmfsSparse"
+parentFileNameHint="p.vmdk"
+# Extent description
+RW 16384 VMFSSPARSE "c-delta.vmdk"
+RW 100 ZERO
+RDONLY 64 FLAT "x-flat.vmdk" 8
+
+# The Disk Data Base
+#DDB
+
+ddb.longContentID = "0123456789abcdef0123456789abcdef"
+ddb.adapterType = "lsilogic"
+EOF
+
+python3 - "$here/../crates/vmx/tests/it/samples.rs" "$corpus/vmx_dict" <<'EOF'
+import re, sys
+text = open(sys.argv[1]).read()
+for name, body in re.findall(r'pub const (\w+): &str = r#"(.*?)"#;', text, re.S):
+    open(f"{sys.argv[2]}/{name.lower()}", "w").write(body)
+EOF
+cat >"$corpus/vmx_dict/catalog" <<'EOF'
+version= 1
+state= poweredOn
+display name= "vm37"
+uuid= "564d78a1-8c1c-59b4-fa02-be14138797be"
+config.vmx= "[datastore1] vm37/vm37.vmx"
+timestamp= 1700000000
+quiesced= "yes"
+disk.scsi0:0.diskname= "[datastore1] vm37/vm37.vmdk"
+disk.scsi0:0.filename= "scsi0-0-0-vm37.vmdk"
+disk.scsi0:0.format= "thin"
+disk.scsi0:0.capacity= 8589934592
+disk.scsi0:1.backedup= "no"
+disk.scsi0:1.reason= "physical compatibility RDM"
+file.0.name= "vm37.vmx"
+file.0.size= 2841
+file.0.sha256= "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+EOF
+ls -l "$corpus"/*
