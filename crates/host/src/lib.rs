@@ -35,7 +35,7 @@
 //! let host = host::Host::open(std::path::Path::new("/var/lib/vcb"))?;
 //! let vm = host.find_vm("uuid:564d78a1-8c1c-59b4-fa02-be14138797be")?;
 //! let mut locked = host.lock_vm(vm.moref, host::LockMode::Wait)?;
-//! let snap = locked.create_snapshot("_vcb-backup", "consolidated backup")?;
+//! let snap = locked.create_snapshot(host::snapshot::BACKUP_SNAPSHOT_NAME, "consolidated backup")?;
 //! for disk in &snap.disks {
 //!     // export disk.base (static now) with vmdk::Disk::open
 //! #   let _ = disk;

@@ -166,6 +166,32 @@ impl SnapshotDb {
         Ok(())
     }
 
+    /// Records `file` as the disk at `node` of snapshot `uid` (`snapshotN.diskM.fileName`),
+    /// e.g. after the disk file was renamed or moved. Every disk entry of that snapshot at
+    /// `node` changes (a well-formed .vmsd has one); nothing else does. The name is not
+    /// checked here: [`SnapshotDb::to_dict`] reports one too long to write.
+    ///
+    /// # Errors
+    /// [`Error::UnknownSnapshot`] if there is no snapshot `uid`; [`Error::UnknownDisk`] if
+    /// it records no disk at `node`. Nothing changes on error.
+    pub fn set_disk_file(&mut self, uid: u64, node: DiskNode, file: &str) -> Result<(), Error> {
+        let snapshot = self
+            .snapshots
+            .iter_mut()
+            .find(|s| s.uid == uid)
+            .ok_or(Error::UnknownSnapshot { uid })?;
+        let mut found = false;
+        for (_, disk_file) in snapshot.disks.iter_mut().filter(|(n, _)| *n == node) {
+            file.clone_into(disk_file);
+            found = true;
+        }
+        if found {
+            Ok(())
+        } else {
+            Err(Error::UnknownDisk { node })
+        }
+    }
+
     /// The children of `parent` (the roots for `None`), in file order.
     pub fn children(&self, parent: Option<u64>) -> impl Iterator<Item = &Snapshot> {
         self.snapshots.iter().filter(move |s| s.parent == parent)

@@ -45,6 +45,10 @@ use crate::vm::{read_vmx, Vm, VmRef};
 use crate::Host;
 
 pub use compact::{Cleanup, JOURNAL_FILE};
+
+/// Display name of the snapshot a consolidated backup takes. One still recorded when no
+/// backup holds the VM lock was left by a backup that died; `consolidate` removes it.
+pub const BACKUP_SNAPSHOT_NAME: &str = "_vcb-backup_";
 pub use ops::{SnapshotCreated, SnapshotDisk};
 
 /// A VM whose folder lock this process holds, with its .vmx and .vmsd read under the
@@ -221,24 +225,28 @@ impl LockedVm<'_> {
             }
             self.save_vmx()?;
         }
-        let vmsd = self.vm.vmsd_path();
-        let mut dict = self.db.to_dict().map_err(|e| Error::vmx(&vmsd, e))?;
-        let mut changed = false;
-        // `to_dict` writes snapshot i's disk m as `snapshot{i}.disk{m}.fileName`.
-        for (i, s) in self.db.snapshots().iter().enumerate() {
-            for (m, (_, file)) in s.disks.iter().enumerate() {
-                if self.vm.resolve_name(self.host, file)? == from {
-                    dict.set(&format!("snapshot{i}.disk{m}.fileName"), &name)
-                        .map_err(|e| Error::vmx(&vmsd, e))?;
-                    changed = true;
+        let mut disks: Vec<(u64, DiskNode)> = Vec::new();
+        for s in self.db.snapshots() {
+            for (node, file) in &s.disks {
+                if self.vm.resolve_name(self.host, file)? == from
+                    && !disks.contains(&(s.uid, *node))
+                {
+                    disks.push((s.uid, *node));
                 }
             }
         }
-        if changed {
-            self.db = SnapshotDb::from_dict(&dict).map_err(|e| Error::vmx(&vmsd, e))?;
-            self.save_vmsd()?;
+        if disks.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        // Edit a copy: the database in memory stays what is on disk if the write fails.
+        let mut db = self.db.clone();
+        let vmsd = self.vm.vmsd_path();
+        for (uid, node) in disks {
+            db.set_disk_file(uid, node, &name)
+                .map_err(|e| Error::vmx(&vmsd, e))?;
+        }
+        let old = std::mem::replace(&mut self.db, db);
+        self.save_vmsd().inspect_err(|_| self.db = old)
     }
 
     /// Re-reads the .vmx (after a failed step, to drop in-memory edits).

@@ -263,7 +263,22 @@ impl LockedVm<'_> {
     /// # Errors
     /// Disk and file errors.
     pub fn consolidate(&mut self, progress: &mut dyn vmdk::Progress) -> Result<Cleanup> {
-        let mut out = self.compact(true, progress)?;
+        // A backup snapshot still recorded here belongs to a backup that died: the backup
+        // holds the VM lock for its whole run, so none is in progress while we hold it.
+        let leftovers: Vec<u64> = self
+            .db
+            .snapshots()
+            .iter()
+            .filter(|s| s.display_name == super::BACKUP_SNAPSHOT_NAME)
+            .map(|s| s.uid)
+            .collect();
+        let mut out = Cleanup::default();
+        for uid in leftovers {
+            out.notes
+                .push(format!("removed leftover backup snapshot {uid}"));
+            out.extend(self.remove_snapshot(uid, progress)?);
+        }
+        out.extend(self.compact(true, progress)?);
         let stem = self.vm.stem();
         let listed: Vec<String> = self
             .db

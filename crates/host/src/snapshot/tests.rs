@@ -135,6 +135,8 @@ fn three_snapshots_remove_middle_revert_and_remove_rest() {
     );
     let db = read_vmsd(&f.vm().vmsd_path()).unwrap();
     assert_eq!(db.get(s3).unwrap().parent, Some(s1.uid));
+    // s3 recorded the merged file: the .vmsd now names the file it merged into.
+    assert_eq!(db.get(s3).unwrap().disks[0].1, "vm37-000001.vmdk");
     assert!(!f.vm().dir.join("vm37-Snapshot2.vmsn").exists());
 
     // Revert to s3: the current state is discarded, s3's disk gets a fresh child.
@@ -361,4 +363,42 @@ fn error_hostile_files_change_nothing() {
     assert!(e.to_string().contains("own ancestor"), "{e}");
     assert_eq!(std::fs::read_to_string(vm.vmsd_path()).unwrap(), cycle);
     assert_eq!(f.vmdk_files(), files);
+}
+
+#[test]
+fn issue_4_consolidate_removes_a_recorded_leftover_backup_snapshot() {
+    let f = setup(1);
+    f.write(0, 0, 4096, 3);
+    let user = f.lock().create_snapshot("user", "").unwrap();
+    f.write(0, 4096, 4096, 4);
+    // A backup killed after its snapshot was recorded in the .vmsd: the VM went on writing.
+    f.lock()
+        .create_snapshot(super::BACKUP_SNAPSHOT_NAME, "")
+        .unwrap();
+    f.write(0, 8192, 4096, 5);
+    let expect = f.current(0);
+    let user_state = f.state(user.uid);
+    let out = f.lock().consolidate(&mut ()).unwrap();
+    assert!(
+        out.notes
+            .iter()
+            .any(|n| n.contains("leftover backup snapshot")),
+        "{out:?}"
+    );
+    let lock = f.lock();
+    let names: Vec<String> = lock
+        .snapshots()
+        .snapshots()
+        .iter()
+        .map(|s| s.display_name.clone())
+        .collect();
+    drop(lock);
+    assert_eq!(names, vec!["user".to_string()]);
+    assert_eq!(f.current(0), expect, "current state keeps every byte");
+    assert_eq!(
+        f.state(user.uid),
+        user_state,
+        "the user's snapshot is intact"
+    );
+    assert_eq!(f.chain().len(), 2, "base + one redo log: {:?}", f.chain());
 }

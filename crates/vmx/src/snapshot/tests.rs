@@ -242,6 +242,52 @@ fn error_unknown_snapshot() {
 }
 
 #[test]
+fn set_disk_file_changes_only_that_disk() {
+    let mut db = db();
+    let before = db.clone();
+    let node: DiskNode = "scsi0:0".parse().unwrap();
+    db.set_disk_file(4, node, "moved/vps-000001.vmdk").unwrap();
+    assert_eq!(
+        db.get(4).unwrap().disks,
+        [(node, "moved/vps-000001.vmdk".to_owned())]
+    );
+    assert_eq!(db.get(1), before.get(1), "other snapshots keep their disks");
+    let text = db.to_dict().unwrap().to_string();
+    assert!(
+        text.contains("snapshot2.disk0.fileName = \"moved/vps-000001.vmdk\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("snapshot0.disk0.fileName = \"vps.vmdk\""),
+        "{text}"
+    );
+    let reread = SnapshotDb::from_dict(&db.to_dict().unwrap()).unwrap();
+    assert_eq!(reread.get(4), db.get(4));
+}
+
+#[test]
+fn error_unknown_snapshot_or_disk_for_set_disk_file() {
+    let mut db = db();
+    let before = db.clone();
+    let node: DiskNode = "scsi0:0".parse().unwrap();
+    assert!(matches!(
+        db.set_disk_file(42, node, "x.vmdk"),
+        Err(Error::UnknownSnapshot { uid: 42 })
+    ));
+    let other: DiskNode = "scsi0:1".parse().unwrap();
+    assert!(matches!(
+        db.set_disk_file(4, other, "x.vmdk"),
+        Err(Error::UnknownDisk { node }) if node == other
+    ));
+    // Snapshot 3 records no disks at all.
+    assert!(matches!(
+        db.set_disk_file(3, node, "x.vmdk"),
+        Err(Error::UnknownDisk { .. })
+    ));
+    assert_eq!(db, before, "nothing changes on error");
+}
+
+#[test]
 fn error_missing_key() {
     let no_uid = "snapshot0.filename = \"a\"\n";
     assert!(matches!(load(no_uid), Err(Error::MissingKey { key }) if key == "snapshot0.uid"));
