@@ -1,8 +1,8 @@
 //! Backup destinations: one folder that holds one backup's files.
 //!
 //! [`Destination`] is the one interface backup and restore use; [`LocalDir`] implements
-//! it for a local path or a `file://` URL. Remote destinations (`scp://`) arrive behind
-//! the same trait with a later issue.
+//! it for a local path or a `file://` URL; [`crate::remote::Sftp`] for `scp://` and
+//! `sftp://` URLs.
 //!
 //! A backup folder is *complete* only when it holds the catalog and no
 //! [`INCOMPLETE_MARKER`]: the marker is written right after the folder is created and
@@ -71,13 +71,59 @@ pub trait Destination {
     /// A local folder that files may be written into directly (disk conversion writes
     /// its extent files there), or `None` when files must go through [`put`](Self::put).
     fn local_dir(&self) -> Option<&Path>;
+
+    /// Move whatever was written into [`local_dir`](Self::local_dir) to its final place
+    /// (remote destinations upload their staged disks). Called before the catalog is
+    /// written; local folders have nothing to do.
+    fn flush_local(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Refuse early when the folder of [`local_dir`](Self::local_dir) is a staging area
+    /// with less than `needed_bytes` free. Local folders check nothing.
+    fn check_local_space(&self, _needed_bytes: u64) -> Result<()> {
+        Ok(())
+    }
 }
 
-/// Open the destination a user wrote: a local path or `file:///path`.
+/// Open the destination a user wrote: a local path or `file:///path` (remote URLs are
+/// reached with default [`RemoteOptions`](crate::remote::RemoteOptions)).
 ///
 /// # Errors
-/// [`Error::UnsupportedDestination`] for `scp://` (a later issue) and other URL schemes.
+/// [`Error::UnsupportedDestination`] for unknown URL schemes.
 pub fn open(spec: &str) -> Result<Box<dyn Destination>> {
+    open_with(spec, &crate::remote::RemoteOptions::default())
+}
+
+/// Open a backup destination: a local path, `file:///path`, or `scp://`/`sftp://` (an
+/// [`Sftp`](crate::remote::Sftp) destination connected with `remote`).
+///
+/// # Errors
+/// [`Error::UnsupportedDestination`] for unknown URL schemes, [`Error::Remote`] when the
+/// server cannot be reached.
+pub fn open_with(
+    spec: &str,
+    remote: &crate::remote::RemoteOptions,
+) -> Result<Box<dyn Destination>> {
+    if sftp::RemoteUrl::is_remote(spec) {
+        return Ok(Box::new(crate::remote::Sftp::open(spec, remote)?));
+    }
+    Ok(Box::new(LocalDir::parse(spec)?))
+}
+
+/// Open a backup to restore from: local paths as they are; a remote backup is first
+/// downloaded whole into a local temporary folder (see
+/// [`download_backup`](crate::remote::download_backup)).
+///
+/// # Errors
+/// As [`open_with`], plus [`Error::IncompleteBackup`] for a remote backup.
+pub fn open_source(
+    spec: &str,
+    remote: &crate::remote::RemoteOptions,
+) -> Result<Box<dyn Destination>> {
+    if sftp::RemoteUrl::is_remote(spec) {
+        return Ok(Box::new(crate::remote::download_backup(spec, remote)?));
+    }
     Ok(Box::new(LocalDir::parse(spec)?))
 }
 
@@ -131,7 +177,9 @@ impl LocalDir {
             });
         }
         if spec.starts_with("scp://") || spec.starts_with("sftp://") {
-            return Err(unsupported("scp:// destinations are not supported yet (they arrive with the remote destinations issue)"));
+            return Err(unsupported(
+                "a remote URL is not a local folder (open it with backup::dest::open_with)",
+            ));
         }
         if let Some((scheme, _)) = spec.split_once("://") {
             if !scheme.is_empty()

@@ -25,6 +25,9 @@ pub enum Error {
     /// The host refused or failed an operation (lookup, snapshot, registration...).
     #[error(transparent)]
     Host(#[from] host::Error),
+    /// The SSH/SFTP transport of a remote (`scp://`) destination failed.
+    #[error(transparent)]
+    Remote(#[from] sftp::Error),
     /// A dictionary file (.vmx, .vmsd, catalog) could not be read or written.
     #[error("{path}: {source}")]
     Dict {
@@ -33,7 +36,7 @@ pub enum Error {
         /// The parse or validation error.
         source: vmx::Error,
     },
-    /// A destination string this build cannot use (`scp://` arrives with a later issue).
+    /// A destination string this build cannot use (an unknown URL scheme).
     #[error("{spec}: {reason}")]
     UnsupportedDestination {
         /// The destination as given.
@@ -141,6 +144,12 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether a remote destination refused to connect because the server's host key is
+    /// not in known_hosts (callers can suggest accepting it).
+    pub fn is_unknown_host_key(&self) -> bool {
+        matches!(self, Error::Remote(sftp::Error::UnknownHostKey { .. }))
+    }
+
     /// An I/O error on `path` during `op`.
     pub fn io(path: impl Into<PathBuf>, op: &'static str, source: std::io::Error) -> Error {
         Error::Io {

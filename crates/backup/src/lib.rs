@@ -7,8 +7,8 @@
 //! monolithic), and a `catalog` (see `vmx::Catalog`) listing every file with its size
 //! and SHA-256 plus where the VM lived: datastore paths, folder, resource pool, disk
 //! provisioning (the folder layout and rules: `crates/backup/FORMAT.md`). Backups are
-//! written through a [`Destination`] ([`LocalDir`] here;
-//! `scp://` arrives behind the same trait).
+//! written through a [`Destination`] ([`LocalDir`] for local folders, [`Sftp`] for
+//! `scp://` and `sftp://` URLs).
 //!
 //! - [`backup_vm`] (vcbMounter, `vcb backup`) takes a snapshot so the base disks become
 //!   static, exports them while the VM keeps writing to its redo logs, removes the
@@ -39,6 +39,7 @@ mod fsutil;
 pub mod hash;
 pub mod hooks;
 pub mod observer;
+pub mod remote;
 pub mod restore;
 mod snapall;
 
@@ -46,5 +47,6 @@ pub use dest::{Destination, LocalDir, CATALOG_NAME, INCOMPLETE_MARKER};
 pub use error::{Error, Result};
 pub use export::{backup_vm, BackupOptions, BackupReport, ExportFormat, BACKUP_SNAPSHOT_NAME};
 pub use observer::{Answer, Event, Observer, Recorder};
+pub use remote::{RemoteOptions, Sftp};
 pub use restore::{restore_vm, ConflictPolicy, RestoreOptions, RestoreReport};
-pub use snapall::{backup_group, folder_name, GroupItem, GroupObserver};
+pub use snapall::{backup_group, backup_group_to, folder_name, GroupItem, GroupObserver};

@@ -64,6 +64,61 @@ pub fn backup_group(
     Ok(items)
 }
 
+/// [`backup_group`] for a root given as the user wrote it: a local path, `file:///path`,
+/// or an `scp://`/`sftp://` URL (each VM then goes to `<url>/<display name>` on the
+/// server, reached with `remote`).
+///
+/// # Errors
+/// As [`backup_group`]; for a remote root also [`Error::Remote`] when the server cannot
+/// be reached and [`Error::DestinationParentMissing`] when the root folder is missing.
+pub fn backup_group_to(
+    host: &host::Host,
+    spec: &str,
+    root: &str,
+    remote: &crate::remote::RemoteOptions,
+    opts: &BackupOptions,
+    obs: &mut dyn GroupObserver,
+) -> Result<Vec<GroupItem>> {
+    if !sftp::RemoteUrl::is_remote(root) {
+        let dir = LocalDir::parse(root)?.dir().to_path_buf();
+        return backup_group(host, spec, &dir, opts, obs);
+    }
+    let spec = host::Specifier::parse(spec)?;
+    let url = sftp::RemoteUrl::parse(root)?;
+    {
+        let mut probe = crate::remote::Sftp::open(root, remote)?;
+        let missing = || Error::DestinationParentMissing {
+            path: PathBuf::from(root),
+        };
+        match probe.session_stat(&url.path) {
+            Ok(st) if st.kind == sftp::FileKind::Dir => {}
+            Ok(_) => return Err(missing()),
+            Err(e) if e.is_not_found() => return Err(missing()),
+            Err(e) => return Err(e.into()),
+        }
+        let _ = crate::dest::Destination::discard(&mut probe);
+    }
+    let base = root.trim_end_matches('/');
+    let mut items = Vec::new();
+    for moref in spec.find(host)? {
+        let vm = host.vm(moref)?;
+        let name = vm.name();
+        let dest_spec = format!("{base}/{}", folder_name(&name));
+        let dest = PathBuf::from(&dest_spec);
+        obs.vm_started(&name, &dest);
+        let result = crate::remote::Sftp::open(&dest_spec, remote)
+            .and_then(|mut d| backup_vm(host, &format!("moref:{moref}"), &mut d, opts, obs));
+        let item = GroupItem {
+            vm: name,
+            dest,
+            result,
+        };
+        obs.vm_finished(&item);
+        items.push(item);
+    }
+    Ok(items)
+}
+
 /// A display name as one folder name: `/` and control characters become `_`, and a
 /// name that is empty or starts with `.` gets a `_` in front.
 pub fn folder_name(display_name: &str) -> String {

@@ -35,7 +35,7 @@ use std::time::Duration;
 
 /// The display name of the snapshot a backup takes; a leftover one is an interrupted
 /// backup's and is committed by the next backup of the VM.
-pub const BACKUP_SNAPSHOT_NAME: &str = "_vcb-backup_";
+pub const BACKUP_SNAPSHOT_NAME: &str = host::snapshot::BACKUP_SNAPSHOT_NAME;
 
 /// How to back up.
 #[derive(Debug, Clone, Default)]
@@ -98,6 +98,16 @@ pub fn backup_vm(
         }
     }
     dest.create()?;
+    // A staging folder (remote destinations) holds the converted disks until upload:
+    // say up front when their full capacity might not fit.
+    let capacity: u64 = disks
+        .iter()
+        .filter(|d| !matches!(d.kind, DiskKind::PhysicalRdm { .. }))
+        .map(|d| d.capacity_bytes)
+        .sum();
+    if let Err(e) = dest.check_local_space(capacity) {
+        obs.event(&Event::Warning(e.to_string()));
+    }
     let result = run(host, &vm, &disks, dest, opts, obs);
     if result.is_err() {
         if let Err(e) = dest.discard() {
@@ -184,6 +194,7 @@ fn run(
     let dict = catalog
         .to_dict()
         .map_err(|e| Error::dict(CATALOG_NAME, e))?;
+    dest.flush_local()?;
     dest.put(CATALOG_NAME, &mut dict.to_string().as_bytes())?;
     dest.mark_complete()?;
     let cache = opts

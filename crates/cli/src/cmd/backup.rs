@@ -6,7 +6,7 @@ pub mod render;
 
 use crate::tools::conf::{Overrides, ToolConf};
 use anyhow::{bail, Context, Result};
-use backup::{BackupOptions, ConflictPolicy, ExportFormat, RestoreOptions};
+use backup::{BackupOptions, ConflictPolicy, ExportFormat, RemoteOptions, RestoreOptions};
 use clap::Args;
 pub use demo::{demo, DemoArgs};
 use render::Render;
@@ -26,12 +26,44 @@ pub struct HostArgs {
     pub config: Option<PathBuf>,
 }
 
+/// How to reach `scp://`/`sftp://` destinations (shared by every backup command and
+/// tool that takes a destination or source).
+#[derive(Args, Debug, Clone, Default)]
+pub struct RemoteArgs {
+    /// Private key for scp:// and sftp:// destinations (default: $VCB_SSH_KEY, else the
+    /// ssh config's IdentityFile, the default keys and the agent).
+    #[arg(
+        short = 'i',
+        long = "identity",
+        value_name = "KEY",
+        env = "VCB_SSH_KEY"
+    )]
+    pub identity: Option<PathBuf>,
+    /// Trust an unknown server host key and record it in ~/.ssh/known_hosts (a changed
+    /// key is always refused).
+    #[arg(long)]
+    pub accept_new_host_key: bool,
+}
+
+impl RemoteArgs {
+    /// The backup layer's remote options; staging folders go under `TEMPDIR` when the
+    /// configuration sets it.
+    pub fn options(&self, conf: &ToolConf) -> RemoteOptions {
+        RemoteOptions {
+            identity_file: self.identity.clone(),
+            accept_new_host_key: self.accept_new_host_key,
+            tempdir: conf.tempdir.clone(),
+        }
+    }
+}
+
 /// `vcb backup VM DEST`.
 #[derive(Args, Debug)]
 pub struct BackupArgs {
     /// The VM: a display name or a specifier (name:, uuid:, moref:, ipaddr:).
     pub vm: String,
-    /// The backup folder to create (a path or file:///path); its parent must exist.
+    /// The backup folder to create (a path, file:///path or scp://[user@]host[:port]:/path);
+    /// its parent must exist.
     pub dest: String,
     /// Write each disk as one monolithic sparse file instead of 2 GB extents (-M 1).
     #[arg(long)]
@@ -42,12 +74,16 @@ pub struct BackupArgs {
     /// Host root and configuration file.
     #[command(flatten)]
     pub host: HostArgs,
+    /// SSH key and host-key policy for remote backups.
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 /// `vcb restore SRC`.
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
-    /// The backup folder (a path or file:///path).
+    /// The backup folder (a path, file:///path or scp://[user@]host[:port]:/path; a remote
+    /// backup is downloaded to a temporary folder first).
     pub src: String,
     /// An edited copy of the catalog saying where to restore (vcbRestore -a).
     #[arg(long, short = 'a', value_name = "FILE")]
@@ -62,6 +98,9 @@ pub struct RestoreArgs {
     /// Host root and configuration file.
     #[command(flatten)]
     pub host: HostArgs,
+    /// SSH key and host-key policy for remote backups.
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 /// The host root: `--root`, else `$VCB_ROOT`, else the per-user default.
@@ -120,15 +159,25 @@ pub fn backup_options(
     }
 }
 
+/// Name the option that records an unknown server host key.
+fn host_key_hint(e: backup::Error) -> anyhow::Error {
+    if e.is_unknown_host_key() {
+        anyhow::anyhow!("{e} (pass --accept-new-host-key once the fingerprint is checked)")
+    } else {
+        e.into()
+    }
+}
+
 /// Back up `vm` into `dest` and print what was done.
 pub fn run_backup(
     host: &host::Host,
     vm: &str,
     dest: &str,
+    remote: &RemoteOptions,
     opts: &BackupOptions,
     render: &mut Render,
 ) -> Result<()> {
-    let mut d = backup::dest::open(dest)?;
+    let mut d = backup::dest::open_with(dest, remote).map_err(host_key_hint)?;
     let report = backup::backup_vm(host, vm, d.as_mut(), opts, render)?;
     render.line(format!(
         "Backed up {} to {} ({} files, {})",
@@ -144,10 +193,11 @@ pub fn run_backup(
 pub fn run_restore(
     host: &mut host::Host,
     src: &str,
+    remote: &RemoteOptions,
     opts: &RestoreOptions,
     render: &mut Render,
 ) -> Result<()> {
-    let s = backup::dest::open(src)?;
+    let s = backup::dest::open_source(src, remote).map_err(host_key_hint)?;
     let report = backup::restore_vm(host, s.as_ref(), opts, render)?;
     for k in &report.kept {
         render.line(format!("Kept {k}"));
@@ -190,12 +240,14 @@ pub fn backup(a: BackupArgs) -> Result<()> {
         ExportFormat::Split2Gb
     };
     let opts = backup_options(format, a.skip_physical_rdm, &conf);
-    run_backup(&host, &a.vm, &a.dest, &opts, &mut Render::new(3))
+    let remote = a.remote.options(&conf);
+    run_backup(&host, &a.vm, &a.dest, &remote, &opts, &mut Render::new(3))
 }
 
 /// `vcb restore`.
 pub fn restore(a: RestoreArgs) -> Result<()> {
-    let (mut host, _) = open_host(&a.host, &Overrides::default())?;
+    let (mut host, conf) = open_host(&a.host, &Overrides::default())?;
+    let remote = a.remote.options(&conf);
     let opts = RestoreOptions {
         alternate_catalog: a
             .catalog
@@ -209,5 +261,5 @@ pub fn restore(a: RestoreArgs) -> Result<()> {
             .map(parse_restore_format)
             .transpose()?,
     };
-    run_restore(&mut host, &a.src, &opts, &mut Render::new(3))
+    run_restore(&mut host, &a.src, &remote, &opts, &mut Render::new(3))
 }

@@ -2,11 +2,12 @@
 //!
 //! ```text
 //! vcbMounter -a <vm identifier> -r <destination> [-t fullvm|file] [-M 0|1]
-//!            [-h host] [-u user] [-p password] [-c cache] [-L level]
+//!            [-i key] [--accept-new-host-key] [-h host] [-u user] [-p password] [-c cache] [-L level]
 //! vcbMounter -U <mount point>
 //! ```
 //! `-h` is the host, as in VCB: help is `--help` only.
 
+use crate::cmd::backup::RemoteArgs;
 use crate::cmd::backup::{backup_options, open_host, render::Render, run_backup};
 use crate::tools::conf::ToolArgs;
 use anyhow::{bail, Result};
@@ -22,7 +23,8 @@ struct Args {
     /// The VM: ipaddr:, uuid:, moref:, name: (see vcbVmName).
     #[arg(short = 'a', value_name = "SPEC")]
     vm: Option<String>,
-    /// Backup destination: a path or file:///path (created; its parent must exist).
+    /// Backup destination: a path, file:///path or scp://[user@]host[:port]:/path (created;
+    /// its parent must exist).
     #[arg(short = 'r', value_name = "DEST")]
     dest: Option<String>,
     /// Backup type: fullvm (default) or file.
@@ -42,6 +44,9 @@ struct Args {
     skip_physical_rdm: bool,
     #[command(flatten)]
     tool: ToolArgs,
+    /// SSH key (-i KEY, $VCB_SSH_KEY) and host-key policy for scp:// destinations.
+    #[command(flatten)]
+    remote: RemoteArgs,
 }
 
 const FILE_MODE: &str = "file-level backup (-t file, -U) is not supported yet (file-level mount arrives with a later issue)";
@@ -70,5 +75,13 @@ fn run(a: Args) -> Result<()> {
         ExportFormat::Split2Gb
     };
     let opts = backup_options(format, a.skip_physical_rdm, &conf);
-    run_backup(&host, vm, dest, &opts, &mut Render::new(a.tool.level))
+    let remote = a.remote.options(&conf);
+    run_backup(
+        &host,
+        vm,
+        dest,
+        &remote,
+        &opts,
+        &mut Render::new(a.tool.level),
+    )
 }

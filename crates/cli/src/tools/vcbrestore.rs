@@ -2,9 +2,11 @@
 //!
 //! ```text
 //! vcbRestore -s <backup directory | file://...> [-a <alternate catalog>]
-//!            [-l prompt|overwrite|keep|abort] [-b ...] [-h -u -p -L]
+//!            [-l prompt|overwrite|keep|abort] [-b ...] [-i key] [--accept-new-host-key]
+//!            [-h -u -p -L]
 //! ```
 
+use crate::cmd::backup::RemoteArgs;
 use crate::cmd::backup::{
     open_host, parse_restore_format, read_alternate_catalog, render::Render, run_restore,
 };
@@ -19,7 +21,8 @@ use std::process::ExitCode;
 #[derive(Parser, Debug)]
 #[command(name = "vcbRestore", version, disable_help_flag = true)]
 struct Args {
-    /// The backup: a folder or file:///path.
+    /// The backup: a folder, file:///path or scp://[user@]host[:port]:/path (downloaded to a
+    /// temporary folder under TEMPDIR first).
     #[arg(short = 's', value_name = "SOURCE")]
     src: String,
     /// An edited copy of the backup's catalog (datastore paths, folder, resource pool).
@@ -36,6 +39,9 @@ struct Args {
     disk_format: Option<String>,
     #[command(flatten)]
     tool: ToolArgs,
+    /// SSH key (-i KEY, $VCB_SSH_KEY) and host-key policy for scp:// destinations.
+    #[command(flatten)]
+    remote: RemoteArgs,
 }
 
 /// Entry point of the `vcbRestore` binary.
@@ -47,7 +53,8 @@ fn run(a: Args) -> Result<()> {
     if a.src.is_empty() {
         bail!("-s <backup directory> is required");
     }
-    let (mut host, _) = open_host(&a.tool.host_args, &a.tool.overrides(None))?;
+    let (mut host, conf) = open_host(&a.tool.host_args, &a.tool.overrides(None))?;
+    let remote = a.remote.options(&conf);
     let opts = RestoreOptions {
         alternate_catalog: a
             .catalog
@@ -61,5 +68,11 @@ fn run(a: Args) -> Result<()> {
             .map(parse_restore_format)
             .transpose()?,
     };
-    run_restore(&mut host, &a.src, &opts, &mut Render::new(a.tool.level))
+    run_restore(
+        &mut host,
+        &a.src,
+        &remote,
+        &opts,
+        &mut Render::new(a.tool.level),
+    )
 }

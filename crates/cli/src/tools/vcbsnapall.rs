@@ -4,6 +4,7 @@
 //! vcbSnapAll -a <group specifier> -r <destination root> [-M 0|1] [-h -u -p -c -L]
 //! ```
 
+use crate::cmd::backup::RemoteArgs;
 use crate::cmd::backup::{backup_options, open_host, render::Render};
 use crate::tools::conf::ToolArgs;
 use anyhow::{bail, Result};
@@ -19,7 +20,8 @@ struct Args {
     /// The VMs: powerstate:on|off|suspended, any:, none:, or any single-VM specifier.
     #[arg(short = 'a', value_name = "SPEC")]
     spec: String,
-    /// The folder that receives one backup folder per VM (must exist).
+    /// The folder that receives one backup folder per VM (must exist): a path,
+    /// file:///path or scp://[user@]host[:port]:/path.
     #[arg(short = 'r', value_name = "ROOT")]
     dest_root: String,
     /// Disk layout: 0 = 2 GB extents (default), 1 = monolithic.
@@ -33,6 +35,9 @@ struct Args {
     skip_physical_rdm: bool,
     #[command(flatten)]
     tool: ToolArgs,
+    /// SSH key (-i KEY, $VCB_SSH_KEY) and host-key policy for scp:// destinations.
+    #[command(flatten)]
+    remote: RemoteArgs,
 }
 
 /// Entry point of the `vcbSnapAll` binary.
@@ -48,9 +53,9 @@ fn run(a: Args) -> Result<()> {
         ExportFormat::Split2Gb
     };
     let opts = backup_options(format, a.skip_physical_rdm, &conf);
-    let root = backup::LocalDir::parse(&a.dest_root)?.dir().to_path_buf();
+    let remote = a.remote.options(&conf);
     let mut render = Render::new(a.tool.level);
-    let items = backup::backup_group(&host, &a.spec, &root, &opts, &mut render)?;
+    let items = backup::backup_group_to(&host, &a.spec, &a.dest_root, &remote, &opts, &mut render)?;
     let failed: Vec<_> = items.iter().filter(|i| i.result.is_err()).collect();
     if items.is_empty() {
         render.line(format!("No VM matches {}", a.spec));

@@ -137,8 +137,14 @@ fn incomplete_backup_and_existing_destination_are_refused() {
         &["-s", &format!("file://{d}"), "-l", "overwrite"],
     );
     assert!(err.contains("no catalog"), "{err}");
-    let err = env.fails("vcbMounter", &["-a", "name:vm1", "-r", "scp://u@h:/x"]);
-    assert!(err.contains("not supported yet"), "{err}");
+    // scp:// is supported (issue 5): an unreachable server is a clear error.
+    let err = env.fails(
+        "vcbMounter",
+        &["-a", "name:vm1", "-r", "scp://u@127.0.0.1:1:/x"],
+    );
+    assert!(err.contains("cannot connect"), "{err}");
+    let err = env.fails("vcbMounter", &["-a", "name:vm1", "-r", "scp://u@:/x"]);
+    assert!(err.contains("not a usable remote URL"), "{err}");
     let err = env.fails(
         "vcbMounter",
         &[

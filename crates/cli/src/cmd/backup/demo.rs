@@ -67,6 +67,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         &host,
         &format!("name:{VM}"),
         &dest.display().to_string(),
+        &backup::RemoteOptions::default(),
         &opts,
         &mut render,
     )?;
@@ -84,7 +85,13 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         policy: ConflictPolicy::Abort,
         disk_format: None,
     };
-    run_restore(&mut host, &dest.display().to_string(), &ropts, &mut render)?;
+    run_restore(
+        &mut host,
+        &dest.display().to_string(),
+        &backup::RemoteOptions::default(),
+        &ropts,
+        &mut render,
+    )?;
 
     let restored = ds2.join(format!("{VM}-restored/{VM}.vmdk"));
     let backup_disk = dest.join(format!("scsi0-0-0-{VM}.vmdk"));
