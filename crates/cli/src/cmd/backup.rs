@@ -184,7 +184,7 @@ pub fn run_backup(
         report.vm,
         report.location,
         report.catalog.files.len(),
-        render::size(report.bytes_written)
+        crate::output::human_bytes(report.bytes_written)
     ));
     Ok(())
 }

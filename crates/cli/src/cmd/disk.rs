@@ -1,6 +1,6 @@
 //! `vcb disk ...`: virtual disk operations. `vmkfstools` calls the same functions.
 
-use crate::output::Bar;
+use crate::output::{human_bytes, Bar};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use std::io::Write;
@@ -494,20 +494,4 @@ pub fn read(disk: &Path, offset: &str, length: &str, common: &Common) -> Result<
     }
     out.flush()?;
     Ok(())
-}
-
-/// Bytes as a short human string (binary units).
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }

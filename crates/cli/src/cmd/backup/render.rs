@@ -1,6 +1,7 @@
 //! Rendering backup and restore progress: event lines, the seed's
 //! `Converting "<file>" (compact file):` lines with a bar, and conflict prompts.
 
+use crate::output::human_bytes;
 use backup::{Answer, Event, GroupItem, GroupObserver, Observer};
 use std::io::{BufRead, IsTerminal, Write};
 use std::ops::ControlFlow;
@@ -26,22 +27,6 @@ impl Render {
     }
 }
 
-/// `1.5 GiB`-style sizes.
-pub fn size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
-
 impl Observer for Render {
     fn event(&mut self, event: &Event) {
         if let Event::Warning(w) = event {
@@ -61,7 +46,7 @@ impl Observer for Render {
                 format!("Removed the backup snapshot of {vm} (redo logs committed)")
             }
             Event::FileCopied { name, size_bytes } => {
-                format!("Copied {name} ({})", size(*size_bytes))
+                format!("Copied {name} ({})", human_bytes(*size_bytes))
             }
             Event::DiskSkipped { node, reason } => format!("Skipped disk {node}: {reason}"),
             Event::Verified { files } => format!("Verified {files} files against the catalog"),
@@ -125,7 +110,7 @@ impl GroupObserver for Render {
                 "Backed up {} ({} files, {})",
                 item.vm,
                 r.catalog.files.len(),
-                size(r.bytes_written)
+                human_bytes(r.bytes_written)
             )),
             Err(e) => eprintln!("error: {}: {e}", item.vm),
         }
