@@ -279,3 +279,34 @@ fn check_and_repair_through_the_cli() {
     assert!(out.contains("repaired"), "{out}");
     ok(vmkfstools(&[&"-x", &"check", &d]));
 }
+
+#[test]
+fn punch_zero_frees_zero_blocks_and_keeps_data() {
+    let dir = tempfile::tempdir().unwrap();
+    for fmt in ["thin", "monosparse"] {
+        let d = dir.path().join(format!("p-{fmt}.vmdk"));
+        ok(vmkfstools(&[&"-c", &"4M", &"-d", &fmt, &d]));
+        let zeros = dir.path().join("zeros.bin");
+        std::fs::write(&zeros, vec![0u8; 2 << 20]).unwrap();
+        let data = dir.path().join("data.bin");
+        std::fs::write(&data, vec![0x5au8; 100_000]).unwrap();
+        ok(vcb(&[&"disk", &"write", &d, &"0", &zeros]));
+        ok(vcb(&[&"disk", &"write", &d, &"3M", &data]));
+        let file_bytes = |d: &Path| -> u64 {
+            let info: serde_json::Value =
+                serde_json::from_str(&ok(vcb(&[&"disk", &"info", &d, &"--json"]))).unwrap();
+            info["chain"][0]["file_bytes"].as_u64().unwrap()
+        };
+        let before = file_bytes(&d);
+        let out = ok(vmkfstools(&[&"-K", &d]));
+        assert!(out.contains("freed"), "{out}");
+        let after = file_bytes(&d);
+        assert!(
+            after + (1 << 20) < before,
+            "{fmt}: {before} -> {after} bytes on disk"
+        );
+        let back = vcb(&[&"disk", &"read", &d, &"3M", &"100000"]);
+        assert!(ok(back).bytes().all(|b| b == 0x5a), "{fmt}: data kept");
+        ok(vmkfstools(&[&"-x", &"check", &d]));
+    }
+}

@@ -372,6 +372,7 @@ pub fn punch_zero(path: &Path, progress: &mut dyn Progress) -> Result<u64> {
         .all(|e| matches!(e.kind, ExtentType::Flat | ExtentType::Vmfs));
     if flat {
         let mut link = Link::open(path, false, &OpenOptions::read_only())?;
+        let extents = open_flat_extents(path, &d)?;
         let capacity = link.capacity();
         progress.start(capacity);
         let block = 64u64 << 10;
@@ -383,7 +384,7 @@ pub fn punch_zero(path: &Path, progress: &mut dyn Progress) -> Result<u64> {
                 let n = len as usize;
                 link.read_data(pos, &mut buf[..n])?;
                 if is_zero(&buf[..n]) {
-                    punch_in_link(path, &d, pos, len)?;
+                    punch_in_extents(&extents, pos, len)?;
                 }
             }
             pos += len;
@@ -411,22 +412,40 @@ pub fn punch_zero(path: &Path, progress: &mut dyn Progress) -> Result<u64> {
     Ok(before.saturating_sub(after))
 }
 
-fn punch_in_link(
-    path: &Path,
-    d: &crate::descriptor::Descriptor,
-    offset: u64,
+/// A flat extent opened for punching: its disk range and where it starts in its file.
+struct FlatFile {
+    disk_start: u64,
     len: u64,
-) -> Result<()> {
-    let mut start = 0u64;
+    file_offset: u64,
+    file: PathFile,
+}
+
+/// Open every extent file of a flat descriptor once, writable, for hole punching.
+fn open_flat_extents(path: &Path, d: &crate::descriptor::Descriptor) -> Result<Vec<FlatFile>> {
+    let mut out = Vec::with_capacity(d.extents.len());
+    let mut disk_start = 0u64;
     for e in &d.extents {
-        let size = e.sectors * 512;
-        if offset < start + size {
-            let name = e.file.clone().unwrap_or_default();
-            let file = crate::link::resolve_name(path, &name, "extent", false)?;
-            let f = PathFile::open(&file, true)?;
-            return crate::flat::punch_hole(&f, e.offset_sectors * 512 + (offset - start), len);
-        }
-        start += size;
+        let len = e.sectors * 512;
+        let name = e.file.clone().unwrap_or_default();
+        let file = PathFile::open(
+            &crate::link::resolve_name(path, &name, "extent", false)?,
+            true,
+        )?;
+        out.push(FlatFile {
+            disk_start,
+            len,
+            file_offset: e.offset_sectors * 512,
+            file,
+        });
+        disk_start += len;
     }
-    Ok(())
+    Ok(out)
+}
+
+/// Punch `[offset, offset+len)` of the disk, which lies within one extent.
+fn punch_in_extents(extents: &[FlatFile], offset: u64, len: u64) -> Result<()> {
+    match extents.iter().find(|e| offset < e.disk_start + e.len) {
+        Some(e) => crate::flat::punch_hole(&e.file, e.file_offset + (offset - e.disk_start), len),
+        None => Ok(()),
+    }
 }
