@@ -211,6 +211,22 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// Running the VM (QEMU, its monitor or its guest agent) failed.
+    #[error("{vm}: {source}")]
+    Runtime {
+        /// The VM's display name.
+        vm: String,
+        /// The runtime's error (boxed: it is large and rare).
+        source: Box<runtime::Error>,
+    },
+    /// QEMU runs the VM on a disk chain the operation cannot work with while it runs.
+    #[error("{vm}: {reason}")]
+    LiveChain {
+        /// The VM's display name.
+        vm: String,
+        /// What is in the way.
+        reason: String,
+    },
     /// The VM has no disk that can be snapshotted.
     #[error(
         "{vm}: no disk can be snapshotted (independent and physical-mode RDM disks are excluded)"

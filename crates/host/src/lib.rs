@@ -1,7 +1,9 @@
 //! A standalone VMware-style host kept in files: datastores, an inventory of VMs with
 //! folders and resource pools, VM configuration (.vmx), snapshots (redo logs and the
 //! .vmsd), power state, locks, VM search specifiers, the VM name cache and host
-//! configuration backup.
+//! configuration backup. Running VMs are QEMU processes of the `runtime` crate
+//! ([`Vm::runtime`]); power operations and snapshots of running VMs go through
+//! [`LockedVm`] so that they hold the VM lock.
 //!
 //! ## On disk
 //! ```text
@@ -71,3 +73,7 @@ pub use snapshot::{read_vmsd, Cleanup, LockedVm, SnapshotCreated, SnapshotDisk};
 pub use specifier::Specifier;
 pub use vm::{PowerState, Vm, VmDiskFile, VmRef};
 pub use vmops::Destroyed;
+
+/// The QEMU runtime the power operations and live snapshots use.
+pub use runtime;
+pub use runtime::{PowerOnOptions, PowerOnReport, SuspendReport};

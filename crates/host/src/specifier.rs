@@ -175,8 +175,8 @@ impl Specifier {
                     .filter(|e| e.uuid.is_empty())
                     .map(|e| e.name.clone())
                     .collect();
-                Box::new(move |_, vm| {
-                    let guest = vm.guest_ip().is_some_and(|ip| {
+                Box::new(move |h, vm| {
+                    let guest = vm.guest_ips(h).iter().any(|ip| {
                         ip.eq_ignore_ascii_case(text)
                             || ip.parse::<IpAddr>().is_ok_and(|a| addrs.contains(&a))
                     });

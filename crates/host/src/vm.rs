@@ -26,8 +26,7 @@ impl fmt::Display for VmRef {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub enum PowerState {
-    /// Running. A standalone host on files never reports it; the runtime (a later issue)
-    /// will, for the VMs it runs.
+    /// Running: a live QEMU runs the VM (see [`Vm::runtime`]).
     PoweredOn,
     /// Not running, no suspended state.
     PoweredOff,
@@ -178,14 +177,68 @@ impl Vm {
         FileLock::acquire(&self.lock_path(), mode)
     }
 
-    /// The power state, from the files: suspended when a .vmss exists, else powered off.
-    /// (The runtime, a later issue, reports powered-on VMs before this is consulted.)
+    /// The power state: powered on while a live QEMU runs the VM, else suspended when a
+    /// .vmss exists, else powered off. A QEMU that died counts as off (its stale pid file
+    /// and sockets are removed), so a suspended VM with a stale pid file is suspended.
+    ///
+    /// Cheap for VMs that do not run (one `stat` of QEMU's pid file): listings call it
+    /// for every VM.
     pub fn power_state(&self, host: &Host) -> PowerState {
-        if self.suspend_file(host).is_some() {
+        if matches!(self.runtime_state(host), Ok(Some(_))) {
+            PowerState::PoweredOn
+        } else if self.suspend_file(host).is_some() {
             PowerState::Suspended
         } else {
             PowerState::PoweredOff
         }
+    }
+
+    /// The VM's handle in the QEMU runtime, resolving `[datastore] path` names through
+    /// the host's datastores. It holds no lock: take the VM lock ([`Host::lock_vm`])
+    /// before changing the VM through it, or use the power operations of
+    /// [`LockedVm`](crate::LockedVm).
+    pub fn runtime(&self, host: &Host) -> runtime::Vm {
+        let datastores = host
+            .datastores()
+            .into_iter()
+            .map(|d| (d.name, d.path))
+            .collect();
+        runtime::Vm::new(&self.vmx_path).with_datastores(datastores)
+    }
+
+    /// The runtime handle when a live QEMU runs the VM, `None` when none does.
+    ///
+    /// # Errors
+    /// [`Error::Runtime`] when the runtime cannot tell (its files cannot be located).
+    pub(crate) fn runtime_state(&self, host: &Host) -> Result<Option<runtime::Vm>> {
+        // QEMU writes its pid file before it runs anything: without one no QEMU runs,
+        // and asking the runtime (which parses the .vmx again) is not needed.
+        if !self.dir.join(runtime::PID_FILE).exists() {
+            return Ok(None);
+        }
+        let rt = self.runtime(host);
+        match rt.status() {
+            Ok(runtime::RuntimeState::Running { .. }) => Ok(Some(rt)),
+            Ok(_) => Ok(None),
+            Err(source) => Err(Error::Runtime {
+                vm: self.name(),
+                source: Box::new(source),
+            }),
+        }
+    }
+
+    /// The guest's IP addresses: from the guest agent while the VM runs and has one,
+    /// else `guestinfo.ip` from the .vmx (empty when neither knows). Asking an agent
+    /// takes a round trip to the guest (at most a few seconds when it does not answer).
+    pub fn guest_ips(&self, host: &Host) -> Vec<String> {
+        if let Ok(Some(rt)) = self.runtime_state(host) {
+            if let Ok(Some(ips)) = rt.guest_ips() {
+                if !ips.is_empty() {
+                    return ips.iter().map(ToString::to_string).collect();
+                }
+            }
+        }
+        self.guest_ip().map(str::to_owned).into_iter().collect()
     }
 
     /// The suspended state file, if one exists: `checkpoint.vmState`, else `NAME.vmss` or

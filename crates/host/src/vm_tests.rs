@@ -151,6 +151,13 @@ fn suspended_state_comes_from_the_vmss_file() {
     let vm = host.create_vm(&spec("s", None), &mut ()).unwrap();
     std::fs::write(vm.dir.join("s-1a2b.vmss"), "").unwrap();
     assert_eq!(vm.power_state(&host), PowerState::Suspended);
+    // A pid file no live QEMU of this folder owns (left by a crash) is stale: the VM is
+    // still suspended, and the stale file is cleared.
+    let pid_file = vm.dir.join(runtime::PID_FILE);
+    std::fs::write(&pid_file, std::process::id().to_string()).unwrap();
+    assert_eq!(vm.power_state(&host), PowerState::Suspended);
+    assert!(!pid_file.exists());
+    assert_eq!(vm.guest_ips(&host), Vec::<String>::new());
     let mut locked = host.lock_vm(vm.moref, LockMode::NoWait).unwrap();
     let uid = locked.create_snapshot("x", "").unwrap().uid;
     let e = locked.revert_to_snapshot(uid, &mut ()).unwrap_err();

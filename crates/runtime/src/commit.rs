@@ -78,18 +78,44 @@ impl Vm {
             "vcb",
             &format!("live commit of {} into {}", top.display(), parent.display()),
         );
-        let args = json!({"job-id": job, "device": chain.top_node, "base-node": base_node});
-        let guest_paused = start_commit(&mut q, &args, &job)?;
-        let copied_bytes = self.follow_commit(&mut q, &job, progress)?;
+        // A process killed during a commit leaves its job in QEMU under the same id; a
+        // new job of that id would be refused, so the old one is carried to its end.
+        let (guest_paused, ready) = match adopt_leftover_job(&mut q, &job)? {
+            Leftover::None => {
+                let args = json!({"job-id": job, "device": chain.top_node, "base-node": base_node});
+                (start_commit(&mut q, &args, &job)?, false)
+            }
+            Leftover::Running => {
+                vmlog::append(&log, "vcb", &format!("adopting leftover job {job}"));
+                (Duration::ZERO, false)
+            }
+            Leftover::Ready => {
+                vmlog::append(&log, "vcb", &format!("completing leftover job {job}"));
+                q.execute("job-complete", json!({ "id": job }))?;
+                (Duration::ZERO, true)
+            }
+        };
+        let copied_bytes = self.follow_commit(&mut q, &job, ready, progress)?;
+        if self.device_chain(&mut q, node)?.files.first() == Some(top) {
+            return Err(Error::JobFailed {
+                vmx: self.vmx.clone(),
+                job,
+                reason: format!("ended without pivoting off {}", top.display()),
+            });
+        }
+        // The guest now writes the parent and the redo log is stale: it goes at once
+        // (QEMU keeps its open descriptor until the node is closed), because once QEMU
+        // is gone, a leftover redo log cannot be told from one whose commit never
+        // pivoted, and committing a stale one would undo the guest's newer writes.
+        vmdk::delete(top)
+            .map_err(|e| Error::vmdk(format!("delete committed redo log {}", top.display()), e))?;
         // The old top is no longer in the device's chain; its node (and, for a node
-        // opened at power-on, its separate protocol node) must go before the file does.
+        // opened at power-on, its separate protocol node) can be closed.
         q.execute("blockdev-del", json!({ "node-name": chain.top_node }))?;
         let file_node = format!("{}-file", chain.top_node);
         if node_names(&mut q)?.contains(&file_node) {
             q.execute("blockdev-del", json!({ "node-name": file_node }))?;
         }
-        vmdk::delete(top)
-            .map_err(|e| Error::vmdk(format!("delete committed redo log {}", top.display()), e))?;
         vmlog::append(
             &log,
             "vcb",
@@ -107,10 +133,16 @@ impl Vm {
 
     /// Follows a commit job to its end: progress while it copies, `job-complete` once
     /// ready. Returns the bytes copied.
-    fn follow_commit(&self, q: &mut Qmp, job: &str, progress: &mut dyn Progress) -> Result<u64> {
+    fn follow_commit(
+        &self,
+        q: &mut Qmp,
+        job: &str,
+        completing: bool,
+        progress: &mut dyn Progress,
+    ) -> Result<u64> {
         let deadline = Instant::now() + COMMIT_TIMEOUT;
         let (mut started, mut reported) = (false, 0u64);
-        let mut completing = false;
+        let mut completing = completing;
         let failed = |reason: String| Error::JobFailed {
             vmx: self.vmx.clone(),
             job: job.to_owned(),
@@ -160,7 +192,12 @@ impl Vm {
                             q.execute("block-job-cancel", json!({ "device": job, "force": true }));
                         return Err(failed(format!("not finished after {COMMIT_TIMEOUT:?}")));
                     }
-                    let (len, offset) = job_progress(q, job)?;
+                    // Gone without an event on this connection: it ended before we
+                    // connected (an adopted job); the caller checks the chain.
+                    let Some((len, offset)) = job_progress(q, job)? else {
+                        progress.finish();
+                        return Ok(reported);
+                    };
                     if !started && len > 0 {
                         progress.start(len);
                         started = true;
@@ -210,19 +247,67 @@ fn start_commit(q: &mut Qmp, args: &Value, job: &str) -> Result<Duration> {
     Ok(stopped_at.elapsed())
 }
 
-/// (len, offset) of a running block job.
-fn job_progress(q: &mut Qmp, job: &str) -> Result<(u64, u64)> {
-    let jobs = q.execute("query-block-jobs", Value::Null)?;
-    let j = jobs
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|j| j["device"] == job);
-    Ok(j.map(|j| {
+/// (len, offset) of a block job, `None` when QEMU has no such job.
+fn job_progress(q: &mut Qmp, job: &str) -> Result<Option<(u64, u64)>> {
+    Ok(find_job(q, job)?.map(|j| {
         (
             j["len"].as_u64().unwrap_or(0),
             j["offset"].as_u64().unwrap_or(0),
         )
-    })
-    .unwrap_or((0, 0)))
+    }))
+}
+
+/// QEMU's description of block job `job`, if it exists.
+fn find_job(q: &mut Qmp, job: &str) -> Result<Option<Value>> {
+    let jobs = q.execute("query-block-jobs", Value::Null)?;
+    Ok(jobs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|j| j["device"] == job)
+        .cloned())
+}
+
+/// A commit job left in QEMU by an earlier (killed) process.
+enum Leftover {
+    /// No job of that id: start one.
+    None,
+    /// Still copying (or finishing): follow it.
+    Running,
+    /// Caught up and waiting for `job-complete`.
+    Ready,
+}
+
+/// Looks for a job called `job` and brings it into a state a commit can carry on from:
+/// a paused job is resumed, a concluded one dismissed, an aborting one waited for.
+fn adopt_leftover_job(q: &mut Qmp, job: &str) -> Result<Leftover> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let Some(j) = find_job(q, job)? else {
+            return Ok(Leftover::None);
+        };
+        match j["status"].as_str().unwrap_or_default() {
+            "ready" => return Ok(Leftover::Ready),
+            "paused" | "standby" if j["ready"] == json!(true) => {
+                q.execute("block-job-resume", json!({ "device": job }))?;
+                return Ok(Leftover::Ready);
+            }
+            "paused" | "standby" => {
+                q.execute("block-job-resume", json!({ "device": job }))?;
+                return Ok(Leftover::Running);
+            }
+            "concluded" | "null" => {
+                q.execute("job-dismiss", json!({ "id": job }))?;
+            }
+            "aborting" | "undefined" => {}
+            _ => return Ok(Leftover::Running),
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Timeout {
+                what: format!("leftover block job {job} to end"),
+                after: Duration::from_secs(60),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

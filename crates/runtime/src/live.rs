@@ -234,27 +234,85 @@ impl Vm {
             .as_str()
             .ok_or_else(unknown)?
             .to_owned();
-        let mut files = Vec::new();
-        let (mut image, mut dir) = (Some(&inserted["image"]), self.folder());
-        let mut resolved: Option<PathBuf> = None;
-        while let Some(img) = image {
-            let name = plain_filename(img["filename"].as_str().unwrap_or_default());
-            let path = resolved.take().unwrap_or_else(|| dir.join(name));
-            dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-            resolved = img["full-backing-filename"].as_str().map(PathBuf::from);
-            files.push(path);
-            image = img.get("backing-image");
-        }
+        let files = chain_files(inserted, &self.folder());
         if files.is_empty() {
             return Err(unknown());
         }
         Ok(DeviceChain { top_node, files })
     }
 
+    /// Every file the running VM's disk devices read through, over all devices (the
+    /// files vcb must neither write nor delete while QEMU runs).
+    ///
+    /// # Errors
+    /// [`Error::NotRunning`]; QMP errors.
+    pub fn open_files(&self) -> Result<Vec<PathBuf>> {
+        let mut q = self.qmp()?;
+        self.chained_files(&mut q)
+    }
+
+    fn chained_files(&self, q: &mut Qmp) -> Result<Vec<PathBuf>> {
+        let blocks = q.execute("query-block", Value::Null)?;
+        let folder = self.folder();
+        Ok(blocks
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|b| b.get("inserted"))
+            .flat_map(|inserted| chain_files(inserted, &folder))
+            .collect())
+    }
+
+    /// Closes the block node that opens `file` when no disk device reads through it any
+    /// more (a redo log whose commit finished but whose node a killed process never
+    /// deleted), so the file can be deleted. Returns whether a node was closed.
+    ///
+    /// # Errors
+    /// [`Error::NotRunning`]; QMP errors.
+    pub fn close_detached(&self, file: &Path) -> Result<bool> {
+        let mut q = self.qmp()?;
+        let folder = self.folder();
+        let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let want = canon(&folder.join(file));
+        if self.chained_files(&mut q)?.iter().any(|f| canon(f) == want) {
+            return Ok(false);
+        }
+        let Some(node) = format_node_of(&mut q, file, &folder)? else {
+            return Ok(false);
+        };
+        q.execute("blockdev-del", json!({ "node-name": node }))?;
+        let file_node = format!("{node}-file");
+        if node_names(&mut q)?.contains(&file_node) {
+            q.execute("blockdev-del", json!({ "node-name": file_node }))?;
+        }
+        vmlog::append(
+            &self.files()?.log,
+            "vcb",
+            &format!("closed detached node {node} of {}", file.display()),
+        );
+        Ok(true)
+    }
+
     pub(crate) fn folder(&self) -> PathBuf {
         let vmx = std::path::absolute(&self.vmx).unwrap_or_else(|_| self.vmx.clone());
         vmx.parent().map(Path::to_path_buf).unwrap_or_default()
     }
+}
+
+/// The files of a `query-block` entry's `inserted` chain, top first.
+fn chain_files(inserted: &Value, folder: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let (mut image, mut dir) = (inserted.get("image"), folder.to_path_buf());
+    let mut resolved: Option<PathBuf> = None;
+    while let Some(img) = image {
+        let name = plain_filename(img["filename"].as_str().unwrap_or_default());
+        let path = resolved.take().unwrap_or_else(|| dir.join(name));
+        dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        resolved = img["full-backing-filename"].as_str().map(PathBuf::from);
+        files.push(path);
+        image = img.get("backing-image");
+    }
+    files
 }
 
 /// The names of all named block nodes.

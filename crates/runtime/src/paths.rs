@@ -43,6 +43,16 @@ impl VmFiles {
     /// [`Error::Io`] if `vmx` cannot be made absolute; [`Error::Unsupported`] for a
     /// `suspend.Directory` that cannot be resolved.
     pub fn new(vmx: &Path, cfg: Option<&VmConfig>) -> Result<VmFiles> {
+        VmFiles::locate(vmx, cfg, &BTreeMap::new())
+    }
+
+    /// [`VmFiles::new`], resolving a `[datastore] path` suspend folder through
+    /// `datastores`.
+    pub(crate) fn locate(
+        vmx: &Path,
+        cfg: Option<&VmConfig>,
+        datastores: &BTreeMap<String, PathBuf>,
+    ) -> Result<VmFiles> {
         let vmx = std::path::absolute(vmx).map_err(|e| Error::io(vmx, "resolve", e))?;
         let folder = vmx.parent().unwrap_or(Path::new("/")).to_path_buf();
         let stem = vmx
@@ -53,7 +63,7 @@ impl VmFiles {
             .and_then(VmConfig::suspend_dir)
             .filter(|d| !d.is_empty())
         {
-            Some(dir) => Resolver::new(&vmx, &BTreeMap::new()).resolve("suspend.Directory", dir)?,
+            Some(dir) => Resolver::new(&vmx, datastores).resolve("suspend.Directory", dir)?,
             None => folder.clone(),
         };
         Ok(VmFiles {

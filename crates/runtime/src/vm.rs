@@ -146,7 +146,7 @@ impl Vm {
     /// # Errors
     /// As for [`config`](Vm::config), plus an unresolvable `suspend.Directory`.
     pub fn files(&self) -> Result<VmFiles> {
-        VmFiles::new(&self.vmx, Some(&self.config()?))
+        VmFiles::locate(&self.vmx, Some(&self.config()?), &self.datastores)
     }
 
     /// The QEMU command line [`power_on`](Vm::power_on) would run, with the accelerator
@@ -170,7 +170,7 @@ impl Vm {
         opts: &PowerOnOptions,
     ) -> Result<QemuCommand> {
         let cfg = self.config()?;
-        let files = VmFiles::new(&self.vmx, Some(&cfg))?;
+        let files = VmFiles::locate(&self.vmx, Some(&cfg), &self.datastores)?;
         let input = BuildInput {
             files: &files,
             datastores: &self.datastores,

@@ -10,7 +10,7 @@
 //!   never written again while the snapshot exists.
 //!
 //! A file is *pinned* while a reference names it. Every operation first changes the
-//! references, then runs the same clean-up ([`compact`]) until nothing changes:
+//! references, then runs the same clean-up (`compact`) until nothing changes:
 //! - an unpinned redo log with no children holds a state nobody needs: it is deleted;
 //! - an unpinned file F with exactly one child C, where C has at most one child X, is
 //!   merged: C's data is committed into F (`vmdk::commit`; F keeps its CID, so C and X
@@ -22,16 +22,30 @@
 //! nothing is written. Every remaining snapshot and the current state read exactly what
 //! they read before, and a parent disk with children is never written.
 //!
+//! ## Running VMs
+//! While QEMU runs the VM (see [`crate::Vm::runtime`]), creating a snapshot switches the
+//! running disks onto the new redo logs over QMP, and a merge whose child is the file
+//! QEMU writes is a live commit (QEMU copies it into its parent while the guest
+//! writes, then pivots). A merge of a link QEMU reads as a backing file is deferred:
+//! the chain stays as it is (its data is right) and the next `consolidate` after
+//! power-off merges it. No file in a running chain is ever written or deleted by vcb.
+//! Reverting a running VM is refused: power it off first.
+//!
 //! ## Crash safety
 //! Every step holds the VM folder lock. Creating: new redo logs, then the .vmx, then the
 //! .vmsd, so a crash leaves either unreferenced redo logs (deleted by consolidate) or a
 //! .vmx deeper than the .vmsd explains (committed by consolidate). A merge first writes a
 //! journal (`.vcb-journal`) naming child, parent and the re-pointed link; the next lock
-//! holder finishes it (commit is repeatable) before doing anything else.
+//! holder finishes it (commit is repeatable) before doing anything else. A live commit
+//! is journaled the same way (op `live-commit`, with the disk node): if QEMU's chain no
+//! longer holds the child only the bookkeeping is left, else the commit runs again.
+//! With a running VM, the .vmx is set to QEMU's active tops before the tree is built.
 
 mod compact;
 mod graph;
+mod live;
 mod ops;
+mod power;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -64,12 +78,17 @@ pub struct LockedVm<'h> {
     /// these too, so that what an operation stops referencing is cleaned up by it rather
     /// than taken for a leftover of an interrupted run.
     seen: BTreeSet<PathBuf>,
+    /// An interrupted offline merge involves files the running VM has open: it is
+    /// finished after power-off, and snapshot changes wait for it.
+    pending_offline_merge: bool,
     _lock: FileLock,
 }
 
 impl Host {
     /// Locks the VM's folder, re-reads its .vmx and .vmsd, and finishes any merge an
-    /// interrupted process left in its journal.
+    /// interrupted process left in its journal. For a running VM the .vmx is first set
+    /// to the files QEMU writes (a process may have died between switching the disks
+    /// and writing the .vmx), and an interrupted live commit is run again or finished.
     ///
     /// # Errors
     /// [`Error::Busy`] (with [`LockMode::NoWait`]), [`Error::NotRegistered`], and errors
@@ -86,10 +105,13 @@ impl Host {
             db,
             allow_outside: false,
             seen: BTreeSet::new(),
+            pending_offline_merge: false,
             _lock: lock,
         };
         locked.allow_outside = locked.names_outside_folder()?;
         locked.recover()?;
+        // Recovery may have pointed the .vmx at QEMU's redo logs.
+        locked.allow_outside |= locked.names_outside_folder()?;
         Ok(locked)
     }
 }

@@ -41,14 +41,18 @@ impl LockedVm<'_> {
     /// .vmx pointed at the redo logs, the snapshot recorded in the .vmsd as a child of the
     /// current one and made current. A `.vmsn` file keeps the .vmx as it was.
     ///
+    /// On a running VM the runtime creates the same redo logs and switches the running
+    /// disks onto them at one instant (QMP), before the .vmx and .vmsd are written; the
+    /// bases are static from then on. A suspended VM is snapshotted on files (its disks
+    /// read the same data).
+    ///
     /// # Errors
-    /// [`Error::NothingToSnapshot`]; [`Error::WrongPowerState`] for a running VM; disk and
+    /// [`Error::NothingToSnapshot`]; [`Error::Runtime`] when the live switch fails;
+    /// [`Error::LiveChain`] when QEMU does not write the file the .vmx names; disk and
     /// file errors. On error nothing is left changed, as far as undoing succeeds.
     pub fn create_snapshot(&mut self, name: &str, description: &str) -> Result<SnapshotCreated> {
-        self.refuse_state(
-            PowerState::PoweredOn,
-            "a running VM is snapshotted through its runtime",
-        )?;
+        self.refuse_pending_merge()?;
+        let live = self.live_view()?;
         self.validate_tree()?;
         let (targets, skipped) = self.snapshot_targets()?;
         if targets.is_empty() {
@@ -61,20 +65,35 @@ impl LockedVm<'_> {
             .map(|s| s.uid)
             .fold(self.db.last_uid(), u64::max)
             .saturating_add(1);
-        let bases: Vec<&Path> = targets.iter().map(|d| d.path.as_path()).collect();
-        let created = self.make_redo_logs(&bases)?;
         let vmsn_name = format!("{}-Snapshot{uid}.vmsn", self.vm.stem());
         let vmsn = self.vm.dir.join(&vmsn_name);
-        if let Err(e) = write_atomic(&vmsn, self.vm.config.to_string().as_bytes()) {
-            return Err(discard(&created, e));
-        }
+        write_atomic(&vmsn, self.vm.config.to_string().as_bytes())?;
+        let nodes: Vec<DiskNode> = targets.iter().map(|d| d.node).collect();
+        let made = match &live {
+            Some(view) => self.switch_to_redo_logs(view, &targets),
+            None => {
+                let bases: Vec<&Path> = targets.iter().map(|d| d.path.as_path()).collect();
+                self.make_redo_logs(&bases)
+            }
+        };
+        let created = made.inspect_err(|_| {
+            let _ = remove_file_if_exists(&vmsn);
+        })?;
+        // Undoes the redo logs: on files, or by committing the running disks back.
+        let undo = |me: &Self, e: Error| match &live {
+            Some(view) => {
+                me.unswitch(&view.rt, &nodes);
+                e
+            }
+            None => discard(&created, e),
+        };
         let old: Vec<(DiskNode, String)> = targets
             .iter()
             .map(|d| (d.node, d.file_name.clone()))
             .collect();
-        if let Err(e) = self.point_disks(targets.iter().map(|d| d.node).zip(created.iter())) {
+        if let Err(e) = self.point_disks(nodes.iter().copied().zip(created.iter())) {
             let _ = remove_file_if_exists(&vmsn);
-            return Err(discard(&created, e));
+            return Err(undo(self, e));
         }
         let snapshot = Snapshot {
             uid,
@@ -90,17 +109,17 @@ impl LockedVm<'_> {
             // Put the .vmx back; if even that fails, consolidate finds the redo logs.
             Err(e) if self.restore_disk_names(&old).is_ok() => {
                 let _ = remove_file_if_exists(&vmsn);
-                return Err(discard(&created, e));
+                return Err(undo(self, e));
             }
             Err(e) => return Err(e),
         };
         let disks = targets
             .iter()
-            .zip(created)
+            .zip(created.iter())
             .map(|(d, redo)| SnapshotDisk {
                 node: d.node,
                 base: d.path.clone(),
-                redo,
+                redo: redo.clone(),
             })
             .collect();
         Ok(SnapshotCreated {
@@ -171,7 +190,9 @@ impl LockedVm<'_> {
     ///
     /// # Errors
     /// [`Error::UnknownSnapshot`]; [`Error::WrongPowerState`] for a suspended VM (its
-    /// saved memory belongs to the current disks); disk and file errors.
+    /// saved memory belongs to the current disks) and for a running VM (power it off
+    /// first: the guest would keep running on the state being discarded); disk and file
+    /// errors.
     pub fn revert_to_snapshot(
         &mut self,
         uid: u64,
@@ -181,7 +202,7 @@ impl LockedVm<'_> {
             PowerState::Suspended,
             "discard the suspended state before reverting",
         )?;
-        self.refuse_state(PowerState::PoweredOn, "power it off before reverting")?;
+        self.refuse_state(PowerState::PoweredOn, "power it off first")?;
         let snap = self.snapshot(uid)?.clone();
         self.validate_tree()?;
         let mut notes = Vec::new();
@@ -214,13 +235,22 @@ impl LockedVm<'_> {
     /// Removes snapshot `uid` as a restore point and commits the redo logs it no longer
     /// needs, without changing what any other snapshot or the current state reads.
     ///
+    /// On a running VM, the redo log the VM writes is committed live (QEMU copies it
+    /// into its parent while the guest writes, then switches over and the redo log is
+    /// deleted); a link QEMU only reads as backing is left in place with a note in
+    /// [`Cleanup::notes`] and merged by the next [`consolidate`](LockedVm::consolidate)
+    /// after power-off.
+    ///
     /// # Errors
-    /// [`Error::UnknownSnapshot`]; disk and file errors.
+    /// [`Error::UnknownSnapshot`]; [`Error::Runtime`] when a live commit fails (the VM
+    /// keeps running on its redo log; the journal lets the next lock holder finish);
+    /// [`Error::LiveChain`]; disk and file errors.
     pub fn remove_snapshot(
         &mut self,
         uid: u64,
         progress: &mut dyn vmdk::Progress,
     ) -> Result<Cleanup> {
+        self.refuse_pending_merge()?;
         self.snapshot(uid)?;
         self.validate_tree()?;
         let removed = self
@@ -233,11 +263,14 @@ impl LockedVm<'_> {
         Ok(out)
     }
 
-    /// Removes every snapshot and commits every redo log into the base disks.
+    /// Removes every snapshot and commits every redo log into the base disks (on a
+    /// running VM as far as [`remove_snapshot`](LockedVm::remove_snapshot) can: links
+    /// QEMU reads as backing wait for the next consolidate after power-off).
     ///
     /// # Errors
-    /// Disk and file errors.
+    /// As for [`remove_snapshot`](LockedVm::remove_snapshot).
     pub fn remove_all_snapshots(&mut self, progress: &mut dyn vmdk::Progress) -> Result<Cleanup> {
+        self.refuse_pending_merge()?;
         self.validate_tree()?;
         let uids: Vec<u64> = self.db.snapshots().iter().map(|s| s.uid).collect();
         let mut vmsns = Vec::new();
@@ -258,11 +291,14 @@ impl LockedVm<'_> {
 
     /// Commits redo logs no snapshot owns (the .vmx names a chain deeper than the .vmsd
     /// explains, as an interrupted backup leaves it) and deletes leftover redo logs and
-    /// snapshot state files nothing references.
+    /// snapshot state files nothing references. Works on a running VM (live commits,
+    /// see [`remove_snapshot`](LockedVm::remove_snapshot)); what it defers while the VM
+    /// runs is merged by a consolidate after power-off.
     ///
     /// # Errors
-    /// Disk and file errors.
+    /// As for [`remove_snapshot`](LockedVm::remove_snapshot).
     pub fn consolidate(&mut self, progress: &mut dyn vmdk::Progress) -> Result<Cleanup> {
+        self.refuse_pending_merge()?;
         // A backup snapshot still recorded here belongs to a backup that died: the backup
         // holds the VM lock for its whole run, so none is in progress while we hold it.
         let leftovers: Vec<u64> = self

@@ -54,7 +54,8 @@ pub fn guest() -> Option<PathBuf> {
             let target = std::env::var_os("CARGO_TARGET_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| manifest.join("../../target"));
-            let script = manifest.join("tests/guest/build.sh");
+            // Through `../runtime` so that other crates' tests can include this file.
+            let script = manifest.join("../runtime/tests/guest/build.sh");
             let started = Instant::now();
             let out = Command::new("bash")
                 .arg(&script)
