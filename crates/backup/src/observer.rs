@@ -5,6 +5,7 @@
 //! `()` implements the trait, so callers that do not care pass `&mut ()`.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Something a backup or restore did or noticed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,15 +23,55 @@ pub enum Event {
         /// The VM's display name.
         vm: String,
     },
+    /// The guest was quiesced through its agent (`guest-fsfreeze-freeze`, which also
+    /// runs the guest's own freeze scripts).
+    Quiesced {
+        /// The VM's display name.
+        vm: String,
+        /// File systems the agent froze.
+        filesystems: u64,
+        /// How long the freeze took.
+        elapsed: Duration,
+    },
+    /// The running VM's backup is not quiesced (crash-consistent), and why.
+    NotQuiesced {
+        /// The VM's display name.
+        vm: String,
+        /// Why (no guest agent, quiescing turned off, the freeze failed...).
+        reason: String,
+    },
+    /// The guest was thawed after the snapshot.
+    Thawed {
+        /// The VM's display name.
+        vm: String,
+        /// From the freeze to the thaw.
+        frozen_for: Duration,
+        /// The freeze's timeout passed first and its watchdog thawed the guest (before
+        /// the snapshot, or in the middle of it): the backup is not quiesced.
+        by_watchdog: bool,
+    },
+    /// A guest an interrupted backup may have left frozen was thawed.
+    ThawedLeftover {
+        /// The VM's display name.
+        vm: String,
+    },
     /// The backup snapshot was taken.
     SnapshotTaken {
         /// The VM's display name.
         vm: String,
+        /// Whether the VM was running (redo logs switched live).
+        live: bool,
+        /// How long taking it took.
+        elapsed: Duration,
     },
     /// The backup snapshot was removed (its redo logs committed).
     SnapshotRemoved {
         /// The VM's display name.
         vm: String,
+        /// Whether the VM was running (redo logs committed live).
+        live: bool,
+        /// How long removing it took.
+        elapsed: Duration,
     },
     /// A file was saved into the backup (or restored from it).
     FileCopied {

@@ -36,7 +36,7 @@ enum Command {
     Folder(cmd::folder::ContainerArgs),
     /// Resource pools of the inventory.
     Pool(cmd::folder::ContainerArgs),
-    /// Virtual machines: create, register, list, snapshots.
+    /// Virtual machines: create, register, list, snapshots, power (run under QEMU).
     Vm(cmd::vm::VmArgs),
 }
 

@@ -7,14 +7,22 @@
 //! 2. Create the destination folder (refused if it exists) and mark it incomplete.
 //! 3. Run the pre-freeze hooks; a failing hook aborts (no snapshot exists yet).
 //! 4. Lock the VM folder, commit what an interrupted backup left (a snapshot named
-//!    [`BACKUP_SNAPSHOT_NAME`], redo logs no snapshot owns), and take the backup
-//!    snapshot: the links below the new redo logs are now static. The guest is not
-//!    quiesced (the runtime arrives with a later issue): the catalog says `quiesced= "no"`.
-//! 5. Run the post-thaw hooks (a failure is a warning).
-//! 6. Export the configuration files and every disk (compacted) from the static links.
-//! 7. Remove the backup snapshot: its redo logs are committed back.
-//! 8. Write the catalog (every file's size and SHA-256) last, remove the incomplete
-//!    marker, and record the VM in the name cache.
+//!    [`BACKUP_SNAPSHOT_NAME`], redo logs no snapshot owns; live, through QEMU, when the
+//!    VM runs, after thawing a guest the dead backup may have left frozen).
+//! 5. A running VM is quiesced through its guest agent ([`runtime::Vm::freeze`], bounded
+//!    by [`BackupOptions::quiesce_timeout`]); without an agent, or with
+//!    [`BackupOptions::no_quiesce`], the backup is crash-consistent.
+//! 6. Take the backup snapshot (live on a running VM: its disks switch onto new redo
+//!    logs): the links below the new redo logs are now static. Thaw at once, whatever
+//!    the snapshot did (the freeze's watchdog thaws even if this process stalls). The
+//!    catalog's `quiesced` is `yes` only when the guest was frozen for the whole
+//!    snapshot.
+//! 7. Run the post-thaw hooks (a failure is a warning).
+//! 8. Export the configuration files (a suspended VM's .vmss too) and every disk
+//!    (compacted) from the static links, while a running guest writes into the redo logs.
+//! 9. Remove the backup snapshot: its redo logs are committed back (live when running).
+//! 10. Write the catalog (every file's size and SHA-256) last, remove the incomplete
+//!     marker, and record the VM in the name cache.
 //!
 //! If the process dies anywhere, the VM keeps every byte (its writes went to the redo
 //! logs), the next backup of the VM commits the leftover snapshot before anything else,
@@ -30,8 +38,8 @@ use crate::dest::{Destination, CATALOG_NAME};
 use crate::error::{Error, Result};
 use crate::hooks::{self, HookEnv, Stage};
 use crate::observer::{Event, Observer};
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// The display name of the snapshot a backup takes; a leftover one is an interrupted
 /// backup's and is committed by the next backup of the VM.
@@ -52,7 +60,19 @@ pub struct BackupOptions {
     /// Test hook: sleep this long after the snapshot was taken and the configuration
     /// files were exported, before the disks, so a test can kill the backup mid-export.
     pub pause_after_snapshot: Option<Duration>,
+    /// Test hook: sleep this long while the guest is frozen, before the snapshot, so a
+    /// test can kill the backup with the guest frozen.
+    pub pause_while_frozen: Option<Duration>,
+    /// Do not quiesce a running guest (the backup is crash-consistent).
+    pub no_quiesce: bool,
+    /// How long a running guest may stay frozen for the snapshot; `None`:
+    /// [`DEFAULT_QUIESCE_TIMEOUT`]. When it passes the guest is thawed anyway and the
+    /// backup counts as not quiesced.
+    pub quiesce_timeout: Option<Duration>,
 }
+
+/// How long a running guest may stay frozen by default.
+pub const DEFAULT_QUIESCE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What a finished backup wrote.
 #[derive(Debug, Clone)]
@@ -150,16 +170,64 @@ fn run(
         });
     }
     let mut locked = host.lock_vm(vm.moref, host::LockMode::Wait)?;
-    consolidate_leftovers(&mut locked, obs)?;
+    let rt = locked.vm().runtime(host);
+    consolidate_leftovers(&mut locked, &rt, obs)?;
     // Read under the lock, before the snapshot changes them.
     let snapshot_view = files::ConfigSnapshot::read(host, locked.vm())?;
+    let running = locked.vm().power_state(host) == host::PowerState::PoweredOn;
+    let mut warnings = Vec::new();
+    let live = LiveInfo {
+        ips: if running {
+            locked.vm().guest_ips(host)
+        } else {
+            locked
+                .vm()
+                .guest_ip()
+                .map(str::to_owned)
+                .into_iter()
+                .collect()
+        },
+        quiesced: false,
+    };
+    let marker = freeze_marker(locked.vm());
+    let quiesce = if running {
+        quiesce(&rt, &marker, &name, opts, obs, &mut warnings)
+    } else {
+        None
+    };
+    if let (Some(_), Some(pause)) = (&quiesce, opts.pause_while_frozen) {
+        std::thread::sleep(pause);
+    }
+    let snap_started = Instant::now();
     let created = locked.create_snapshot(
         BACKUP_SNAPSHOT_NAME,
         "vcb backup in progress; removed when it ends",
-    )?;
-    obs.event(&Event::SnapshotTaken { vm: name.clone() });
-    let mut warnings = Vec::new();
-    for hook in hooks::hooks_for(host.root(), &vm.dir, Stage::PostThaw)? {
+    );
+    let snap_elapsed = snap_started.elapsed();
+    if created.is_ok() {
+        obs.event(&Event::SnapshotTaken {
+            vm: name.clone(),
+            live: running,
+            elapsed: snap_elapsed,
+        });
+    }
+    // Thaw at once, also when the snapshot failed.
+    let quiesced = match quiesce {
+        Some(guard) => thaw(&rt, guard, &name, obs, &mut warnings),
+        None => false,
+    };
+    let _ = std::fs::remove_file(&marker);
+    let live = LiveInfo {
+        quiesced: quiesced && created.is_ok(),
+        ..live
+    };
+    let created = created?;
+    // From here on the snapshot exists: nothing may return before it is removed.
+    let post_thaw = hooks::hooks_for(host.root(), &vm.dir, Stage::PostThaw).unwrap_or_else(|e| {
+        warn(obs, &mut warnings, e.to_string());
+        Vec::new()
+    });
+    for hook in post_thaw {
         match hooks::run_hook(&hook, Stage::PostThaw, &env) {
             Ok(()) => obs.event(&Event::HookRan {
                 path: hook,
@@ -180,6 +248,7 @@ fn run(
         &mut warnings,
     );
     // The snapshot goes whatever happened to the export.
+    let remove_started = Instant::now();
     let removed = locked.remove_snapshot(created.uid, &mut ());
     if let (Err(e), Err(_)) = (&removed, &exported) {
         let text =
@@ -188,9 +257,13 @@ fn run(
     }
     let exported = exported?;
     removed?;
-    obs.event(&Event::SnapshotRemoved { vm: name.clone() });
+    obs.event(&Event::SnapshotRemoved {
+        vm: name.clone(),
+        live: running,
+        elapsed: remove_started.elapsed(),
+    });
     drop(locked);
-    let catalog = files::build_catalog(host, vm, &snapshot_view, disks, &exported, opts)?;
+    let catalog = files::build_catalog(host, vm, &snapshot_view, disks, &exported, opts, &live)?;
     let dict = catalog
         .to_dict()
         .map_err(|e| Error::dict(CATALOG_NAME, e))?;
@@ -201,7 +274,8 @@ fn run(
         .name_cache
         .clone()
         .unwrap_or_else(|| host.name_cache_path().to_path_buf());
-    if let Err(e) = host::namecache::record(&cache, &name, vm.uuid().as_ref(), vm.guest_ip()) {
+    let ip = live.ips.first().map(String::as_str);
+    if let Err(e) = host::namecache::record(&cache, &name, vm.uuid().as_ref(), ip) {
         warn(
             obs,
             &mut warnings,
@@ -219,7 +293,13 @@ fn run(
 }
 
 /// Commit what an interrupted backup left: its snapshot, and redo logs no snapshot owns.
-fn consolidate_leftovers(locked: &mut host::LockedVm<'_>, obs: &mut dyn Observer) -> Result<()> {
+/// A running VM is thawed first: the backup that died may have died with its guest
+/// frozen (the freeze's watchdog died with it).
+fn consolidate_leftovers(
+    locked: &mut host::LockedVm<'_>,
+    rt: &runtime::Vm,
+    obs: &mut dyn Observer,
+) -> Result<()> {
     let leftovers: Vec<u64> = locked
         .snapshots()
         .snapshots()
@@ -228,6 +308,22 @@ fn consolidate_leftovers(locked: &mut host::LockedVm<'_>, obs: &mut dyn Observer
         .map(|s| s.uid)
         .collect();
     let found = !leftovers.is_empty();
+    let marker = freeze_marker(locked.vm());
+    if (found || marker.exists())
+        && matches!(rt.status(), Ok(runtime::RuntimeState::Running { .. }))
+    {
+        match rt.thaw() {
+            Ok(Some(_)) => obs.event(&Event::ThawedLeftover {
+                vm: locked.vm().name(),
+            }),
+            Ok(None) => {}
+            Err(e) => obs.event(&Event::Warning(format!(
+                "could not thaw {} after an interrupted backup: {e}",
+                locked.vm().name()
+            ))),
+        }
+    }
+    let _ = std::fs::remove_file(&marker);
     for uid in leftovers {
         locked.remove_snapshot(uid, &mut ())?;
     }
@@ -238,6 +334,127 @@ fn consolidate_leftovers(locked: &mut host::LockedVm<'_>, obs: &mut dyn Observer
         });
     }
     Ok(())
+}
+
+/// The file that exists in the VM folder while a backup may have the guest frozen.
+fn freeze_marker(vm: &host::Vm) -> PathBuf {
+    vm.dir.join(FREEZE_MARKER)
+}
+
+/// The name of [`freeze_marker`]'s file.
+pub const FREEZE_MARKER: &str = ".vcb-backup-frozen";
+
+/// What a backup learnt from the running VM, for the catalog and the name cache.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LiveInfo {
+    /// The guest's addresses (agent, else `guestinfo.ip`).
+    pub(crate) ips: Vec<String>,
+    /// The guest was frozen for the whole snapshot.
+    pub(crate) quiesced: bool,
+}
+
+/// Freezes a running guest through its agent, unless turned off. `None` (with an event
+/// saying why) when nothing was frozen: the backup is then crash-consistent.
+fn quiesce(
+    rt: &runtime::Vm,
+    marker: &Path,
+    name: &str,
+    opts: &BackupOptions,
+    obs: &mut dyn Observer,
+    warnings: &mut Vec<String>,
+) -> Option<runtime::FreezeGuard> {
+    let not = |obs: &mut dyn Observer, reason: String| {
+        obs.event(&Event::NotQuiesced {
+            vm: name.to_owned(),
+            reason,
+        });
+    };
+    if opts.no_quiesce {
+        not(obs, "quiescing turned off".to_owned());
+        return None;
+    }
+    let started = Instant::now();
+    // Says "a backup may have left this guest frozen" to the next backup, should this
+    // process die before the thaw (the freeze's watchdog dies with it).
+    if let Err(e) = std::fs::write(marker, b"") {
+        warn(
+            obs,
+            warnings,
+            format!("{}: {e} (not quiescing {name})", marker.display()),
+        );
+        not(obs, "cannot write the freeze marker".to_owned());
+        return None;
+    }
+    match rt.freeze(opts.quiesce_timeout.unwrap_or(DEFAULT_QUIESCE_TIMEOUT)) {
+        Ok(runtime::Quiesce::Frozen(guard)) => {
+            obs.event(&Event::Quiesced {
+                vm: name.to_owned(),
+                filesystems: guard.filesystems(),
+                elapsed: started.elapsed(),
+            });
+            Some(guard)
+        }
+        Ok(runtime::Quiesce::NoAgent) => {
+            not(obs, "no guest agent".to_owned());
+            None
+        }
+        Err(e) => {
+            warn(
+                obs,
+                warnings,
+                format!("could not quiesce {name} (backing up crash-consistent): {e}"),
+            );
+            not(obs, format!("the freeze failed: {e}"));
+            None
+        }
+    }
+}
+
+/// Thaws the guest; true when it stayed frozen until now (the snapshot is quiesced).
+fn thaw(
+    rt: &runtime::Vm,
+    guard: runtime::FreezeGuard,
+    name: &str,
+    obs: &mut dyn Observer,
+    warnings: &mut Vec<String>,
+) -> bool {
+    match guard.thaw() {
+        Ok(r) if r.by_watchdog => {
+            warn(
+                obs,
+                warnings,
+                format!(
+                    "{name}: the freeze timed out before the snapshot was taken; the backup is crash-consistent"
+                ),
+            );
+            obs.event(&Event::Thawed {
+                vm: name.to_owned(),
+                frozen_for: r.frozen_for,
+                by_watchdog: true,
+            });
+            false
+        }
+        Ok(r) => {
+            obs.event(&Event::Thawed {
+                vm: name.to_owned(),
+                frozen_for: r.frozen_for,
+                by_watchdog: false,
+            });
+            true
+        }
+        Err(e) => {
+            // One more try on a fresh agent connection before giving up.
+            let retry = rt.thaw();
+            let text = match retry {
+                Ok(_) => format!("{name}: the first thaw failed ({e}); a second one succeeded"),
+                Err(e2) => {
+                    format!("{name}: COULD NOT THAW THE GUEST ({e}; then {e2}); thaw it by hand")
+                }
+            };
+            warn(obs, warnings, text);
+            true
+        }
+    }
 }
 
 fn warn(obs: &mut dyn Observer, warnings: &mut Vec<String>, text: String) {

@@ -226,7 +226,30 @@ pub(super) fn plan(
         let (target, strip) = if f.name == format!("{old_stem}.vmsd") {
             (vm_dir.join(format!("{new_stem}.vmsd")), true)
         } else if f.name.ends_with(".vmss") {
-            (suspend_dir.join(&f.name), false)
+            // The state file follows the .vmx's new name (`<stem>.vmss` is where a
+            // resume looks for it), and so does a `checkpoint.vmState` naming it.
+            let renamed = match f.name.strip_prefix(old_stem.as_str()) {
+                Some(rest) if rest == ".vmss" || rest.starts_with('-') => {
+                    format!("{new_stem}{rest}")
+                }
+                _ => f.name.clone(),
+            };
+            let names_it = config
+                .get("checkpoint.vmState")
+                .is_some_and(|v| v.rsplit(['/', ' ']).next() == Some(f.name.as_str()));
+            if names_it {
+                let value = match &place.config_suspend_dir {
+                    Some(dp) if suspend_dir != vm_dir => dp
+                        .join(&renamed)
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|_| renamed.clone()),
+                    _ => renamed.clone(),
+                };
+                config
+                    .dict_set("checkpoint.vmState", &value)
+                    .map_err(|e| Error::dict(&vmx_path, e))?;
+            }
+            (suspend_dir.join(renamed), false)
         } else if f.name.starts_with("vmware") && f.name.ends_with(".log") {
             (log_dir.join(&f.name), false)
         } else {

@@ -32,6 +32,10 @@ impl VmxEdit {
     pub(super) fn nvram(&self) -> Option<&str> {
         self.config.nvram()
     }
+    /// A raw .vmx value.
+    pub(super) fn get(&self, key: &str) -> Option<&str> {
+        self.config.dict().get(key)
+    }
     pub(super) fn set_disk_file(
         &mut self,
         node: DiskNode,

@@ -71,6 +71,9 @@ pub struct BackupArgs {
     /// Back up a VM with a physical-compatibility RDM, leaving that disk out.
     #[arg(long)]
     pub skip_physical_rdm: bool,
+    /// Quiescing of a running guest.
+    #[command(flatten)]
+    pub quiesce: QuiesceArgs,
     /// Host root and configuration file.
     #[command(flatten)]
     pub host: HostArgs,
@@ -144,7 +147,9 @@ pub fn backup_options(
     skip_physical_rdm: bool,
     conf: &ToolConf,
 ) -> BackupOptions {
-    // Test hook: lets the crash tests kill a backup right after its snapshot.
+    // Test hooks: let the crash tests kill a backup right after its snapshot
+    // (VCB_TEST_PAUSE_AFTER_SNAPSHOT) or while the guest is frozen
+    // (VCB_TEST_PAUSE_WHILE_FROZEN), in seconds.
     let pause = std::env::var("VCB_TEST_PAUSE_AFTER_SNAPSHOT")
         .ok()
         .and_then(|s| s.trim().parse::<f64>().ok())
@@ -156,6 +161,33 @@ pub fn backup_options(
         name_cache: conf.vmnamecache.clone(),
         tool_version: format!("vcb {}", env!("CARGO_PKG_VERSION")),
         pause_after_snapshot: pause,
+        pause_while_frozen: std::env::var("VCB_TEST_PAUSE_WHILE_FROZEN")
+            .ok()
+            .and_then(|s| s.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map(std::time::Duration::from_secs_f64),
+        no_quiesce: false,
+        quiesce_timeout: None,
+    }
+}
+
+/// How a running guest is quiesced for its backup snapshot (every backup tool).
+#[derive(Args, Debug, Clone, Default)]
+pub struct QuiesceArgs {
+    /// Do not freeze a running guest through its agent: the backup is crash-consistent.
+    #[arg(long)]
+    pub no_quiesce: bool,
+    /// Seconds a running guest may stay frozen for the snapshot; when they pass it is
+    /// thawed anyway and the backup counts as not quiesced.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub quiesce_timeout: u64,
+}
+
+impl QuiesceArgs {
+    /// Sets the quiesce options of `opts`.
+    pub fn apply(&self, opts: &mut BackupOptions) {
+        opts.no_quiesce = self.no_quiesce;
+        opts.quiesce_timeout = Some(std::time::Duration::from_secs(self.quiesce_timeout.max(1)));
     }
 }
 
@@ -239,7 +271,8 @@ pub fn backup(a: BackupArgs) -> Result<()> {
     } else {
         ExportFormat::Split2Gb
     };
-    let opts = backup_options(format, a.skip_physical_rdm, &conf);
+    let mut opts = backup_options(format, a.skip_physical_rdm, &conf);
+    a.quiesce.apply(&mut opts);
     let remote = a.remote.options(&conf);
     run_backup(&host, &a.vm, &a.dest, &remote, &opts, &mut Render::new(3))
 }

@@ -1,5 +1,7 @@
-//! `vcb vm`: create, register, list, show and destroy VMs; snapshots (in `vm/snap.rs`).
+//! `vcb vm`: create, register, list, show and destroy VMs; snapshots (in `vm/snap.rs`);
+//! power operations (in `vm/power.rs`).
 
+pub mod power;
 mod snap;
 
 use crate::cmd::host::RootArg;
@@ -70,6 +72,18 @@ enum VmCmd {
     RemoveSnapshot(snap::RemoveArgs),
     /// Commit redo logs no snapshot owns and delete leftovers of interrupted runs.
     Consolidate(snap::ConsolidateArgs),
+    /// Power the VM on under QEMU (a suspended VM is resumed).
+    PowerOn(power::PowerArgs),
+    /// Power the VM off hard (the guest gets no warning).
+    PowerOff(power::PowerArgs),
+    /// Shut the guest down: ACPI power button, then wait for it to power off.
+    Shutdown(power::ShutdownArgs),
+    /// Reset the VM (the guest reboots at once).
+    Reset(power::PowerArgs),
+    /// Suspend the VM: memory and device state to <vm>.vmss, then stop QEMU.
+    Suspend(power::PowerArgs),
+    /// Resume a suspended VM from its .vmss.
+    Resume(power::PowerArgs),
 }
 
 /// `vcb vm create`.
@@ -156,11 +170,17 @@ pub fn run(a: VmArgs) -> Result<()> {
         VmCmd::Revert(s) => snap::revert(&h, s),
         VmCmd::RemoveSnapshot(s) => snap::remove(&h, s),
         VmCmd::Consolidate(s) => snap::consolidate(&h, s),
+        VmCmd::PowerOn(a) => power::power(&h, power::Op::PowerOn, a),
+        VmCmd::PowerOff(a) => power::power(&h, power::Op::PowerOff, a),
+        VmCmd::Shutdown(a) => power::shutdown(&h, a),
+        VmCmd::Reset(a) => power::power(&h, power::Op::Reset, a),
+        VmCmd::Suspend(a) => power::power(&h, power::Op::Suspend, a),
+        VmCmd::Resume(a) => power::power(&h, power::Op::Resume, a),
     }
 }
 
 /// `--wait` to a lock mode.
-fn lock_mode(wait: bool) -> LockMode {
+pub(crate) fn lock_mode(wait: bool) -> LockMode {
     if wait {
         LockMode::Wait
     } else {
@@ -217,11 +237,14 @@ fn list(h: &Host, json: bool) -> Result<()> {
             .config()
             .display_container(ContainerKind::Pool, &entry.pool);
         let row = match h.vm(moref) {
-            Ok(vm) => serde_json::json!({
-                "moref": moref.0, "name": vm.name(), "state": vm.power_state(h).to_string(),
-                "uuid": vm.uuid().map(|u| u.to_string()), "ip": vm.guest_ip(),
-                "folder": folder, "pool": pool, "vmx": entry.vmx,
-            }),
+            Ok(vm) => {
+                let ips = vm.guest_ips(h);
+                serde_json::json!({
+                    "moref": moref.0, "name": vm.name(), "state": vm.power_state(h).to_string(),
+                    "uuid": vm.uuid().map(|u| u.to_string()), "ip": ips.first(), "ips": ips,
+                    "folder": folder, "pool": pool, "vmx": entry.vmx,
+                })
+            }
             Err(e) => serde_json::json!({
                 "moref": moref.0, "name": null, "state": "invalid", "error": e.to_string(),
                 "folder": folder, "pool": pool, "vmx": entry.vmx,
@@ -234,20 +257,22 @@ fn list(h: &Host, json: bool) -> Result<()> {
         return Ok(());
     }
     let cell = |r: &serde_json::Value, k: &str| r[k].as_str().unwrap_or("-").to_owned();
-    let table: Vec<[String; 6]> =
-        std::iter::once(["MOREF", "NAME", "STATE", "FOLDER", "POOL", "VMX"].map(String::from))
-            .chain(rows.iter().map(|r| {
-                [
-                    r["moref"].to_string(),
-                    cell(r, "name"),
-                    cell(r, "state"),
-                    cell(r, "folder"),
-                    cell(r, "pool"),
-                    cell(r, "vmx"),
-                ]
-            }))
-            .collect();
-    let widths: Vec<usize> = (0..6)
+    let table: Vec<[String; 7]> = std::iter::once(
+        ["MOREF", "NAME", "STATE", "IP", "FOLDER", "POOL", "VMX"].map(String::from),
+    )
+    .chain(rows.iter().map(|r| {
+        [
+            r["moref"].to_string(),
+            cell(r, "name"),
+            cell(r, "state"),
+            cell(r, "ip"),
+            cell(r, "folder"),
+            cell(r, "pool"),
+            cell(r, "vmx"),
+        ]
+    }))
+    .collect();
+    let widths: Vec<usize> = (0..7)
         .map(|i| {
             table
                 .iter()
@@ -285,10 +310,12 @@ fn show(h: &Host, vm: &Vm, json: bool) -> Result<()> {
         .config()
         .display_container(ContainerKind::Folder, &vm.folder);
     let pool = h.config().display_container(ContainerKind::Pool, &vm.pool);
+    let state = vm.power_state(h);
+    let ips = vm.guest_ips(h);
     if json {
         let v = serde_json::json!({
-            "moref": vm.moref.0, "name": vm.name(), "state": vm.power_state(h).to_string(),
-            "uuid": vm.uuid().map(|u| u.to_string()), "ip": vm.guest_ip(),
+            "moref": vm.moref.0, "name": vm.name(), "state": state.to_string(),
+            "uuid": vm.uuid().map(|u| u.to_string()), "ip": ips.first(), "ips": ips,
             "guest_os": vm.config.guest_os(), "memory_mb": vm.config.memsize_mb(), "cpus": vm.config.num_vcpus(),
             "folder": folder, "pool": pool, "vmx": vm.vmx.to_string(), "vmx_path": vm.vmx_path,
             "disks": disks, "snapshots": db.snapshots().len(), "current_snapshot": current,
@@ -299,9 +326,12 @@ fn show(h: &Host, vm: &Vm, json: bool) -> Result<()> {
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
     println!("moref:      {}", vm.moref);
     println!("name:       {}", vm.name());
-    println!("state:      {}", vm.power_state(h));
+    println!("state:      {state}");
     println!("uuid:       {}", opt(vm.uuid().map(|u| u.to_string())));
-    println!("ip:         {}", opt(vm.guest_ip().map(str::to_owned)));
+    println!(
+        "ip:         {}",
+        opt(Some(ips.join(", ")).filter(|s| !s.is_empty()))
+    );
     println!(
         "guest os:   {}",
         opt(vm.config.guest_os().map(str::to_owned))

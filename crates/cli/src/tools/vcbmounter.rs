@@ -7,8 +7,8 @@
 //! ```
 //! `-h` is the host, as in VCB: help is `--help` only.
 
-use crate::cmd::backup::RemoteArgs;
 use crate::cmd::backup::{backup_options, open_host, render::Render, run_backup};
+use crate::cmd::backup::{QuiesceArgs, RemoteArgs};
 use crate::tools::conf::ToolArgs;
 use anyhow::{bail, Result};
 use backup::ExportFormat;
@@ -42,6 +42,9 @@ struct Args {
     /// Back up a VM with a physical-compatibility RDM, leaving that disk out.
     #[arg(long)]
     skip_physical_rdm: bool,
+    /// Quiescing of running guests (--no-quiesce, --quiesce-timeout SECS).
+    #[command(flatten)]
+    quiesce: QuiesceArgs,
     #[command(flatten)]
     tool: ToolArgs,
     /// SSH key (-i KEY, $VCB_SSH_KEY) and host-key policy for scp:// destinations.
@@ -74,7 +77,8 @@ fn run(a: Args) -> Result<()> {
     } else {
         ExportFormat::Split2Gb
     };
-    let opts = backup_options(format, a.skip_physical_rdm, &conf);
+    let mut opts = backup_options(format, a.skip_physical_rdm, &conf);
+    a.quiesce.apply(&mut opts);
     let remote = a.remote.options(&conf);
     run_backup(
         &host,

@@ -4,8 +4,8 @@
 //! vcbSnapAll -a <group specifier> -r <destination root> [-M 0|1] [-h -u -p -c -L]
 //! ```
 
-use crate::cmd::backup::RemoteArgs;
 use crate::cmd::backup::{backup_options, open_host, render::Render};
+use crate::cmd::backup::{QuiesceArgs, RemoteArgs};
 use crate::tools::conf::ToolArgs;
 use anyhow::{bail, Result};
 use backup::ExportFormat;
@@ -33,6 +33,9 @@ struct Args {
     /// Back up VMs with a physical-compatibility RDM, leaving that disk out.
     #[arg(long)]
     skip_physical_rdm: bool,
+    /// Quiescing of running guests (--no-quiesce, --quiesce-timeout SECS).
+    #[command(flatten)]
+    quiesce: QuiesceArgs,
     #[command(flatten)]
     tool: ToolArgs,
     /// SSH key (-i KEY, $VCB_SSH_KEY) and host-key policy for scp:// destinations.
@@ -52,7 +55,8 @@ fn run(a: Args) -> Result<()> {
     } else {
         ExportFormat::Split2Gb
     };
-    let opts = backup_options(format, a.skip_physical_rdm, &conf);
+    let mut opts = backup_options(format, a.skip_physical_rdm, &conf);
+    a.quiesce.apply(&mut opts);
     let remote = a.remote.options(&conf);
     let mut render = Render::new(a.tool.level);
     let items = backup::backup_group_to(&host, &a.spec, &a.dest_root, &remote, &opts, &mut render)?;

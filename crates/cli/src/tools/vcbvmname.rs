@@ -54,19 +54,21 @@ fn run(a: Args) -> Result<()> {
     let mut out = std::io::stdout().lock();
     for moref in found {
         let vm = host.vm(moref)?;
-        out.write_all(block(&vm, &cache).as_bytes())?;
+        out.write_all(block(&host, &vm, &cache).as_bytes())?;
     }
     out.flush()?;
     Ok(())
 }
 
-/// The `Found VM:` block of one VM. The address is the .vmx's `guestinfo.ip`, else the
-/// name cache's latest for the VM's UUID, else empty.
-fn block(vm: &Vm, cache: &host::namecache::NameCache) -> String {
+/// The `Found VM:` block of one VM. The address is the running guest's (from its agent),
+/// else the .vmx's `guestinfo.ip`, else the name cache's latest for the VM's UUID, else
+/// empty.
+fn block(host: &host::Host, vm: &Vm, cache: &host::namecache::NameCache) -> String {
     let uuid = vm.uuid();
     let ip = vm
-        .guest_ip()
-        .map(str::to_owned)
+        .guest_ips(host)
+        .into_iter()
+        .next()
         .or_else(|| uuid.and_then(|u| cache.by_uuid(&u)).map(|e| e.ip.clone()))
         .unwrap_or_default();
     format!(

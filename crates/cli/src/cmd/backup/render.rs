@@ -41,10 +41,39 @@ impl Observer for Render {
             Event::Consolidated { vm } => {
                 format!("Committed the snapshot an interrupted backup of {vm} left")
             }
-            Event::SnapshotTaken { vm } => format!("Took the backup snapshot of {vm}"),
-            Event::SnapshotRemoved { vm } => {
-                format!("Removed the backup snapshot of {vm} (redo logs committed)")
+            Event::Quiesced {
+                vm,
+                filesystems,
+                elapsed,
+            } => format!(
+                "Quiesced {vm} through the guest agent ({filesystems} file systems frozen in {:.2} s)",
+                elapsed.as_secs_f64()
+            ),
+            Event::NotQuiesced { vm, reason } => {
+                format!("Not quiescing {vm} ({reason}): the backup is crash-consistent")
             }
+            Event::ThawedLeftover { vm } => {
+                format!("Thawed {vm}, which an interrupted backup may have left frozen")
+            }
+            Event::Thawed {
+                vm,
+                by_watchdog: true,
+                ..
+            } => format!("Thawed {vm} (by the watchdog: the quiesce timeout passed)"),
+            Event::Thawed { vm, frozen_for, .. } => format!(
+                "Thawed {vm} (frozen for {:.2} s)",
+                frozen_for.as_secs_f64()
+            ),
+            Event::SnapshotTaken { vm, live, elapsed } => format!(
+                "Took the backup snapshot of {vm}{} in {:.2} s",
+                if *live { " (live)" } else { "" },
+                elapsed.as_secs_f64()
+            ),
+            Event::SnapshotRemoved { vm, live, elapsed } => format!(
+                "Removed the backup snapshot of {vm} (redo logs committed{}) in {:.2} s",
+                if *live { " live" } else { "" },
+                elapsed.as_secs_f64()
+            ),
             Event::FileCopied { name, size_bytes } => {
                 format!("Copied {name} ({})", human_bytes(*size_bytes))
             }
