@@ -38,6 +38,22 @@ pub struct PutInfo {
     pub sha256: Sha256Sum,
 }
 
+/// A file being written in order into a destination (see [`Destination::put_stream`]).
+pub trait StreamFile {
+    /// Append `data`.
+    ///
+    /// # Errors
+    /// The destination's write error (the file is then unusable).
+    fn write(&mut self, data: &[u8]) -> Result<()>;
+
+    /// Complete the file: make it durable, move it into place under its name and confirm
+    /// its size. Returns its size and SHA-256.
+    ///
+    /// # Errors
+    /// The destination's errors; [`Error::Tampered`] when the size found differs.
+    fn finish(self: Box<Self>) -> Result<PutInfo>;
+}
+
 /// A place holding one backup: create it, put files, read them back, list them.
 pub trait Destination {
     /// The destination as the user would write it (path or URL), for messages.
@@ -77,6 +93,29 @@ pub trait Destination {
     /// written; local folders have nothing to do.
     fn flush_local(&mut self) -> Result<()> {
         Ok(())
+    }
+
+    /// Start writing the file `name` in order, for data produced while it is sent (disks
+    /// exported to a destination without [`local_dir`](Self::local_dir)). Like
+    /// [`put`](Self::put), a file left unfinished never appears under its name.
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedDestination`] for destinations that take no streams (local
+    /// folders: they have a `local_dir`), or the destination's errors.
+    fn put_stream(&self, name: &str) -> Result<Box<dyn StreamFile + '_>> {
+        Err(Error::UnsupportedDestination {
+            spec: self.location(),
+            reason: format!("{name}: this destination takes no streamed files"),
+        })
+    }
+
+    /// Refuse early when the destination cannot hold `needed_bytes` more. `Ok(Some(note))`
+    /// when it cannot tell (a warning to show); local folders check nothing.
+    ///
+    /// # Errors
+    /// [`Error::Io`] with [`std::io::ErrorKind::StorageFull`] naming the destination.
+    fn check_free_space(&self, _needed_bytes: u64) -> Result<Option<String>> {
+        Ok(None)
     }
 
     /// Refuse early when the folder of [`local_dir`](Self::local_dir) is a staging area

@@ -3,17 +3,29 @@
 //! [`Sftp`] implements [`Destination`]: the remote parent must exist, the VM folder is
 //! created and marked incomplete first, every file is uploaded as `name.partial`, renamed
 //! into place (posix-rename) and its size confirmed by `stat`; the catalog is written last
-//! and the marker removed after it. Disks are converted into a local staging folder
-//! ([`Destination::local_dir`], under `TEMPDIR` when configured) and uploaded by
-//! [`Destination::flush_local`] before the catalog.
+//! and the marker removed after it.
+//!
+//! Disks are streamed by default: the export produces each extent file in order
+//! ([`vmdk::export_sparse`]) and [`Destination::put_stream`] sends it as it is produced
+//! (an [`sftp::RemoteFile`] keeping many write requests in flight), hashing it on the
+//! way; nothing is staged locally. Before the export, [`Destination::check_free_space`]
+//! asks the server (`statvfs@openssh.com`) whether the allocated data of the VM's disks
+//! fits, refusing the backup when it does not (a server without the extension gets a
+//! warning). Only when `TEMPDIR` is set in backuptools.conf
+//! ([`RemoteOptions::tempdir`]) are the disks converted into a local staging folder
+//! there ([`Destination::local_dir`]) and uploaded by [`Destination::flush_local`]
+//! before the catalog, as the seed did.
 //!
 //! Restores download the whole backup into a local temporary folder first
 //! ([`download_backup`]) and then run the ordinary local restore, which verifies every
 //! checksum before anything is written.
 
-use crate::dest::{Destination, Entry, LocalDir, PutInfo, CATALOG_NAME, INCOMPLETE_MARKER};
+use crate::dest::{
+    Destination, Entry, LocalDir, PutInfo, StreamFile, CATALOG_NAME, INCOMPLETE_MARKER,
+};
 use crate::error::{Error, Result};
 use crate::hash::HashingReader;
+use sha2::Digest;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -24,8 +36,9 @@ pub struct RemoteOptions {
     pub identity_file: Option<PathBuf>,
     /// Record an unknown host key in known_hosts instead of refusing it.
     pub accept_new_host_key: bool,
-    /// Where local staging folders go (backuptools.conf `TEMPDIR`), else the system
-    /// temporary folder.
+    /// backuptools.conf `TEMPDIR`: when set, backups stage their disks there before
+    /// uploading them (otherwise they stream), and restores download into it (otherwise
+    /// into the system temporary folder).
     pub tempdir: Option<PathBuf>,
 }
 
@@ -53,7 +66,8 @@ pub struct Sftp {
     url: sftp::RemoteUrl,
     session: sftp::Session,
     opts: RemoteOptions,
-    /// Local folder the disks are converted into before upload (made by `create`).
+    /// Local folder the disks are converted into before upload (made by `create` when
+    /// `TEMPDIR` is set; otherwise disks stream).
     staging: Option<tempfile::TempDir>,
     /// Whether `create` made the remote folder in this run.
     created: bool,
@@ -201,10 +215,13 @@ impl Destination for Sftp {
                 hint: hint.into(),
             });
         }
-        let staging = self.opts.staging("vcb-backup-")?;
+        let staging = match self.opts.tempdir {
+            Some(_) => Some(self.opts.staging("vcb-backup-")?),
+            None => None,
+        };
         self.session.mkdir(&dir)?;
         self.created = true;
-        self.staging = Some(staging);
+        self.staging = staging;
         let note = b"This backup is incomplete: it is being written or was interrupted. Do not restore from it.\n";
         self.upload(INCOMPLETE_MARKER, &mut &note[..])?;
         Ok(())
@@ -316,6 +333,34 @@ impl Destination for Sftp {
         Ok(())
     }
 
+    fn put_stream(&self, name: &str) -> Result<Box<dyn StreamFile + '_>> {
+        let path = self.remote_of(name)?;
+        let partial = format!("{path}.partial");
+        let file = self.session.create_file(&partial)?;
+        Ok(Box::new(SftpStream {
+            dest: self,
+            name: name.to_owned(),
+            path,
+            partial,
+            file,
+            hasher: sha2::Sha256::new(),
+            size: 0,
+        }))
+    }
+
+    fn check_free_space(&self, needed_bytes: u64) -> Result<Option<String>> {
+        let Some(fs) = self.session.statvfs(&self.url.path)? else {
+            return Ok(Some(format!(
+                "{}: the server does not report free space (no statvfs@openssh.com): \
+                 not checked whether {} of disk data fit",
+                self.spec,
+                mib(needed_bytes)
+            )));
+        };
+        check_fits(&self.spec, fs.available_bytes, needed_bytes)?;
+        Ok(None)
+    }
+
     fn check_local_space(&self, needed_bytes: u64) -> Result<()> {
         let Some(dir) = self.local_dir() else {
             return Ok(());
@@ -333,6 +378,79 @@ impl Destination for Sftp {
             )),
             _ => Ok(()),
         }
+    }
+}
+
+/// `n` bytes as MiB for messages.
+fn mib(n: u64) -> String {
+    format!("{:.1} MiB", n as f64 / f64::from(1u32 << 20))
+}
+
+/// Refuse when `needed` bytes do not fit in `available` on the server of `spec`.
+fn check_fits(spec: &str, available: u64, needed: u64) -> Result<()> {
+    if needed <= available {
+        return Ok(());
+    }
+    Err(Error::io(
+        spec,
+        "back up to",
+        std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            format!(
+                "not enough space on the server: {} available, the VM's disks hold {} of data",
+                mib(available),
+                mib(needed)
+            ),
+        ),
+    ))
+}
+
+/// A file streamed to the server as `name.partial`: hashed as it goes, renamed into place
+/// and its size confirmed by `finish`.
+struct SftpStream<'s> {
+    dest: &'s Sftp,
+    name: String,
+    path: String,
+    partial: String,
+    file: sftp::RemoteFile<'s>,
+    hasher: sha2::Sha256,
+    size: u64,
+}
+
+impl StreamFile for SftpStream<'_> {
+    fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.file.write_at(self.size, data)?;
+        self.hasher.update(data);
+        self.size += data.len() as u64;
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> Result<PutInfo> {
+        let SftpStream {
+            dest,
+            name,
+            path,
+            partial,
+            file,
+            hasher,
+            size,
+        } = *self;
+        let written = file.finish()?;
+        dest.session.rename(&partial, &path)?;
+        let found = dest.session.stat(&path)?.size_bytes;
+        if written != size || found != size {
+            return Err(Error::Tampered {
+                location: dest.spec.clone(),
+                name,
+                what: "size",
+                expected: size.to_string(),
+                found: found.to_string(),
+            });
+        }
+        Ok(PutInfo {
+            size_bytes: size,
+            sha256: hasher.finalize().into(),
+        })
     }
 }
 
@@ -428,5 +546,29 @@ impl Destination for Downloaded {
     }
     fn local_dir(&self) -> Option<&Path> {
         self.local.local_dir()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_space_check_refuses_in_one_line() {
+        check_fits("scp://u@h:/b/vm", 10 << 20, 10 << 20).unwrap();
+        let e = check_fits("scp://u@h:/b/vm", 10 << 20, (10 << 20) + 1).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.starts_with("scp://u@h:/b/vm: back up to: not enough space"),
+            "{text}"
+        );
+        assert!(text.contains("10.0 MiB available"), "{text}");
+        assert!(!text.contains('\n'), "{text}");
+        match e {
+            Error::Io { source, .. } => {
+                assert_eq!(source.kind(), std::io::ErrorKind::StorageFull)
+            }
+            other => panic!("{other}"),
+        }
     }
 }

@@ -61,21 +61,35 @@ struct Server {
     child: Child,
 }
 
+/// How a test server misbehaves.
+#[derive(Debug, Clone, Copy, Default)]
+struct Quirks {
+    /// RLIMIT_FSIZE of the server (SIGXFSZ ignored): writes past this many bytes of a
+    /// file fail with EFBIG, which the SFTP server reports like a full disk.
+    file_size_limit: Option<u64>,
+    /// `internal-sftp -R`: every write, create and mkdir is refused (permission denied).
+    read_only: bool,
+}
+
 impl Server {
     fn start() -> Option<Server> {
+        Self::start_with(Quirks::default())
+    }
+
+    fn start_with(quirks: Quirks) -> Option<Server> {
         if !require_tools(&[SSHD, "ssh-keygen"]) {
             return None;
         }
         let _ = std::fs::create_dir_all("/run/sshd");
         for _ in 0..5 {
-            if let Some(s) = Self::try_start() {
+            if let Some(s) = Self::try_start(quirks) {
                 return Some(s);
             }
         }
         panic!("sshd failed to start 5 times");
     }
 
-    fn try_start() -> Option<Server> {
+    fn try_start(quirks: Quirks) -> Option<Server> {
         let dir = tempfile::Builder::new()
             .prefix("vcb-backup-sftp")
             .tempdir()
@@ -96,20 +110,39 @@ impl Server {
                 "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
                  AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\n\
                  PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-                 UsePAM no\nStrictModes no\nSubsystem sftp internal-sftp\nLogLevel VERBOSE\nMaxStartups 64\n",
-                d = d.display()
+                 UsePAM no\nStrictModes no\nSubsystem sftp internal-sftp{ro}\nLogLevel VERBOSE\nMaxStartups 64\n",
+                d = d.display(),
+                ro = if quirks.read_only { " -R" } else { "" },
             ),
         )
         .unwrap();
         let log = std::fs::File::create(d.join("sshd.log")).unwrap();
-        let mut child = Command::new(SSHD)
-            .args(["-D", "-e", "-f"])
+        let mut cmd = Command::new(SSHD);
+        cmd.args(["-D", "-e", "-f"])
             .arg(d.join("sshd_config"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+            .stderr(log);
+        if let Some(limit) = quirks.file_size_limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: runs in the forked child before exec and only calls
+            // async-signal-safe functions (setrlimit, signal) on plain values. The
+            // ignored SIGXFSZ and the limit are inherited by sshd and its sessions.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().unwrap();
         // The client's HOME: known_hosts with the server key, nothing else.
         std::fs::create_dir_all(d.join("home/.ssh")).unwrap();
         let host_pub = std::fs::read_to_string(d.join("host_key.pub")).unwrap();
@@ -557,4 +590,375 @@ fn server_killed_mid_backup_leaves_nothing_restore_accepts_and_a_rerun_succeeds(
         ],
     );
     assert!(srv.remote("vm1-again").join(backup::CATALOG_NAME).is_file());
+}
+
+/// `len` bytes of pseudo-random data (nothing for compaction to drop).
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// SHA-256 of a file, hex.
+fn sha256_hex(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(out.status.success(), "sha256sum {}", path.display());
+    text(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Every file of a finished backup folder: listed in the catalog with its size and
+/// SHA-256, no `.partial` or marker left.
+fn assert_complete(folder: &Path) -> vmx::Catalog {
+    assert!(folder.join(backup::CATALOG_NAME).is_file(), "no catalog");
+    assert!(!folder.join(backup::INCOMPLETE_MARKER).exists());
+    let c = catalog(folder);
+    let mut names: Vec<String> = walk(folder)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .filter(|n| n != backup::CATALOG_NAME)
+        .collect();
+    names.sort();
+    let mut listed: Vec<String> = c.files.iter().map(|f| f.name.clone()).collect();
+    listed.sort();
+    assert_eq!(names, listed, "files on the server vs the catalog");
+    for f in &c.files {
+        let p = folder.join(&f.name);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().len(),
+            f.size_bytes,
+            "{}",
+            f.name
+        );
+        assert_eq!(
+            sha256_hex(&p),
+            backup::hash::to_hex(&f.sha256),
+            "{}: sha256",
+            f.name
+        );
+    }
+    c
+}
+
+/// Run a tool as the `home` client with `TMPDIR` pointing at `tmp`.
+fn run_with_tmp(srv: &Server, env: &Env, tmp: &Path, tool: &str, args: &[&str]) -> Output {
+    let mut cmd = env.command(tool, args);
+    cmd.env("HOME", srv.dir.path().join("home"))
+        .env("TMPDIR", tmp)
+        .env_remove("SSH_AUTH_SOCK")
+        .env_remove("VCB_SSH_KEY");
+    let out = cmd.output().unwrap();
+    eprintln!(
+        "$ {tool} {}\n{}{}",
+        args.join(" "),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn disks_stream_to_scp_without_staging_in_both_formats_and_restore() {
+    let Some(srv) = Server::start() else { return };
+    let env = Env::new();
+    env.vm(
+        "vm5",
+        &[
+            (24 * MB, DiskFormat::Thin),
+            (6 * MB, DiskFormat::ZeroedThick),
+        ],
+        9,
+    );
+    let disks = disk_paths(&env, "vm5");
+    write(&disks[0], 3 * MB + 512, &noise(5 * MB as usize, 1));
+    let expected: Vec<Vec<u8>> = disks.iter().map(|p| content(p)).collect();
+    // Nothing may be staged: the system temporary folder stays empty.
+    let tmp = env.path("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    for (mode, rel) in [("1", "vm5-mono"), ("0", "vm5-split")] {
+        let url = srv.url(rel);
+        let out = run_with_tmp(
+            &srv,
+            &env,
+            &tmp,
+            "vcbMounter",
+            &["-a", "name:vm5", "-r", &url, "-M", mode, "-i", srv.key()],
+        );
+        if !out.status.success() {
+            srv.dump(&env);
+            panic!("vcbMounter -M {mode} failed");
+        }
+        assert!(walk(&tmp).is_empty(), "staged: {:?}", walk(&tmp));
+        let stdout = text(&out.stdout);
+        let shown = format!("Converting \"{url}/scsi0-0-0-vm5.vmdk\" (compact file):");
+        assert!(stdout.contains(&shown), "{stdout}");
+        let folder = srv.remote(rel);
+        let c = assert_complete(&folder);
+        let split = c.files.iter().any(|f| f.name == "scsi0-0-0-vm5-s001.vmdk");
+        assert_eq!(split, mode == "0", "{:?}", c.files);
+        if require_tool("qemu-img") {
+            for (i, d) in disks.iter().enumerate() {
+                let name = format!("scsi0-{i}-0-{}", d.file_name().unwrap().to_string_lossy());
+                qemu_same(d, &folder.join(name));
+            }
+        }
+    }
+    destroy(&env, "vm5");
+    let out = run_with_tmp(
+        &srv,
+        &env,
+        &tmp,
+        "vcbRestore",
+        &[
+            "-s",
+            &srv.url("vm5-split"),
+            "-l",
+            "overwrite",
+            "-i",
+            srv.key(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let restored = disk_paths(&env, "vm5");
+    assert_eq!(restored.len(), 2);
+    for (p, want) in restored.iter().zip(&expected) {
+        assert!(content(p) == *want, "{} differs", p.display());
+    }
+}
+
+/// Whatever a failed backup left in `folder` is nothing restore accepts.
+fn assert_nothing_complete(srv: &Server, env: &Env, rel: &str) {
+    let folder = srv.remote(rel);
+    if folder.exists() {
+        assert!(
+            folder.join(backup::INCOMPLETE_MARKER).exists(),
+            "{:?}",
+            walk(&folder)
+        );
+        assert!(!folder.join(backup::CATALOG_NAME).exists());
+    }
+    let out = srv.run(
+        env,
+        "home",
+        "vcbRestore",
+        &["-s", &srv.url(rel), "-l", "overwrite", "-i", srv.key()],
+    );
+    assert!(!out.status.success(), "restore accepted a failed backup");
+}
+
+/// The VM kept no backup snapshot.
+fn assert_no_backup_snapshot(env: &Env, vm: &str) {
+    let h = env.host();
+    let vm = h.find_vm(vm).unwrap();
+    assert!(!std::fs::read_to_string(vm.vmsd_path())
+        .unwrap_or_default()
+        .contains(backup::BACKUP_SNAPSHOT_NAME));
+}
+
+#[test]
+fn remote_disk_full_mid_stream_is_a_clear_error_and_a_rerun_succeeds() {
+    // The server may write files up to 4 MiB: the configuration files fit, the disk
+    // does not, and the write fails (EFBIG, reported like ENOSPC: SSH_FX_FAILURE).
+    let quirks = Quirks {
+        file_size_limit: Some(4 * MB),
+        ..Quirks::default()
+    };
+    let Some(full) = Server::start_with(quirks) else {
+        return;
+    };
+    let env = Env::new();
+    env.vm("vm1", &[(16 * MB, DiskFormat::Thin)], 3);
+    write(&disk_paths(&env, "vm1")[0], 0, &noise(8 * MB as usize, 2));
+    let url = full.url("vm1");
+    let out = full.run(
+        &env,
+        "home",
+        "vcbMounter",
+        &["-a", "name:vm1", "-r", &url, "-i", full.key()],
+    );
+    assert!(
+        !out.status.success(),
+        "a backup past the size limit succeeded"
+    );
+    let err = text(&out.stderr);
+    assert!(err.contains("/vm1/scsi0-0-0-vm1-s001.vmdk"), "{err}");
+    assert!(err.contains("may be full"), "{err}");
+    assert!(
+        !err.contains("connection lost"),
+        "the session must survive: {err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
+    assert_nothing_complete(&full, &env, "vm1");
+    assert_no_backup_snapshot(&env, "vm1");
+    // A server with room takes the whole backup.
+    let Some(good) = Server::start() else { return };
+    good.ok(
+        &env,
+        "vcbMounter",
+        &["-a", "name:vm1", "-r", &good.url("vm1"), "-i", good.key()],
+    );
+    assert_complete(&good.remote("vm1"));
+}
+
+#[test]
+fn read_only_server_is_permission_denied_naming_the_path() {
+    let quirks = Quirks {
+        read_only: true,
+        ..Quirks::default()
+    };
+    let Some(srv) = Server::start_with(quirks) else {
+        return;
+    };
+    let env = Env::new();
+    env.vm("vm1", &[(MB, DiskFormat::Thin)], 3);
+    let url = srv.url("vm1");
+    let out = srv.run(
+        &env,
+        "home",
+        "vcbMounter",
+        &["-a", "name:vm1", "-r", &url, "-i", srv.key()],
+    );
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("permission denied"), "{err}");
+    assert!(
+        err.contains(&srv.remote("vm1").display().to_string()),
+        "{err}"
+    );
+    assert!(!srv.remote("vm1").exists());
+    assert_no_backup_snapshot(&env, "vm1");
+}
+
+#[test]
+fn server_killed_mid_disk_stream_leaves_nothing_restore_accepts_and_a_rerun_succeeds() {
+    let Some(srv) = Server::start() else { return };
+    let env = Env::new();
+    env.vm("vm1", &[(160 * MB, DiskFormat::Thin)], 3);
+    write(&disk_paths(&env, "vm1")[0], 0, &noise(128 * MB as usize, 4));
+    let url = srv.url("vm1");
+    let mut cmd = env.command(
+        "vcbMounter",
+        &["-a", "name:vm1", "-r", &url, "-i", srv.key()],
+    );
+    cmd.env("HOME", srv.dir.path().join("home"))
+        .env_remove("SSH_AUTH_SOCK")
+        .env_remove("VCB_SSH_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    // Wait until the disk is being streamed (its partial file holds grains), freeze the
+    // server so the transfer cannot finish meanwhile, then kill every session.
+    let partial = srv.remote("vm1/scsi0-0-0-vm1-s001.vmdk.partial");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(&partial).map_or(true, |m| m.len() < 4 * MB)
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let sessions = descendants(srv.child.id());
+    for &pid in &sessions {
+        // SAFETY: kill(2) takes plain integers; the pid is a child of our own sshd.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+    }
+    assert!(
+        std::fs::metadata(&partial).is_ok_and(|m| m.len() >= 4 * MB),
+        "the disk never started streaming"
+    );
+    for &pid in &sessions {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let out = child.wait_with_output().unwrap();
+    eprintln!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("connection"), "{err}");
+    assert_nothing_complete(&srv, &env, "vm1");
+    assert_no_backup_snapshot(&env, "vm1");
+    srv.ok(
+        &env,
+        "vcbMounter",
+        &[
+            "-a",
+            "name:vm1",
+            "-r",
+            &srv.url("vm1-again"),
+            "-i",
+            srv.key(),
+        ],
+    );
+    assert_complete(&srv.remote("vm1-again"));
+}
+
+/// A small tmpfs mounted at a folder, unmounted when dropped.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    /// `None` (with a visible SKIP) where mounting is not allowed (unprivileged CI).
+    fn mount(dir: &Path, size: &str) -> Option<SmallFs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(SmallFs(dir.to_path_buf())),
+            _ => {
+                eprintln!("SKIP: cannot mount a tmpfs here (needs CAP_SYS_ADMIN)");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn too_little_remote_space_is_refused_before_any_disk_is_sent() {
+    let Some(srv) = Server::start() else { return };
+    let Some(_fs) = SmallFs::mount(&srv.remote("small"), "8m") else {
+        return;
+    };
+    let env = Env::new();
+    env.vm("vm1", &[(32 * MB, DiskFormat::Thin)], 3);
+    write(&disk_paths(&env, "vm1")[0], 0, &noise(16 * MB as usize, 5));
+    let out = srv.run(
+        &env,
+        "home",
+        "vcbMounter",
+        &[
+            "-a",
+            "name:vm1",
+            "-r",
+            &srv.url("small/vm1"),
+            "-i",
+            srv.key(),
+        ],
+    );
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("not enough space on the server"), "{err}");
+    assert!(err.contains(&srv.url("small/vm1")), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
+    assert!(!text(&out.stdout).contains("Converting"), "a disk was sent");
+    assert!(
+        !srv.remote("small/vm1").exists(),
+        "{:?}",
+        walk(&srv.remote("small"))
+    );
+    assert_no_backup_snapshot(&env, "vm1");
 }

@@ -8,7 +8,9 @@
 //! resulting [`Session`] is a blocking client: file operations ([`Session::mkdir`],
 //! [`Session::stat`], [`Session::list_dir`], [`Session::rename`], ...) and streaming
 //! transfers ([`Session::upload`], [`Session::download`]) that keep many requests in
-//! flight, as OpenSSH's `sftp` does.
+//! flight, as OpenSSH's `sftp` does. [`Session::create_file`] opens a [`RemoteFile`] for
+//! writing by position (or in order, through [`std::io::Write`]) with the same window of
+//! requests in flight, for producers that generate a file while it is sent.
 //!
 //! # Invariants
 //! - Nothing is trusted silently: an unknown host key fails with
@@ -47,6 +49,7 @@
 
 mod connect;
 mod error;
+mod file;
 mod known_hosts;
 mod options;
 mod progress;
@@ -58,6 +61,7 @@ mod url;
 
 pub use connect::Target;
 pub use error::{Error, RemoteErrorKind, Result};
+pub use file::RemoteFile;
 pub use options::{ConnectOptions, SshEnv};
 pub use progress::Progress;
 pub use session::{connect, Session};

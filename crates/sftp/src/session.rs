@@ -181,6 +181,19 @@ impl Session {
         }
     }
 
+    /// Start a task on the session's runtime (it runs while the caller does other work).
+    pub(crate) fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.runtime {
+            Some(runtime) => runtime.spawn(future),
+            // The runtime is only taken in Drop.
+            None => unreachable!("session used after drop"),
+        }
+    }
+
     /// Map an SFTP error for `op` on `path` to the crate's error.
     pub(crate) fn remote_err(&self, op: &'static str, path: &str, e: SftpError) -> Error {
         let location = self.target.location(path);
@@ -228,6 +241,27 @@ impl Session {
                 op,
                 detail: "unexpected packet".to_owned(),
             },
+        }
+    }
+
+    /// Map a failed write request: OpenSSH answers a full disk, an exceeded quota or file
+    /// size limit all with a bare `SSH_FX_FAILURE`, so the message says what it may mean.
+    pub(crate) fn write_err(&self, path: &str, e: SftpError) -> Error {
+        match self.remote_err("write", path, e) {
+            Error::Remote {
+                location,
+                op,
+                kind: RemoteErrorKind::Failure,
+                message,
+            } => Error::Remote {
+                location,
+                op,
+                kind: RemoteErrorKind::Failure,
+                message: format!(
+                    "{message}: the server's disk may be full, or a quota or file size limit reached"
+                ),
+            },
+            other => other,
         }
     }
 

@@ -132,7 +132,7 @@ impl Session {
             };
             let n = self
                 .joined(reply, "write", path)?
-                .map_err(|e| self.remote_err("write", path, e))?;
+                .map_err(|e| self.write_err(path, e))?;
             acked += n;
             self.advance(progress, n, "upload", path)?;
         }

@@ -245,7 +245,7 @@ pub(crate) fn split_name(path: &Path) -> Result<(PathBuf, String)> {
     Ok((dir, stem.to_string()))
 }
 
-fn base_ddb(capacity: u64, adapter: AdapterType) -> Vec<(String, String)> {
+pub(crate) fn base_ddb(capacity: u64, adapter: AdapterType) -> Vec<(String, String)> {
     let heads: u64 = if adapter == AdapterType::Ide { 16 } else { 255 };
     let cylinders = (capacity / SECTOR / (heads * 63)).clamp(1, 65535);
     vec![
@@ -262,7 +262,7 @@ fn base_ddb(capacity: u64, adapter: AdapterType) -> Vec<(String, String)> {
     ]
 }
 
-fn check_capacity(capacity: u64) -> Result<()> {
+pub(crate) fn check_capacity(capacity: u64) -> Result<()> {
     if capacity == 0 || !capacity.is_multiple_of(SECTOR) {
         return Err(Error::InvalidArgument(format!(
             "capacity {capacity} bytes is not a positive multiple of 512"
@@ -276,7 +276,7 @@ fn check_capacity(capacity: u64) -> Result<()> {
     Ok(())
 }
 
-fn extent(kind: ExtentType, bytes: u64, file: String) -> ExtentLine {
+pub(crate) fn extent(kind: ExtentType, bytes: u64, file: String) -> ExtentLine {
     ExtentLine {
         access: Access::Rw,
         sectors: bytes / SECTOR,

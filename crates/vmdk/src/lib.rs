@@ -29,6 +29,7 @@ mod create;
 pub mod descriptor;
 mod disk;
 mod error;
+pub mod export;
 pub mod extent;
 pub mod fileio;
 pub mod flat;
@@ -49,6 +50,7 @@ pub use create::{
 pub use descriptor::{CreateType, Descriptor};
 pub use disk::{Disk, Run, MAX_CHAIN_DEPTH};
 pub use error::{Error, Result};
+pub use export::{export_sparse, DirSink, ExportSink};
 pub use extent::{Backing, BlockState, Extent};
 pub use inspect::{chain_consistent, check, info, rdm_target, DiskInfo, LinkInfo, RdmMode};
 pub use link::{read_descriptor, write_descriptor, DescriptorStore, Link, OpenOptions};

@@ -71,6 +71,8 @@ pub use create::{
 };
 pub use header::SparseHeader;
 
+pub(crate) use create::{directory_bytes, plan};
+
 pub(crate) use header::{le_u32, le_u64, GT_BYTES, GT_SECTORS, HEADER_BYTES};
 
 use crate::error::{Error, Result};

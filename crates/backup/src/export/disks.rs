@@ -1,10 +1,11 @@
 //! The disks of a backup: which are exported and how, and the conversion itself.
 
+use crate::dest::{Destination, StreamFile};
 use crate::error::{Error, Result};
 use crate::observer::Observer;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use vmx::DiskNode;
+use vmx::{CatalogFile, DiskNode};
 
 /// How an exported disk is laid out in the backup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -126,17 +127,135 @@ pub fn export_disk(
     obs: &mut dyn Observer,
 ) -> Result<Vec<PathBuf>> {
     let mut disk = vmdk::Disk::open(source, &vmdk::OpenOptions::read_only())?;
-    let adapter = disk.links()[0]
-        .descriptor()
-        .ddb_value("ddb.adapterType")
-        .and_then(|a| vmdk::AdapterType::parse(a).ok())
-        .unwrap_or_default();
     let spec = vmdk::CreateSpec {
-        adapter,
+        adapter: adapter_of(&disk),
         ..vmdk::CreateSpec::new(0, format.disk_format())
     };
     convert_observed(&mut disk, dst, dst, &spec, obs, "compact file")?;
     Ok(vmdk::link_files(dst)?)
+}
+
+/// Export the static chain whose top is `source` as a new compacted disk named `name`
+/// straight into `dest`, each file streamed as it is produced (no local file; see
+/// [`vmdk::export_sparse`]). Returns the files written with their sizes and SHA-256, in
+/// order (the descriptor last).
+pub fn stream_disk(
+    source: &Path,
+    name: &str,
+    format: ExportFormat,
+    dest: &dyn Destination,
+    obs: &mut dyn Observer,
+) -> Result<Vec<CatalogFile>> {
+    let mut disk = vmdk::Disk::open(source, &vmdk::OpenOptions::read_only())?;
+    let spec = vmdk::CreateSpec {
+        adapter: adapter_of(&disk),
+        ..vmdk::CreateSpec::new(0, format.disk_format())
+    };
+    let shown = PathBuf::from(format!("{}/{name}", dest.location()));
+    let mut sink = DestSink {
+        dest,
+        current: None,
+        failed: None,
+        done: Vec::new(),
+    };
+    let mut progress = obs.converting(&shown, "compact file");
+    let mut cancelled = false;
+    let mut watch = Watch {
+        inner: &mut *progress,
+        cancelled: &mut cancelled,
+    };
+    let exported = vmdk::export_sparse(&mut disk, name, &spec, &mut sink, &mut watch);
+    match (exported, sink.failed.take()) {
+        (Ok(_), _) => Ok(sink.done),
+        // The destination's own error says more than its text wrapped by vmdk.
+        (Err(_), Some(e)) => Err(e),
+        (Err(_), None) if cancelled => Err(Error::Cancelled),
+        (Err(e), None) => Err(e.into()),
+    }
+}
+
+/// Bytes the chain whose top is `source` holds as data (allocated, zeros included): an
+/// upper bound of its compacted export, less its metadata.
+pub fn allocated_bytes(source: &Path) -> Result<u64> {
+    let mut disk = vmdk::Disk::open(source, &vmdk::OpenOptions::read_only())?;
+    let capacity = disk.capacity();
+    let (mut pos, mut data) = (0u64, 0u64);
+    while pos < capacity {
+        let run = disk.map(pos, capacity - pos)?;
+        if run.len == 0 {
+            break;
+        }
+        if run.state == vmdk::BlockState::Data {
+            data += run.len;
+        }
+        pos += run.len;
+    }
+    Ok(data)
+}
+
+fn adapter_of(disk: &vmdk::Disk) -> vmdk::AdapterType {
+    disk.links()[0]
+        .descriptor()
+        .ddb_value("ddb.adapterType")
+        .and_then(|a| vmdk::AdapterType::parse(a).ok())
+        .unwrap_or_default()
+}
+
+/// Feeds [`vmdk::export_sparse`]'s files into a destination's streams, keeping the
+/// destination's first error (vmdk only sees its text).
+struct DestSink<'a> {
+    dest: &'a dyn Destination,
+    current: Option<(String, Box<dyn StreamFile + 'a>)>,
+    failed: Option<Error>,
+    done: Vec<CatalogFile>,
+}
+
+impl DestSink<'_> {
+    fn keep(&mut self, e: Error) -> std::io::Error {
+        let text = e.to_string();
+        self.current = None;
+        self.failed.get_or_insert(e);
+        std::io::Error::other(text)
+    }
+}
+
+impl vmdk::ExportSink for DestSink<'_> {
+    fn begin(&mut self, name: &str) -> std::io::Result<()> {
+        match self.dest.put_stream(name) {
+            Ok(f) => {
+                self.current = Some((name.to_owned(), f));
+                Ok(())
+            }
+            Err(e) => Err(self.keep(e)),
+        }
+    }
+
+    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        let Some((_, f)) = self.current.as_mut() else {
+            return Err(std::io::Error::other("no file begun"));
+        };
+        match f.write(data) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.keep(e)),
+        }
+    }
+
+    fn end(&mut self) -> std::io::Result<()> {
+        let Some((name, f)) = self.current.take() else {
+            return Err(std::io::Error::other("no file begun"));
+        };
+        match f.finish() {
+            Ok(info) => {
+                self.done.push(CatalogFile {
+                    name,
+                    size_bytes: info.size_bytes,
+                    sha256: info.sha256,
+                });
+                Ok(())
+            }
+            Err(e) => Err(self.keep(e)),
+        }
+    }
 }
 
 /// Convert `src` into a new disk at `dst`, reporting through `obs.converting(shown, note)`

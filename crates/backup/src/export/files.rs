@@ -58,6 +58,9 @@ pub(super) fn export_all(
     obs: &mut dyn Observer,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<CatalogFile>> {
+    // Before anything is sent: whether the disks' data fits at all.
+    let sources = disk_sources(created, plans, obs, warnings);
+    check_free_space(dest, plans, &sources, obs, warnings)?;
     let mut out = Vec::new();
     let vmx_name = file_name(&vm.vmx_path)?;
     put(
@@ -89,37 +92,33 @@ pub(super) fn export_all(
         std::thread::sleep(pause);
     }
     let mut hashing = Hashing::new();
-    for plan in plans {
-        let source = match &plan.kind {
-            DiskKind::PhysicalRdm { device } => {
-                let reason = format!(
-                    "physical-compatibility RDM of {}: not backed up",
-                    device.display()
-                );
-                obs.event(&Event::DiskSkipped {
-                    node: plan.node.to_string(),
-                    reason,
-                });
+    let mut streamed = Vec::new();
+    for (plan, source) in plans.iter().zip(sources) {
+        let Some(source) = source else {
+            let DiskKind::PhysicalRdm { device } = &plan.kind else {
                 continue;
-            }
-            _ => match created.disks.iter().find(|d| d.node == plan.node) {
-                Some(d) => d.base.clone(),
-                None => {
-                    let text = format!(
-                        "{}: independent disk exported without a snapshot",
-                        plan.node
-                    );
-                    obs.event(&Event::Warning(text.clone()));
-                    warnings.push(text);
-                    plan.top.clone()
-                }
-            },
+            };
+            let reason = format!(
+                "physical-compatibility RDM of {}: not backed up",
+                device.display()
+            );
+            obs.event(&Event::DiskSkipped {
+                node: plan.node.to_string(),
+                reason,
+            });
+            continue;
         };
         let Some(dir) = dest.local_dir().map(Path::to_path_buf) else {
-            return Err(Error::UnsupportedDestination {
-                spec: dest.location(),
-                reason: "disks can only be exported to a local folder in this build".into(),
-            });
+            // No local folder: the disk goes straight to the destination.
+            let name = plan.backup_name();
+            streamed.extend(disks::stream_disk(
+                &source,
+                &name,
+                opts.format,
+                &*dest,
+                obs,
+            )?);
+            continue;
         };
         let dst = dir.join(plan.backup_name());
         for file in disks::export_disk(&source, &dst, opts.format, obs)? {
@@ -139,6 +138,7 @@ pub(super) fn export_all(
         }
     }
     out.extend(hashing.join()?);
+    out.extend(streamed);
     for f in &out[..] {
         if f.name.contains('/') {
             return Err(Error::unsafe_path(
@@ -149,6 +149,65 @@ pub(super) fn export_all(
         }
     }
     Ok(out)
+}
+
+/// The link each disk is exported from: the static link below the backup snapshot, or
+/// the top of an independent disk (with a warning); `None` for a physical RDM.
+fn disk_sources(
+    created: &host::SnapshotCreated,
+    plans: &[DiskPlan],
+    obs: &mut dyn Observer,
+    warnings: &mut Vec<String>,
+) -> Vec<Option<PathBuf>> {
+    plans
+        .iter()
+        .map(|plan| match &plan.kind {
+            DiskKind::PhysicalRdm { .. } => None,
+            _ => match created.disks.iter().find(|d| d.node == plan.node) {
+                Some(d) => Some(d.base.clone()),
+                None => {
+                    let text = format!(
+                        "{}: independent disk exported without a snapshot",
+                        plan.node
+                    );
+                    obs.event(&Event::Warning(text.clone()));
+                    warnings.push(text);
+                    Some(plan.top.clone())
+                }
+            },
+        })
+        .collect()
+}
+
+/// Refuse before any disk is exported when the destination cannot hold the data the
+/// disks hold; warn when it cannot tell.
+///
+/// Disks whose every block counts as allocated whatever it holds (eagerzeroedthick,
+/// virtual RDMs) are left out of the estimate: the compacted export of a mostly empty
+/// one is small, and counting its capacity would refuse backups that fit.
+fn check_free_space(
+    dest: &dyn Destination,
+    plans: &[DiskPlan],
+    sources: &[Option<PathBuf>],
+    obs: &mut dyn Observer,
+    warnings: &mut Vec<String>,
+) -> Result<()> {
+    let mut needed = 0u64;
+    for (plan, source) in plans.iter().zip(sources) {
+        let Some(source) = source else { continue };
+        let fully_allocated = match &plan.kind {
+            DiskKind::Virtual { format } => format == "eagerzeroedthick",
+            DiskKind::VirtualRdm { .. } | DiskKind::PhysicalRdm { .. } => true,
+        };
+        if !fully_allocated {
+            needed = needed.saturating_add(disks::allocated_bytes(source)?);
+        }
+    }
+    if let Some(text) = dest.check_free_space(needed)? {
+        obs.event(&Event::Warning(text.clone()));
+        warnings.push(text);
+    }
+    Ok(())
 }
 
 /// Save one small file into the backup.
@@ -299,12 +358,17 @@ pub(super) fn build_catalog(
     plans: &[DiskPlan],
     files: &[CatalogFile],
     opts: &BackupOptions,
+    live: &super::LiveInfo,
 ) -> Result<vmx::Catalog> {
     use host::ContainerKind;
     let mut c = vmx::Catalog::new(&vm.name(), view.state);
     c.uuid = vm.uuid();
     c.host = Some(host.name().to_owned());
-    c.ipaddr = vm.guest_ip().map(str::to_owned);
+    c.ipaddr = live
+        .ips
+        .first()
+        .cloned()
+        .or_else(|| vm.guest_ip().map(str::to_owned));
     c.folder_path = Some(
         host.config()
             .display_container(ContainerKind::Folder, &vm.folder),
@@ -327,7 +391,8 @@ pub(super) fn build_catalog(
         .ok()
         .map(|d| d.as_secs());
     c.tool_version = Some(opts.tool_version.clone()).filter(|v| !v.is_empty());
-    c.quiesced = Some(false);
+    // Only a guest frozen through its agent for the whole snapshot counts.
+    c.quiesced = Some(live.quiesced);
     for plan in plans {
         let mut d = CatalogDisk::new(plan.node);
         d.diskname = host.datastore_path_of(&plan.base);

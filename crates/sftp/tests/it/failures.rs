@@ -325,3 +325,31 @@ fn server_frozen_mid_upload_times_out_promptly() {
     assert!(matches!(&err, Error::Timeout { op: "write", .. }), "{err}");
     server.signal_sessions(libc::SIGCONT);
 }
+
+#[test]
+fn remote_file_reports_a_killed_server() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let server = Arc::new(server);
+    let session = server.connect();
+    let target = server.path("killed-remote-file");
+    let killer = server.clone();
+    let err = within(30, "remote file on a killed server", move || {
+        let mut f = session.create_file(&target)?;
+        let chunk = vec![7u8; 1 << 20];
+        let mut offset = 0u64;
+        loop {
+            if offset == 4 << 20 {
+                killer.kill_sessions();
+            }
+            f.write_at(offset, &chunk)?;
+            offset += chunk.len() as u64;
+            if offset > 1 << 30 {
+                return f.finish();
+            }
+        }
+    })
+    .expect_err("writes to a killed server");
+    assert_dropped(&err);
+}

@@ -157,3 +157,38 @@ fn folder_operations_for_a_backup() {
     assert!(gone.is_not_found(), "{gone}");
     session.close().expect("close");
 }
+
+#[test]
+fn remote_file_writes_by_position_and_in_order() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let session = server.connect();
+    // Positional: the tail first, then the head, with a hole in between that reads zero.
+    let data = random_bytes(3 * 1024 * 1024 + 777);
+    let path = server.path("positional");
+    let mut f = session.create_file(&path).expect("create");
+    let half = data.len() / 2;
+    f.write_at(half as u64 + 4096, &data[half + 4096..])
+        .expect("write tail");
+    f.write_at(0, &data[..half]).expect("write head");
+    assert_eq!(f.finish().expect("finish"), data.len() as u64);
+    let mut want = data.clone();
+    want[half..half + 4096].fill(0);
+    assert_eq!(sha256(&std::fs::read(&path).expect("read")), sha256(&want));
+
+    // In order through std::io::Write, in odd-sized pieces.
+    let path = server.path("sequential");
+    let mut f = session.create_file(&path).expect("create");
+    for piece in data.chunks(100_003) {
+        std::io::Write::write_all(&mut f, piece).expect("write");
+    }
+    assert_eq!(f.finish().expect("finish"), data.len() as u64);
+    assert_eq!(sha256(&std::fs::read(&path).expect("read")), sha256(&data));
+
+    // A folder that does not exist is reported when the file is created.
+    let err = session
+        .create_file(&server.path("no/such/file"))
+        .expect_err("missing parent");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+}

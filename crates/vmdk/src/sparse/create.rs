@@ -68,8 +68,8 @@ pub fn create(path: &Path, capacity_bytes: u64, opts: &CreateSparse) -> Result<(
     sync_dir(dir)
 }
 
-/// Validate the options and compute the header.
-fn plan(path: &Path, capacity_bytes: u64, opts: &CreateSparse) -> Result<SparseHeader> {
+/// Validate the options and compute the header (also used by [`crate::export`]).
+pub(crate) fn plan(path: &Path, capacity_bytes: u64, opts: &CreateSparse) -> Result<SparseHeader> {
     let gs = opts.grain_sectors;
     if gs == 0 || !gs.is_power_of_two() || gs > super::header::MAX_GRAIN_SECTORS {
         return Err(invalid(
@@ -130,7 +130,7 @@ fn descriptor_room() -> usize {
 }
 
 /// A grain directory whose tables follow it back to back: entries `first + 4·i`.
-fn directory_bytes(entries: u64, first_table: u64) -> Vec<u8> {
+pub(crate) fn directory_bytes(entries: u64, first_table: u64) -> Vec<u8> {
     let mut v = Vec::with_capacity(usize::try_from(entries * 4).unwrap_or(0));
     for i in 0..entries {
         // `plan` keeps the whole file below 2^32 sectors.
