@@ -12,6 +12,7 @@
 #   benches/convert.sh [RUNS]        (default 5; needs ~7 GiB free in $BENCH_DIR or /var/tmp)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib/common.sh
 runs=${1:-5}
 work=${BENCH_DIR:-/var/tmp}/vcb-bench-convert
 rm -rf "$work" && mkdir -p "$work"
@@ -20,20 +21,7 @@ trap 'rm -rf "$work"' EXIT
 cargo build --release --quiet --bin vmkfstools
 vmkfstools=$PWD/target/release/vmkfstools
 
-python3 - "$work/src.raw" <<'PY'
-import os, random, sys
-size, want = 4 << 30, 1 << 30
-rnd = random.Random(2026)
-with open(sys.argv[1], "wb") as f:
-    f.truncate(size)
-    written = 0
-    while written < want:
-        run = rnd.randrange(64 << 10, 8 << 20) // 4096 * 4096
-        off = rnd.randrange(0, size - run) // 65536 * 65536
-        f.seek(off)
-        f.write(os.urandom(run))
-        written += run
-PY
+fill_random "$work/src.raw"
 qemu-img convert -f raw -O vmdk -o subformat=monolithicSparse "$work/src.raw" "$work/src.vmdk"
 rm -f "$work/src.raw"
 echo "source: $(qemu-img info "$work/src.vmdk" | grep -E 'virtual size|disk size' | tr '\n' ' ')"

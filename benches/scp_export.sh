@@ -14,6 +14,7 @@
 #   benches/scp_export.sh [RUNS]   (default 3; needs ~3 GiB free in $BENCH_DIR or /var/tmp)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib/common.sh
 runs=${1:-3}
 work=${BENCH_DIR:-/var/tmp}/vcb-bench-scp-export
 target=${CARGO_TARGET_DIR:-$PWD/target}
@@ -21,13 +22,8 @@ for tool in /usr/sbin/sshd ssh-keygen sftp /usr/bin/time python3 bc; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install openssh-server openssh-client time python3 bc)" >&2; exit 2; }
 done
 rm -rf "$work" && mkdir -p "$work/remote" "$work/home/.ssh"
-sshd_pid=
 cleanup() {
-  if [ -n "$sshd_pid" ]; then
-    # The listener and the per-connection processes it forked (children by parent pid).
-    pkill -KILL -P "$sshd_pid" 2>/dev/null || true
-    kill -KILL "$sshd_pid" 2>/dev/null || true
-  fi
+  stop_sshd
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -36,48 +32,15 @@ cargo build --release --quiet --bin vcb --bin vcbMounter
 vcb=$target/release/vcb
 mounter=$target/release/vcbMounter
 
-ssh-keygen -q -t ed25519 -N '' -f "$work/host_key"
-ssh-keygen -q -t ed25519 -N '' -f "$work/client_key"
-cp "$work/client_key.pub" "$work/authorized_keys"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat >"$work/sshd_config" <<EOF
-Port $port
-ListenAddress 127.0.0.1
-HostKey $work/host_key
-PidFile $work/sshd.pid
-AuthorizedKeysFile $work/authorized_keys
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-Subsystem sftp internal-sftp
-EOF
-mkdir -p /run/sshd
-/usr/sbin/sshd -D -e -f "$work/sshd_config" 2>"$work/sshd.log" &
-sshd_pid=$!
-disown "$sshd_pid"  # no "Killed" notice at cleanup
-for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.05; done
-echo "[127.0.0.1]:$port $(cat "$work/host_key.pub")" >"$work/home/.ssh/known_hosts"
+start_sshd "$work"
+known_host_line "$work" >"$work/home/.ssh/known_hosts"
 user=$(id -un)
 
 root=$work/host
 "$vcb" host init --root "$root" --name bench >/dev/null
 "$vcb" vm create bench --root "$root" --disk 4G --format thin >/dev/null
 flat=$root/volumes/datastore1/bench/bench-flat.vmdk
-python3 - "$flat" <<'PY'
-import os, random, sys
-size, want = 4 << 30, 1 << 30
-rnd = random.Random(2026)
-with open(sys.argv[1], "r+b") as f:
-    written = 0
-    while written < want:
-        run = rnd.randrange(64 << 10, 8 << 20) // 4096 * 4096
-        off = rnd.randrange(0, size - run) // 65536 * 65536
-        f.seek(off)
-        f.write(os.urandom(run))
-        written += run
-PY
+fill_random "$flat"
 
 # The files OpenSSH uploads: a local backup of the same VM.
 "$mounter" --root "$root" -a name:bench -r "$work/local" >/dev/null

@@ -14,6 +14,7 @@
 #                               needs 2 x SIZE_MIB free in $BENCH_DIR or /var/tmp)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib/common.sh
 runs=${1:-3}
 size_mib=${SIZE_MIB:-1024}
 work=${BENCH_DIR:-/var/tmp}/vcb-bench-sftp
@@ -21,13 +22,8 @@ for tool in /usr/sbin/sshd ssh-keygen sftp /usr/bin/time; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install openssh-server openssh-client time)" >&2; exit 2; }
 done
 rm -rf "$work" && mkdir -p "$work/remote"
-sshd_pid=
 cleanup() {
-  if [ -n "$sshd_pid" ]; then
-    # The listener and the per-connection processes it forked (children by parent pid).
-    pkill -KILL -P "$sshd_pid" 2>/dev/null || true
-    kill -KILL "$sshd_pid" 2>/dev/null || true
-  fi
+  stop_sshd
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -35,29 +31,8 @@ trap cleanup EXIT
 cargo build --release --quiet -p vcb-sftp --example sftp_bench
 bench=$PWD/target/release/examples/sftp_bench
 
-ssh-keygen -q -t ed25519 -N '' -f "$work/host_key"
-ssh-keygen -q -t ed25519 -N '' -f "$work/client_key"
-cp "$work/client_key.pub" "$work/authorized_keys"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat >"$work/sshd_config" <<EOF
-Port $port
-ListenAddress 127.0.0.1
-HostKey $work/host_key
-PidFile $work/sshd.pid
-AuthorizedKeysFile $work/authorized_keys
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-Subsystem sftp internal-sftp
-EOF
-mkdir -p /run/sshd
-/usr/sbin/sshd -D -e -f "$work/sshd_config" 2>"$work/sshd.log" &
-sshd_pid=$!
-disown "$sshd_pid"  # no "Killed" notice at cleanup
-for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.05; done
-echo "[127.0.0.1]:$port $(cat "$work/host_key.pub")" >"$work/known_hosts"
+start_sshd "$work"
+known_host_line "$work" >"$work/known_hosts"
 user=$(id -un)
 echo "server: $(/usr/sbin/sshd -V 2>&1 | head -n1 || true); client: $(ssh -V 2>&1)"
 echo "cpu: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
