@@ -14,7 +14,7 @@ mod e2e;
 #[allow(dead_code)]
 mod rt;
 
-use e2e::{catalog, text, write_catalog, Env};
+use e2e::{catalog, registered, restore_with_catalog, retarget, text, Env};
 use rt::{check_point_in_time, disk_blocks, qemu_img_check, Layout, TestVm, BLOCKS};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -406,30 +406,10 @@ fn suspended_backup_restored_elsewhere_resumes() {
     std::fs::create_dir(&ds2).unwrap();
     h.add_datastore("ds2", &ds2).unwrap();
     let folder = vmx::DatastorePath::new("ds2", "copy/").unwrap();
-    c.config_vmx = Some(folder.join("copy.vmx").unwrap());
-    c.config_suspend_dir = Some(folder.clone());
-    c.config_log_dir = Some(folder.clone());
-    c.disks[0].diskname = Some(folder.join("copy.vmdk").unwrap());
-    let alt = env.path("catalog-alt");
-    write_catalog(&alt, &c);
-    env.ok(
-        "vcbRestore",
-        &[
-            "-s",
-            dest.to_str().unwrap(),
-            "-a",
-            alt.to_str().unwrap(),
-            "-l",
-            "abort",
-        ],
-    );
+    retarget(&mut c, &folder, "copy", &["copy.vmdk"]);
+    restore_with_catalog(&env, "vcbRestore", &dest, &c);
     let h = env.host();
-    let copy = h
-        .vms()
-        .0
-        .into_iter()
-        .find(|v| v.vmx.to_string() == "[ds2] copy/copy.vmx")
-        .expect("restored VM registered");
+    let copy = registered(&env, "[ds2] copy/copy.vmx");
     assert_eq!(copy.power_state(&h), host::PowerState::Suspended);
     let spec = format!("moref:{}", copy.moref);
     let copy_dir: PathBuf = copy.dir.clone();
@@ -571,30 +551,10 @@ fn restored_state_file_follows_the_new_vmx_name() {
     );
     let mut c = catalog(&dest);
     let folder = vmx::DatastorePath::new("datastore1", "other/").unwrap();
-    c.config_vmx = Some(folder.join("other.vmx").unwrap());
-    c.config_suspend_dir = Some(folder.clone());
-    c.config_log_dir = Some(folder.clone());
-    c.disks[0].diskname = Some(folder.join("other.vmdk").unwrap());
-    let alt = env.path("alt");
-    write_catalog(&alt, &c);
-    env.ok(
-        "vcbRestore",
-        &[
-            "-s",
-            dest.to_str().unwrap(),
-            "-a",
-            alt.to_str().unwrap(),
-            "-l",
-            "abort",
-        ],
-    );
+    retarget(&mut c, &folder, "other", &["other.vmdk"]);
+    restore_with_catalog(&env, "vcbRestore", &dest, &c);
     let h = env.host();
-    let copy = h
-        .vms()
-        .0
-        .into_iter()
-        .find(|v| v.vmx.to_string() == "[datastore1] other/other.vmx")
-        .unwrap();
+    let copy = registered(&env, "[datastore1] other/other.vmx");
     assert_eq!(
         std::fs::read(copy.dir.join("other.vmss")).unwrap(),
         b"saved memory"

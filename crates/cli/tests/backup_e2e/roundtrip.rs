@@ -136,30 +136,14 @@ fn restore_to_another_datastore_folder_and_pool() {
     let mut c = catalog(&dest);
     let folder = vmx::DatastorePath::new("ds2", "copy/").unwrap();
     c.display_name = "ignored name".into();
-    c.config_vmx = Some(folder.join("copy.vmx").unwrap());
-    c.config_suspend_dir = Some(folder.clone());
-    c.config_log_dir = Some(folder.clone());
-    c.disks[0].diskname = Some(folder.join("first.vmdk").unwrap());
-    c.disks[1].diskname = Some(folder.join("second.vmdk").unwrap());
+    retarget(&mut c, &folder, "copy", &["first.vmdk", "second.vmdk"]);
     c.folder_path = Some("/ha-datacenter/vm/Restored".into());
     c.resource_pool = Some("/ha-datacenter/host/elsewhere/Resources/Gold".into());
-    let alt = env.path("catalog-alt");
-    write_catalog(&alt, &c);
-    env.ok(
-        "vcb",
-        &[
-            "restore",
-            dest.to_str().unwrap(),
-            "-a",
-            alt.to_str().unwrap(),
-            "-l",
-            "abort",
-        ],
-    );
+    restore_with_catalog(&env, "vcb", &dest, &c);
 
     let h = env.host();
-    let copy = h.find_vm("moref:17").unwrap();
-    assert_eq!(copy.vmx.to_string(), "[ds2] copy/copy.vmx");
+    let copy = registered(&env, "[ds2] copy/copy.vmx");
+    assert_eq!(copy.moref, host::VmRef(17));
     assert_eq!(copy.name(), "vm37", "the display name comes from the .vmx");
     assert_eq!(
         (copy.folder.as_str(), copy.pool.as_str()),

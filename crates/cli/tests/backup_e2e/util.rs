@@ -235,3 +235,38 @@ pub fn catalog(dir: &Path) -> vmx::Catalog {
 pub fn write_catalog(path: &Path, c: &vmx::Catalog) {
     std::fs::write(path, c.to_dict().unwrap().to_string()).unwrap();
 }
+
+/// Points an (edited copy of a) catalog at another place: the .vmx becomes
+/// `FOLDER/<stem>.vmx` (suspend and log folders follow) and disk i is named `disks[i]`
+/// in the same folder.
+pub fn retarget(c: &mut vmx::Catalog, folder: &vmx::DatastorePath, stem: &str, disks: &[&str]) {
+    c.config_vmx = Some(folder.join(&format!("{stem}.vmx")).unwrap());
+    c.config_suspend_dir = Some(folder.clone());
+    c.config_log_dir = Some(folder.clone());
+    for (disk, name) in c.disks.iter_mut().zip(disks) {
+        disk.diskname = Some(folder.join(name).unwrap());
+    }
+}
+
+/// Restores the backup in `dest` with `-a` pointing at catalog `c` (written next to the
+/// environment's other files) and `-l abort`, through `vcbRestore -s` or `vcb restore`;
+/// returns the tool's output.
+pub fn restore_with_catalog(env: &Env, tool: &str, dest: &Path, c: &vmx::Catalog) -> String {
+    let alt = env.path("catalog-alt");
+    write_catalog(&alt, c);
+    let (dest, alt) = (dest.to_str().unwrap(), alt.to_str().unwrap());
+    match tool {
+        "vcbRestore" => env.ok(tool, &["-s", dest, "-a", alt, "-l", "abort"]),
+        _ => env.ok(tool, &["restore", dest, "-a", alt, "-l", "abort"]),
+    }
+}
+
+/// The registered VM whose .vmx is the datastore path `vmx`.
+pub fn registered(env: &Env, vmx: &str) -> host::Vm {
+    env.host()
+        .vms()
+        .0
+        .into_iter()
+        .find(|v| v.vmx.to_string() == vmx)
+        .unwrap_or_else(|| panic!("{vmx} is not registered"))
+}
