@@ -69,7 +69,7 @@ pub use error::{Error, Result};
 pub use host::{system_hostname, Datastore, Host, DEFAULT_NAME_CACHE, HOST_FILE, INVENTORY_FILE};
 pub use inventory::{Inventory, InventoryEntry, FIRST_MOREF};
 pub use lock::{FileLock, LockMode, LOCK_FILE_NAME};
-pub use snapshot::{read_vmsd, Cleanup, LockedVm, SnapshotCreated, SnapshotDisk};
+pub use snapshot::{read_vmsd, Cleanup, LockedVm, SnapshotCreated, SnapshotDisk, SnapshotMemory};
 pub use specifier::Specifier;
 pub use vm::{PowerState, Vm, VmDiskFile, VmRef};
 pub use vmops::Destroyed;

@@ -96,8 +96,9 @@ impl Host {
     }
 
     /// Unregisters the VM and deletes its files: the .vmx, .vmsd, NVRAM, logs, snapshot
-    /// state, suspended state and every disk link inside its folder; then the folder
-    /// when it is empty. Disks outside the folder are left (another VM may use them).
+    /// state and memory files, suspended state and every disk link inside its folder;
+    /// then the folder when it is empty. Disks outside the folder are left (another VM
+    /// may use them).
     ///
     /// # Errors
     /// [`Error::WrongPowerState`] for a running VM, [`Error::Busy`], and file errors.
@@ -114,6 +115,16 @@ impl Host {
         }
         let mut files = vm.config_files(self)?;
         files.extend(vm.suspend_file(self));
+        let uids: Vec<u64> = locked
+            .snapshots()
+            .snapshots()
+            .iter()
+            .map(|s| s.uid)
+            .collect();
+        files.extend(
+            uids.iter()
+                .filter_map(|uid| locked.snapshot_memory_file(*uid)),
+        );
         for disk in locked.disk_files()? {
             let links = vmdk::link_files(&disk).map_err(|e| Error::disk("list disk files", e))?;
             files.extend(links);

@@ -88,6 +88,14 @@ pub enum Error {
         /// The suspend file looked for.
         vmss: PathBuf,
     },
+    /// The operation needs a VM without a suspend file, and it has one.
+    #[error("{vmx}: the VM is suspended ({vmss}); resume it or discard its suspended state")]
+    SuspendedState {
+        /// The .vmx file.
+        vmx: PathBuf,
+        /// The suspend file.
+        vmss: PathBuf,
+    },
     /// QEMU answered a QMP command with an error.
     #[error("{socket}: QMP {command}: {class}: {desc}")]
     Qmp {

@@ -34,7 +34,10 @@
 //! [`Vm::live_snapshot`] creates ESX redo logs with [`vmdk::create_child`] and switches
 //! the running disks onto them in one QMP transaction; the parents are static from then
 //! on. [`Vm::live_commit`] merges a redo log back while the guest runs and deletes it.
-//! [`Vm::node_chain`] tells which files a running disk reads and writes. The runtime
+//! [`Vm::node_chain`] tells which files a running disk reads and writes.
+//! [`Vm::live_snapshot_with_memory`] also saves the memory and device state at the
+//! switch (the guest runs on), and [`Vm::resume_from`] starts the VM from such a state
+//! file once its disks read the snapshot's parents again. The runtime
 //! does not edit the .vmx or .vmsd: the host layer records snapshots.
 //!
 //! # Invariants
@@ -70,6 +73,7 @@ mod cmdline;
 mod commit;
 mod error;
 mod live;
+mod memsnap;
 mod paths;
 mod process;
 pub mod qmp;
@@ -83,6 +87,7 @@ pub use cmdline::{device_id, node_name, Accel, QemuCommand, RunningDisk};
 pub use commit::CommitReport;
 pub use error::{Error, Result};
 pub use live::{LiveSnapshot, SnapshotDisk};
+pub use memsnap::MemorySnapshot;
 pub use paths::{VmFiles, AGENT_SOCKET, LOG_FILE, PID_FILE, QMP_SOCKET};
 pub use qmp::Qmp;
 pub use quiesce::{FreezeGuard, Quiesce, ThawReport};

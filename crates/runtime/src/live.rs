@@ -111,6 +111,20 @@ impl Vm {
         disks: &[(DiskNode, PathBuf)],
         format: ChildFormat,
     ) -> Result<LiveSnapshot> {
+        self.switch_disks(disks, format, |_| Ok(()))
+    }
+
+    /// The live snapshot transaction: creates the redo logs, stops the guest, opens
+    /// them and switches, runs `then` (still stopped, the disks now on the redo logs),
+    /// and continues the guest. On failure before the switch nothing is switched and the
+    /// new files are removed; when `then` fails the disks stay switched (the caller
+    /// undoes that; the guest runs again either way).
+    pub(crate) fn switch_disks(
+        &self,
+        disks: &[(DiskNode, PathBuf)],
+        format: ChildFormat,
+        then: impl FnOnce(&mut Qmp) -> Result<()>,
+    ) -> Result<LiveSnapshot> {
         let started = Instant::now();
         let log = self.files()?.log;
         let mut q = self.qmp()?;
@@ -123,14 +137,23 @@ impl Vm {
             // gives a parent a new CID at its first write after opening it, and a redo
             // log whose parentCID is stale makes QEMU fail reads that fall through it.
             let paused = Instant::now();
+            let mut switched = false;
             result = with_guest_stopped(&mut q, |q| {
                 let actions = self.open_redo_logs(q, &mut work)?;
                 let switching = Instant::now();
                 q.execute("transaction", json!({ "actions": actions }))?;
                 switch_elapsed = switching.elapsed();
-                Ok(())
+                switched = true;
+                then(q)
             });
             guest_paused = paused.elapsed();
+            if switched {
+                if let Err(e) = result {
+                    // The disks run on the redo logs: undoing that is the caller's.
+                    vmlog::append(&log, "vcb", &format!("after the live switch: {e}"));
+                    return Err(e);
+                }
+            }
         }
         if let Err(e) = result {
             for n in &work.added {

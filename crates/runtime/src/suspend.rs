@@ -88,7 +88,6 @@ impl Vm {
     /// [`Error::AlreadyRunning`]; [`Error::NotSuspended`]; start errors;
     /// [`Error::Migration`] (QEMU is ended and the `.vmss` kept).
     pub fn resume(&self, opts: &PowerOnOptions) -> Result<PowerOnReport> {
-        let started = Instant::now();
         let files = self.files()?;
         match self.status()? {
             RuntimeState::Running { pid } => {
@@ -105,6 +104,53 @@ impl Vm {
             }
             RuntimeState::Suspended { .. } => {}
         }
+        let report = self.start_from(&files, &files.vmss, opts)?;
+        std::fs::remove_file(&files.vmss).map_err(|e| Error::io(&files.vmss, "remove", e))?;
+        sync_parent(&files.vmss);
+        vmlog::append(&files.log, "vcb", "resumed");
+        Ok(report)
+    }
+
+    /// Starts a powered-off VM from a memory state file saved by [`Vm::suspend`] or
+    /// [`Vm::live_snapshot_with_memory`] (the file is only read, and kept). The disks
+    /// must read what they read when the state was saved: for a memory snapshot, the
+    /// snapshot's parents (fresh redo logs over them are fine).
+    ///
+    /// # Errors
+    /// [`Error::AlreadyRunning`]; [`Error::SuspendedState`] (the VM's own suspend file
+    /// would go stale); [`Error::Io`] when `state` does not exist; start errors;
+    /// [`Error::Migration`] (QEMU is ended).
+    pub fn resume_from(&self, state: &Path, opts: &PowerOnOptions) -> Result<PowerOnReport> {
+        let files = self.files()?;
+        match self.status()? {
+            RuntimeState::Running { pid } => {
+                return Err(Error::AlreadyRunning {
+                    vmx: self.vmx.clone(),
+                    pid,
+                })
+            }
+            RuntimeState::Suspended { vmss } => {
+                return Err(Error::SuspendedState {
+                    vmx: self.vmx.clone(),
+                    vmss,
+                })
+            }
+            RuntimeState::Off => {}
+        }
+        std::fs::metadata(state).map_err(|e| Error::io(state, "open", e))?;
+        let report = self.start_from(&files, state, opts)?;
+        vmlog::append(&files.log, "vcb", "resumed");
+        Ok(report)
+    }
+
+    /// Starts QEMU with `-incoming defer`, loads `state` and continues the guest.
+    fn start_from(
+        &self,
+        files: &VmFiles,
+        state: &Path,
+        opts: &PowerOnOptions,
+    ) -> Result<PowerOnReport> {
+        let started = Instant::now();
         // The saved CPU state must be loaded by the accelerator that saved it: suspend
         // never changes accelerator, and Auto picks the same one on the same host.
         let accel = match opts.accel {
@@ -116,30 +162,27 @@ impl Vm {
         vmlog::append(
             &files.log,
             "vcb",
-            &format!("resume from {}", files.vmss.display()),
+            &format!("resume from {}", state.display()),
         );
-        let (pid, mut q) = self.start(&files, &command, opts)?;
+        let (pid, mut q) = self.start(files, &command, opts)?;
         let loaded = q
             .execute("migrate-set-parameters", json!({"mode": "cpr-reboot"}))
             .and_then(|_| {
                 q.execute(
                     "migrate-incoming",
-                    json!({"channels": [file_channel(&files.vmss)]}),
+                    json!({"channels": [file_channel(state)]}),
                 )
             })
-            .and_then(|_| self.wait_migration(&mut q, &files, &files.vmss))
+            .and_then(|_| self.wait_migration(&mut q, files, state))
             .and_then(|()| q.execute("cont", Value::Null));
         if let Err(e) = loaded {
             let _ = q.execute_within("quit", Value::Null, Duration::from_secs(5));
             if !process::wait_gone(pid, &files.folder, Duration::from_secs(10)) {
-                self.kill(&files, pid);
+                self.kill(files, pid);
             }
-            process::remove_state_files(&files);
+            process::remove_state_files(files);
             return Err(e);
         }
-        std::fs::remove_file(&files.vmss).map_err(|e| Error::io(&files.vmss, "remove", e))?;
-        sync_parent(&files.vmss);
-        vmlog::append(&files.log, "vcb", "resumed");
         Ok(PowerOnReport {
             pid,
             command,
@@ -149,7 +192,7 @@ impl Vm {
     }
 
     /// Polls `query-migrate` until the migration completes or fails.
-    fn wait_migration(&self, q: &mut Qmp, files: &VmFiles, vmss: &Path) -> Result<()> {
+    pub(crate) fn wait_migration(&self, q: &mut Qmp, files: &VmFiles, vmss: &Path) -> Result<()> {
         let deadline = Instant::now() + MIGRATION_TIMEOUT;
         loop {
             let info = q.execute("query-migrate", Value::Null)?;
@@ -183,18 +226,18 @@ impl Vm {
 }
 
 /// A migration channel to or from a file (structured, so no URI escaping is needed).
-fn file_channel(path: &Path) -> Value {
+pub(crate) fn file_channel(path: &Path) -> Value {
     json!({"channel-type": "main", "addr": {"transport": "file", "filename": path, "offset": 0}})
 }
 
-fn partial_path(vmss: &Path) -> PathBuf {
+pub(crate) fn partial_path(vmss: &Path) -> PathBuf {
     let mut name = vmss.file_name().unwrap_or_default().to_os_string();
     name.push(".partial");
     vmss.with_file_name(name)
 }
 
 /// Makes a rename or removal in `path`'s folder durable (best effort).
-fn sync_parent(path: &Path) {
+pub(crate) fn sync_parent(path: &Path) {
     if let Some(dir) = path.parent() {
         if let Ok(d) = std::fs::File::open(dir) {
             let _ = d.sync_all();

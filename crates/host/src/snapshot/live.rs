@@ -130,6 +130,37 @@ impl LockedVm<'_> {
         view: &LiveView,
         targets: &[VmDiskFile],
     ) -> Result<Vec<PathBuf>> {
+        let pairs = self.redo_pairs(view, targets)?;
+        view.rt
+            .live_snapshot_as(&pairs, vmdk::ChildFormat::VmfsSparse)
+            .map_err(|e| self.rt_err(e))?;
+        Ok(pairs.into_iter().map(|(_, p)| canon(&p)).collect())
+    }
+
+    /// [`switch_to_redo_logs`](Self::switch_to_redo_logs) that also saves the VM's
+    /// memory and device state to `state` at the switch (the guest runs on). On error
+    /// nothing is switched and no state file is left.
+    pub(super) fn switch_with_memory(
+        &self,
+        view: &LiveView,
+        targets: &[VmDiskFile],
+        state: &Path,
+    ) -> Result<(Vec<PathBuf>, runtime::MemorySnapshot)> {
+        let pairs = self.redo_pairs(view, targets)?;
+        let taken = view
+            .rt
+            .live_snapshot_with_memory(&pairs, vmdk::ChildFormat::VmfsSparse, state)
+            .map_err(|e| self.rt_err(e))?;
+        Ok((pairs.into_iter().map(|(_, p)| canon(&p)).collect(), taken))
+    }
+
+    /// The redo log each target disk gets: checks that QEMU writes the file the .vmx
+    /// names, and numbers the redo logs.
+    fn redo_pairs(
+        &self,
+        view: &LiveView,
+        targets: &[VmDiskFile],
+    ) -> Result<Vec<(DiskNode, PathBuf)>> {
         let mut pairs: Vec<(DiskNode, PathBuf)> = Vec::new();
         for d in targets {
             let top = view.chains.iter().find(|(n, _)| *n == d.node);
@@ -158,10 +189,7 @@ impl LockedVm<'_> {
             }
             pairs.push((d.node, redo));
         }
-        view.rt
-            .live_snapshot_as(&pairs, vmdk::ChildFormat::VmfsSparse)
-            .map_err(|e| self.rt_err(e))?;
-        Ok(pairs.into_iter().map(|(_, p)| canon(&p)).collect())
+        Ok(pairs)
     }
 
     /// Undoes a live switch after a later step failed: commits each disk back into its

@@ -31,6 +31,14 @@
 //! power-off merges it. No file in a running chain is ever written or deleted by vcb.
 //! Reverting a running VM is refused: power it off first.
 //!
+//! ## Memory
+//! [`LockedVm::create_snapshot_with_memory`] also saves a running VM's memory and device
+//! state at the switch, to `<vm>-Snapshot<uid>.vmem` ([`memory_file_name`] of the
+//! `.vmsn`). Reverting to such a snapshot links that file as the VM's `.vmss` after the
+//! disks are reverted, so the VM comes back suspended in the snapshot's state; removing
+//! the snapshot deletes the file, and `consolidate` deletes memory files no snapshot
+//! names.
+//!
 //! ## Crash safety
 //! Every step holds the VM folder lock. Creating: new redo logs, then the .vmx, then the
 //! .vmsd, so a crash leaves either unreferenced redo logs (deleted by consolidate) or a
@@ -63,7 +71,7 @@ pub use compact::{Cleanup, JOURNAL_FILE};
 /// Display name of the snapshot a consolidated backup takes. One still recorded when no
 /// backup holds the VM lock was left by a backup that died; `consolidate` removes it.
 pub const BACKUP_SNAPSHOT_NAME: &str = "_vcb-backup_";
-pub use ops::{SnapshotCreated, SnapshotDisk};
+pub use ops::{memory_file_name, SnapshotCreated, SnapshotDisk, SnapshotMemory};
 
 /// A VM whose folder lock this process holds, with its .vmx and .vmsd read under the
 /// lock. Snapshot operations live here; the lock is released when it is dropped.

@@ -1,6 +1,7 @@
 //! The snapshot operations: create, revert, remove, remove all, consolidate.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use vmx::{DiskNode, Snapshot};
 
@@ -34,6 +35,30 @@ pub struct SnapshotCreated {
     pub disks: Vec<SnapshotDisk>,
     /// Disks left out (independent, physical-mode RDM), with the reason.
     pub skipped: Vec<(DiskNode, String)>,
+    /// The saved memory state, for [`LockedVm::create_snapshot_with_memory`].
+    pub memory: Option<SnapshotMemory>,
+}
+
+/// The memory state of a snapshot taken by [`LockedVm::create_snapshot_with_memory`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotMemory {
+    /// The memory file (`<vm>-Snapshot<uid>.vmem`, see [`memory_file_name`]).
+    pub path: PathBuf,
+    /// Its size.
+    pub size_bytes: u64,
+    /// How long the guest was stopped (switching the disks and saving the memory).
+    pub guest_paused: Duration,
+    /// Saving the memory alone.
+    pub save_elapsed: Duration,
+}
+
+/// The memory file that goes with the snapshot state file `vmsn_name`: the same name
+/// with `.vmem` for `.vmsn` (VMware's naming), `None` for a name without `.vmsn`.
+pub fn memory_file_name(vmsn_name: &str) -> Option<String> {
+    vmsn_name
+        .strip_suffix(".vmsn")
+        .filter(|stem| !stem.is_empty())
+        .map(|stem| format!("{stem}.vmem"))
 }
 
 impl LockedVm<'_> {
@@ -51,8 +76,39 @@ impl LockedVm<'_> {
     /// [`Error::LiveChain`] when QEMU does not write the file the .vmx names; disk and
     /// file errors. On error nothing is left changed, as far as undoing succeeds.
     pub fn create_snapshot(&mut self, name: &str, description: &str) -> Result<SnapshotCreated> {
+        self.create(name, description, false)
+    }
+
+    /// Takes a snapshot of a running VM with its memory: as
+    /// [`create_snapshot`](LockedVm::create_snapshot), and at the instant the disks
+    /// switch onto their redo logs (the guest stopped) the VM's memory and device state
+    /// is saved to `<vm>-Snapshot<uid>.vmem` next to the `.vmsn`; then the guest runs on.
+    /// [`revert_to_snapshot`](LockedVm::revert_to_snapshot) of this snapshot leaves the
+    /// VM suspended in the snapshot's state, and [`resume`](LockedVm::resume) (or
+    /// `power_on`) carries on from there.
+    ///
+    /// # Errors
+    /// [`Error::WrongPowerState`] unless the VM runs; as for
+    /// [`create_snapshot`](LockedVm::create_snapshot) otherwise (a failed memory save
+    /// leaves nothing: the disks are committed back and no file stays).
+    pub fn create_snapshot_with_memory(
+        &mut self,
+        name: &str,
+        description: &str,
+    ) -> Result<SnapshotCreated> {
+        self.create(name, description, true)
+    }
+
+    fn create(&mut self, name: &str, description: &str, memory: bool) -> Result<SnapshotCreated> {
         self.refuse_pending_merge()?;
         let live = self.live_view()?;
+        if memory && live.is_none() {
+            return Err(Error::WrongPowerState {
+                vm: self.vm.name(),
+                state: self.vm.power_state(self.host),
+                reason: "only a running VM's memory can be saved in a snapshot",
+            });
+        }
         self.validate_tree()?;
         let (targets, skipped) = self.snapshot_targets()?;
         if targets.is_empty() {
@@ -69,9 +125,26 @@ impl LockedVm<'_> {
         let vmsn = self.vm.dir.join(&vmsn_name);
         write_atomic(&vmsn, self.vm.config.to_string().as_bytes())?;
         let nodes: Vec<DiskNode> = targets.iter().map(|d| d.node).collect();
-        let made = match &live {
-            Some(view) => self.switch_to_redo_logs(view, &targets),
-            None => {
+        let vmem = memory_file_name(&vmsn_name).map(|n| self.vm.dir.join(n));
+        if let (true, Some(vmem)) = (memory, &vmem) {
+            // The uid is new: a file of that name is a leftover no snapshot names.
+            remove_file_if_exists(vmem)?;
+        }
+        let mut saved = None;
+        let made = match (&live, &vmem) {
+            (Some(view), Some(vmem)) if memory => self
+                .switch_with_memory(view, &targets, vmem)
+                .map(|(redo, m)| {
+                    saved = Some(SnapshotMemory {
+                        path: m.state_file,
+                        size_bytes: m.size_bytes,
+                        guest_paused: m.disks.guest_paused,
+                        save_elapsed: m.save_elapsed,
+                    });
+                    redo
+                }),
+            (Some(view), _) => self.switch_to_redo_logs(view, &targets),
+            (None, _) => {
                 let bases: Vec<&Path> = targets.iter().map(|d| d.path.as_path()).collect();
                 self.make_redo_logs(&bases)
             }
@@ -79,13 +152,19 @@ impl LockedVm<'_> {
         let created = made.inspect_err(|_| {
             let _ = remove_file_if_exists(&vmsn);
         })?;
-        // Undoes the redo logs: on files, or by committing the running disks back.
-        let undo = |me: &Self, e: Error| match &live {
-            Some(view) => {
-                me.unswitch(&view.rt, &nodes);
-                e
+        // Undoes the redo logs (on files, or by committing the running disks back) and
+        // the memory file.
+        let undo = |me: &Self, e: Error| {
+            if let Some(m) = &saved {
+                let _ = remove_file_if_exists(&m.path);
             }
-            None => discard(&created, e),
+            match &live {
+                Some(view) => {
+                    me.unswitch(&view.rt, &nodes);
+                    e
+                }
+                None => discard(&created, e),
+            }
         };
         let old: Vec<(DiskNode, String)> = targets
             .iter()
@@ -126,6 +205,7 @@ impl LockedVm<'_> {
             uid,
             disks,
             skipped,
+            memory: saved,
         })
     }
 
@@ -188,23 +268,42 @@ impl LockedVm<'_> {
     /// at, the snapshot becomes current, and the discarded state's redo logs are deleted
     /// (never a file a remaining snapshot needs).
     ///
+    /// A snapshot with memory ([`create_snapshot_with_memory`](Self::create_snapshot_with_memory))
+    /// leaves the VM suspended in the snapshot's state, as ESX does: its memory file is
+    /// hard-linked (or copied) to the VM's suspend file `<vm>.vmss` once the disks are
+    /// reverted, and [`resume`](LockedVm::resume) or `power_on` carries on from there.
+    ///
     /// # Errors
     /// [`Error::UnknownSnapshot`]; [`Error::WrongPowerState`] for a suspended VM (its
-    /// saved memory belongs to the current disks) and for a running VM (power it off
-    /// first: the guest would keep running on the state being discarded); disk and file
-    /// errors.
+    /// saved memory belongs to the current disks; a suspended state that a revert linked
+    /// from the current snapshot's memory file is not refused: it is replaced) and for
+    /// a running VM (power it off first: the guest would keep running on the state being
+    /// discarded); disk and file errors.
     pub fn revert_to_snapshot(
         &mut self,
         uid: u64,
         progress: &mut dyn vmdk::Progress,
     ) -> Result<Cleanup> {
-        self.refuse_state(
-            PowerState::Suspended,
-            "discard the suspended state before reverting",
-        )?;
+        let linked_state = self.state_from_current_snapshot();
+        if linked_state.is_none() {
+            self.refuse_state(
+                PowerState::Suspended,
+                "discard the suspended state before reverting",
+            )?;
+        }
         self.refuse_state(PowerState::PoweredOn, "power it off first")?;
         let snap = self.snapshot(uid)?.clone();
         self.validate_tree()?;
+        let memory = self.memory_file(&snap);
+        let vmss = match &memory {
+            Some(_) => Some(self.suspend_path()?),
+            None => None,
+        };
+        if let Some(state) = &linked_state {
+            // Only a link to a memory file the current snapshot keeps: nothing is lost.
+            remove_file_if_exists(state)?;
+            crate::fsutil::sync_dir(&crate::fsutil::parent_dir(state))?;
+        }
         let mut notes = Vec::new();
         let mut nodes = Vec::new();
         let mut bases = Vec::new();
@@ -227,9 +326,52 @@ impl LockedVm<'_> {
             .set_current(Some(uid))
             .map_err(|e| Error::vmx(self.vm.vmsd_path(), e))?;
         self.save_vmsd()?;
+        // Only now do the disks read the snapshot's state: the memory may follow.
+        if let (Some(memory), Some(vmss)) = (&memory, &vmss) {
+            if let Err(e) = link_or_copy(memory, vmss) {
+                notes.push(format!(
+                    "the snapshot's memory state was not restored ({e}); the VM powers on from its disks"
+                ));
+            }
+        }
         let mut out = self.compact(false, progress)?;
         out.notes.extend(notes);
         Ok(out)
+    }
+
+    /// The memory file of snapshot `uid`, when it has one.
+    pub fn snapshot_memory_file(&self, uid: u64) -> Option<PathBuf> {
+        self.db.get(uid).and_then(|s| self.memory_file(s))
+    }
+
+    /// The memory file of `snap` if it exists (a plain file in the VM folder).
+    fn memory_file(&self, snap: &Snapshot) -> Option<PathBuf> {
+        let name = memory_file_name(&snap.filename)?;
+        if vmx::validate_relative_name(&name).is_err() || name.contains('/') {
+            return None;
+        }
+        let path = self.vm.dir.join(name);
+        std::fs::symlink_metadata(&path)
+            .is_ok_and(|m| m.is_file())
+            .then_some(path)
+    }
+
+    /// The VM's suspend file as the runtime reads it on resume.
+    fn suspend_path(&self) -> Result<PathBuf> {
+        let rt = self.vm.runtime(self.host);
+        Ok(rt.files().map_err(|e| self.rt_err(e))?.vmss)
+    }
+
+    /// The suspend file when the VM is suspended in a state a revert linked from the
+    /// current snapshot's memory file (the same file, so discarding it loses nothing).
+    fn state_from_current_snapshot(&self) -> Option<PathBuf> {
+        use std::os::unix::fs::MetadataExt;
+        let current = self.db.get(self.db.current()?)?;
+        let memory = std::fs::metadata(self.memory_file(current)?).ok()?;
+        let vmss = self.suspend_path().ok()?;
+        let state = std::fs::symlink_metadata(&vmss).ok()?;
+        let same = state.is_file() && state.dev() == memory.dev() && state.ino() == memory.ino();
+        (same && self.vm.suspend_file(self.host).as_deref() == Some(vmss.as_path())).then_some(vmss)
     }
 
     /// Removes snapshot `uid` as a restore point and commits the redo logs it no longer
@@ -260,6 +402,9 @@ impl LockedVm<'_> {
         self.save_vmsd()?;
         let mut out = self.compact(false, progress)?;
         self.remove_vmsn(&removed.filename, &mut out);
+        if let Some(vmem) = memory_file_name(&removed.filename) {
+            self.remove_vmsn(&vmem, &mut out);
+        }
         Ok(out)
     }
 
@@ -285,6 +430,9 @@ impl LockedVm<'_> {
         let mut out = self.compact(false, progress)?;
         for f in vmsns {
             self.remove_vmsn(&f, &mut out);
+            if let Some(vmem) = memory_file_name(&f) {
+                self.remove_vmsn(&vmem, &mut out);
+            }
         }
         Ok(out)
     }
@@ -320,13 +468,17 @@ impl LockedVm<'_> {
             .db
             .snapshots()
             .iter()
-            .map(|s| s.filename.clone())
+            .flat_map(|s| [Some(s.filename.clone()), memory_file_name(&s.filename)])
+            .flatten()
             .collect();
         let entries = std::fs::read_dir(&self.vm.dir)
             .map_err(|e| Error::io(&self.vm.dir, "list folder", e))?;
         for entry in entries.filter_map(|e| e.ok()) {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let ours = name.starts_with(&format!("{stem}-Snapshot")) && name.ends_with(".vmsn");
+            let kind = [".vmsn", ".vmem", ".vmem.partial"]
+                .iter()
+                .any(|ext| name.ends_with(ext));
+            let ours = name.starts_with(&format!("{stem}-Snapshot")) && kind;
             if ours && !listed.contains(&name) {
                 self.remove_vmsn(&name, &mut out);
             }
@@ -390,7 +542,10 @@ impl LockedVm<'_> {
     /// Deletes a snapshot state file no snapshot names any more (only inside the VM
     /// folder; a bad name is noted and left).
     fn remove_vmsn(&self, name: &str, out: &mut Cleanup) {
-        if name.is_empty() || self.db.snapshots().iter().any(|s| s.filename == name) {
+        let named = |s: &Snapshot| {
+            s.filename == name || memory_file_name(&s.filename).as_deref() == Some(name)
+        };
+        if name.is_empty() || self.db.snapshots().iter().any(named) {
             return;
         }
         if vmx::validate_relative_name(name).is_err() || name.contains('/') {
@@ -415,4 +570,24 @@ fn discard(created: &[PathBuf], err: Error) -> Error {
         let _ = vmdk::delete(Path::new(f));
     }
     err
+}
+
+/// Makes `to` the same file as `from`: a hard link, or where the file system has none
+/// (or `to` is on another one) a copy written as `to.partial`, synced and renamed. The
+/// folder of `to` is synced.
+fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
+    let dir = crate::fsutil::parent_dir(to);
+    if std::fs::hard_link(from, to).is_err() {
+        let mut name = to.file_name().unwrap_or_default().to_os_string();
+        name.push(".partial");
+        let partial = to.with_file_name(name);
+        let copied = std::fs::copy(from, &partial)
+            .and_then(|_| std::fs::File::open(&partial)?.sync_all())
+            .and_then(|()| std::fs::rename(&partial, to));
+        if let Err(e) = copied {
+            let _ = std::fs::remove_file(&partial);
+            return Err(Error::io(to, "copy memory state", e));
+        }
+    }
+    crate::fsutil::sync_dir(&dir)
 }

@@ -402,3 +402,84 @@ fn issue_4_consolidate_removes_a_recorded_leftover_backup_snapshot() {
     );
     assert_eq!(f.chain().len(), 2, "base + one redo log: {:?}", f.chain());
 }
+
+#[test]
+fn memory_file_names_follow_the_vmsn() {
+    assert_eq!(
+        memory_file_name("vm37-Snapshot3.vmsn").as_deref(),
+        Some("vm37-Snapshot3.vmem")
+    );
+    assert_eq!(memory_file_name("state.bin"), None);
+    assert_eq!(memory_file_name(".vmsn"), None);
+}
+
+/// A snapshot's memory file (as `create_snapshot_with_memory` leaves it) on a VM that
+/// does not run: revert links it to the suspend file, reverting again replaces that
+/// state, remove deletes the memory file, and a suspended state of other origin still
+/// refuses a revert.
+#[test]
+fn revert_to_a_snapshot_with_memory_leaves_the_vm_suspended() {
+    let f = setup(1);
+    let mut locked = f.lock();
+    let snap = locked.create_snapshot("m", "").unwrap();
+    let dir = f.vm().dir;
+    let vmem = dir.join(format!("vm37-Snapshot{}.vmem", snap.uid));
+    std::fs::write(&vmem, b"memory state").unwrap();
+    assert_eq!(locked.snapshot_memory_file(snap.uid), Some(vmem.clone()));
+    f.write(0, 0, 512, 7);
+
+    locked.revert_to_snapshot(snap.uid, &mut ()).unwrap();
+    let vmss = dir.join("vm37.vmss");
+    assert_eq!(std::fs::read(&vmss).unwrap(), b"memory state");
+    assert_eq!(locked.power_state(), crate::PowerState::Suspended);
+    assert_eq!(f.current(0), f.state(snap.uid));
+    // The suspended state is the snapshot's own: reverting again replaces it.
+    locked.revert_to_snapshot(snap.uid, &mut ()).unwrap();
+    assert_eq!(locked.power_state(), crate::PowerState::Suspended);
+
+    // Removing the snapshot deletes its memory file; the suspended state stays.
+    let out = locked.remove_snapshot(snap.uid, &mut ()).unwrap();
+    assert!(out.deleted.contains(&vmem), "{out:?}");
+    assert!(!vmem.exists());
+    assert_eq!(std::fs::read(&vmss).unwrap(), b"memory state");
+    // A suspended state that is no snapshot's refuses a revert.
+    let s2 = locked.create_snapshot("plain", "").unwrap();
+    let e = locked.revert_to_snapshot(s2.uid, &mut ()).unwrap_err();
+    assert!(matches!(e, Error::WrongPowerState { .. }), "{e}");
+    std::fs::remove_file(&vmss).unwrap();
+    // Reverting to a snapshot without memory leaves the VM powered off.
+    locked.revert_to_snapshot(s2.uid, &mut ()).unwrap();
+    assert_eq!(locked.power_state(), crate::PowerState::PoweredOff);
+}
+
+#[test]
+fn consolidate_deletes_orphaned_memory_files() {
+    let f = setup(1);
+    let mut locked = f.lock();
+    let snap = locked.create_snapshot("m", "").unwrap();
+    let dir = f.vm().dir;
+    let kept = dir.join(format!("vm37-Snapshot{}.vmem", snap.uid));
+    let orphan = dir.join("vm37-Snapshot9.vmem");
+    let partial = dir.join("vm37-Snapshot10.vmem.partial");
+    let other = dir.join("other-Snapshot9.vmem");
+    for p in [&kept, &orphan, &partial, &other] {
+        std::fs::write(p, b"x").unwrap();
+    }
+    let out = locked.consolidate(&mut ()).unwrap();
+    assert!(kept.exists() && other.exists());
+    assert!(!orphan.exists() && !partial.exists(), "{out:?}");
+}
+
+#[test]
+fn destroy_deletes_snapshot_memory_files() {
+    let mut f = setup(1);
+    let mut locked = f.lock();
+    let snap = locked.create_snapshot("m", "").unwrap();
+    drop(locked);
+    let dir = f.vm().dir;
+    let vmem = dir.join(format!("vm37-Snapshot{}.vmem", snap.uid));
+    std::fs::write(&vmem, b"x").unwrap();
+    let out = f.host.destroy_vm(f.vm, LockMode::NoWait).unwrap();
+    assert!(out.deleted.contains(&vmem), "{out:?}");
+    assert!(!dir.exists());
+}

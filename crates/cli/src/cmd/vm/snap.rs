@@ -18,6 +18,10 @@ pub struct SnapshotArgs {
     /// A description.
     #[arg(long, default_value = "")]
     description: String,
+    /// Also save the running VM's memory (`<vm>-Snapshot<uid>.vmem`): reverting to the
+    /// snapshot then leaves the VM suspended in that state.
+    #[arg(long)]
+    memory: bool,
     /// Wait for the VM's lock instead of failing when it is busy.
     #[arg(long)]
     wait: bool,
@@ -82,12 +86,24 @@ pub(super) fn snapshot(h: &Host, a: SnapshotArgs) -> Result<()> {
         .fold(locked.snapshots().last_uid(), u64::max)
         + 1;
     let name = a.name.unwrap_or_else(|| format!("Snapshot {next}"));
-    let made = locked.create_snapshot(&name, &a.description)?;
+    let made = if a.memory {
+        locked.create_snapshot_with_memory(&name, &a.description)?
+    } else {
+        locked.create_snapshot(&name, &a.description)?
+    };
     println!(
         "Created snapshot {name:?} (uid {}) of {}",
         made.uid,
         vm.name()
     );
+    if let Some(m) = &made.memory {
+        println!(
+            "  memory  {} ({} MiB, guest paused {:.2?})",
+            file_name(&m.path),
+            m.size_bytes >> 20,
+            m.guest_paused
+        );
+    }
     for d in &made.disks {
         println!(
             "  {}  {} -> {}",
