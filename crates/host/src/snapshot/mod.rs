@@ -52,6 +52,7 @@
 mod compact;
 mod graph;
 mod live;
+mod memory;
 mod ops;
 mod power;
 
@@ -71,7 +72,8 @@ pub use compact::{Cleanup, JOURNAL_FILE};
 /// Display name of the snapshot a consolidated backup takes. One still recorded when no
 /// backup holds the VM lock was left by a backup that died; `consolidate` removes it.
 pub const BACKUP_SNAPSHOT_NAME: &str = "_vcb-backup_";
-pub use ops::{memory_file_name, SnapshotCreated, SnapshotDisk, SnapshotMemory};
+pub use memory::{memory_file_name, SnapshotMemory};
+pub use ops::{SnapshotCreated, SnapshotDisk};
 
 /// A VM whose folder lock this process holds, with its .vmx and .vmsd read under the
 /// lock. Snapshot operations live here; the lock is released when it is dropped.
