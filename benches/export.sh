@@ -11,14 +11,17 @@
 #   benches/export.sh [RUNS]        (default 5; needs ~4 GiB free in $BENCH_DIR or /var/tmp)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib/common.sh
 runs=${1:-5}
 work=${BENCH_DIR:-/var/tmp}/vcb-bench-export
 rm -rf "$work" && mkdir -p "$work"
 trap 'rm -rf "$work"' EXIT
 
 cargo build --release --quiet --bin vcb --bin vcbMounter
-vcb=$PWD/target/release/vcb
-mounter=$PWD/target/release/vcbMounter
+# Where cargo put them (not ./target when CARGO_TARGET_DIR is set).
+target=${CARGO_TARGET_DIR:-$PWD/target}
+vcb=$target/release/vcb
+mounter=$target/release/vcbMounter
 root=$work/host
 
 "$vcb" host init --root "$root" --name bench >/dev/null
@@ -26,21 +29,10 @@ root=$work/host
 disk=$root/volumes/datastore1/bench/bench.vmdk
 flat=$root/volumes/datastore1/bench/bench-flat.vmdk
 
-python3 - "$flat" <<'PY'
-import os, random, sys
-size, want = 4 << 30, 1 << 30
-rnd = random.Random(2026)
-with open(sys.argv[1], "r+b") as f:
-    written = 0
-    while written < want:
-        run = rnd.randrange(64 << 10, 8 << 20) // 4096 * 4096
-        off = rnd.randrange(0, size - run) // 65536 * 65536
-        f.seek(off)
-        f.write(os.urandom(run))
-        written += run
-PY
+fill_random "$flat"
 echo "source: $(qemu-img info "$disk" | grep -E 'virtual size|disk size' | tr '\n' ' ')"
 echo "qemu-img: $(qemu-img --version | head -n1)"
+echo "cpu: $(nproc) cores, load at start $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # time_cmd CMD... -> prints "seconds maxrss_kib"
 time_cmd() {
@@ -66,3 +58,4 @@ v=$(printf "%s\n" "${vt[@]}" | median); q=$(printf "%s\n" "${qt[@]}" | median); 
 printf "%-26s %8s %8s %7s %13s %8s %12s %12s\n" "export (median of $runs)" "vcb s" "qemu s" ratio "qemu+sync s" ratio "vcb RSS MiB" "qemu RSS MiB"
 printf "%-26s %8.2f %8.2f %7.2f %13.2f %8.2f %12.1f %12.1f\n" "4 GiB disk, 1 GiB data" "$v" "$q" "$(echo "$v / $q" | bc -l)" \
   "$qs" "$(echo "$v / $qs" | bc -l)" "$(echo "$vrss / 1024" | bc -l)" "$(echo "$qrss / 1024" | bc -l)"
+echo "load at end $(cut -d' ' -f1-3 /proc/loadavg)"
