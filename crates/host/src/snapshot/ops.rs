@@ -264,12 +264,12 @@ impl LockedVm<'_> {
     ) -> Result<Cleanup> {
         let linked_state = self.state_from_current_snapshot();
         if linked_state.is_none() {
-            self.refuse_state(
+            self.require_not(
                 PowerState::Suspended,
                 "discard the suspended state before reverting",
             )?;
         }
-        self.refuse_state(PowerState::PoweredOn, "power it off first")?;
+        self.require_not(PowerState::PoweredOn, "power it off first")?;
         let snap = self.snapshot(uid)?.clone();
         self.validate_tree()?;
         let memory = self.memory_file(&snap);
@@ -434,18 +434,6 @@ impl LockedVm<'_> {
             vm: self.vm.name(),
             name: uid.to_string(),
         })
-    }
-
-    fn refuse_state(&self, state: PowerState, reason: &'static str) -> Result<()> {
-        let now = self.vm.power_state(self.host);
-        if now == state {
-            return Err(Error::WrongPowerState {
-                vm: self.vm.name(),
-                state: now,
-                reason,
-            });
-        }
-        Ok(())
     }
 
     /// Opens every chain the .vmx and .vmsd name, so that a broken or hostile tree is

@@ -104,7 +104,8 @@ impl LockedVm<'_> {
         Ok(())
     }
 
-    fn require_not(&self, state: PowerState, reason: &'static str) -> Result<()> {
+    /// Refuses with [`Error::WrongPowerState`] when the VM is in `state`.
+    pub(super) fn require_not(&self, state: PowerState, reason: &'static str) -> Result<()> {
         let now = self.power_state();
         if now == state {
             return Err(Error::WrongPowerState {
