@@ -61,19 +61,34 @@ pub fn hooks_for(root: &Path, vm_folder: &Path, stage: Stage) -> Result<Vec<Path
     })
 }
 
+/// How often a hook that is "text file busy" is tried again (20 ms apart).
+const TEXT_BUSY_RETRIES: u32 = 50;
+
 /// Run one hook, waiting for it. Its stdout is discarded, its stderr kept for the error.
 pub fn run_hook(hook: &Path, stage: Stage, env: &HookEnv) -> Result<()> {
-    let out = Command::new(hook)
-        .arg(stage.as_str())
-        .env("VCB_VM_NAME", &env.vm_name)
-        .env("VCB_VM_UUID", &env.vm_uuid)
-        .env("VCB_VM_FOLDER", &env.vm_folder)
-        .env("VCB_HOOK_STAGE", stage.as_str())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(|e| Error::io(hook, "run hook", e))?;
+    let mut attempt = 0;
+    let out = loop {
+        let run = Command::new(hook)
+            .arg(stage.as_str())
+            .env("VCB_VM_NAME", &env.vm_name)
+            .env("VCB_VM_UUID", &env.vm_uuid)
+            .env("VCB_VM_FOLDER", &env.vm_folder)
+            .env("VCB_HOOK_STAGE", stage.as_str())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output();
+        match run {
+            // ETXTBSY: the script is still open for writing somewhere — typically a
+            // descriptor inherited by a child another thread forked while the script was
+            // being written, gone once that child execs. Worth a few short retries.
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempt < TEXT_BUSY_RETRIES => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => break other.map_err(|e| Error::io(hook, "run hook", e))?,
+        }
+    };
     if out.status.success() {
         return Ok(());
     }
