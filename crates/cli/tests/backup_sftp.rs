@@ -6,205 +6,43 @@
 #[allow(dead_code)]
 mod util;
 
-use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+use testkit::sshd::{Quirks, Server};
 use util::*;
 use vmdk::DiskFormat;
 
-const SSHD: &str = "/usr/sbin/sshd";
 const MB: u64 = 1 << 20;
 
-fn tool_exists(name: &str) -> bool {
-    if name.starts_with('/') {
-        return Path::new(name).exists();
-    }
-    Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+/// Start a well-behaved server with the client HOMEs (see [`serve_with`]).
+fn serve() -> Option<Server> {
+    serve_with(Quirks::default())
 }
 
-/// A visible SKIP when a tool is missing; a failure under `VCB_REQUIRE_TOOLS=1`.
-fn require_tools(names: &[&str]) -> bool {
-    let missing: Vec<&str> = names.iter().copied().filter(|n| !tool_exists(n)).collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!("missing {missing:?} (Debian: openssh-server, openssh-client)");
-    if std::env::var("VCB_REQUIRE_TOOLS").is_ok_and(|v| v == "1") {
-        panic!("VCB_REQUIRE_TOOLS=1 but {msg}");
-    }
-    eprintln!("SKIP: {msg}");
-    false
+/// Start a server with `quirks` and two client HOMEs in its temp dir: `home` with
+/// `.ssh/known_hosts` holding the server's key, `stranger` with an empty `.ssh`.
+fn serve_with(quirks: Quirks) -> Option<Server> {
+    let srv = Server::start_with(quirks)?;
+    let d = srv.dir.path();
+    std::fs::create_dir_all(d.join("home/.ssh")).unwrap();
+    std::fs::copy(&srv.known_hosts, d.join("home/.ssh/known_hosts")).unwrap();
+    std::fs::create_dir_all(d.join("stranger/.ssh")).unwrap();
+    Some(srv)
 }
 
-fn keygen(path: &Path) {
-    let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "vcb-test", "-f"])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "ssh-keygen: {}", text(&out.stderr));
-}
-
-/// A real sshd with its own host key and authorized_keys; `home` is a HOME for the
-/// client holding `.ssh/known_hosts` with the server's key.
-struct Server {
-    dir: tempfile::TempDir,
-    port: u16,
-    key: PathBuf,
-    user: String,
-    child: Child,
-}
-
-/// How a test server misbehaves.
-#[derive(Debug, Clone, Copy, Default)]
-struct Quirks {
-    /// RLIMIT_FSIZE of the server (SIGXFSZ ignored): writes past this many bytes of a
-    /// file fail with EFBIG, which the SFTP server reports like a full disk.
-    file_size_limit: Option<u64>,
-    /// `internal-sftp -R`: every write, create and mkdir is refused (permission denied).
-    read_only: bool,
-}
-
-impl Server {
-    fn start() -> Option<Server> {
-        Self::start_with(Quirks::default())
-    }
-
-    fn start_with(quirks: Quirks) -> Option<Server> {
-        if !require_tools(&[SSHD, "ssh-keygen"]) {
-            return None;
-        }
-        let _ = std::fs::create_dir_all("/run/sshd");
-        for _ in 0..5 {
-            if let Some(s) = Self::try_start(quirks) {
-                return Some(s);
-            }
-        }
-        panic!("sshd failed to start 5 times");
-    }
-
-    fn try_start(quirks: Quirks) -> Option<Server> {
-        let dir = tempfile::Builder::new()
-            .prefix("vcb-backup-sftp")
-            .tempdir()
-            .unwrap();
-        let d = dir.path();
-        keygen(&d.join("host_key"));
-        keygen(&d.join("client_key"));
-        std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
-        std::fs::create_dir(d.join("remote")).unwrap();
-        let port = TcpListener::bind(("127.0.0.1", 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        std::fs::write(
-            d.join("sshd_config"),
-            format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
-                 AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\n\
-                 PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-                 UsePAM no\nStrictModes no\nSubsystem sftp internal-sftp{ro}\nLogLevel VERBOSE\nMaxStartups 64\n",
-                d = d.display(),
-                ro = if quirks.read_only { " -R" } else { "" },
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(d.join("sshd.log")).unwrap();
-        let mut cmd = Command::new(SSHD);
-        cmd.args(["-D", "-e", "-f"])
-            .arg(d.join("sshd_config"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        if let Some(limit) = quirks.file_size_limit {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: runs in the forked child before exec and only calls
-            // async-signal-safe functions (setrlimit, signal) on plain values. The
-            // ignored SIGXFSZ and the limit are inherited by sshd and its sessions.
-            unsafe {
-                cmd.pre_exec(move || {
-                    let lim = libc::rlimit {
-                        rlim_cur: limit,
-                        rlim_max: limit,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-                    Ok(())
-                });
-            }
-        }
-        let mut child = cmd.spawn().unwrap();
-        // The client's HOME: known_hosts with the server key, nothing else.
-        std::fs::create_dir_all(d.join("home/.ssh")).unwrap();
-        let host_pub = std::fs::read_to_string(d.join("host_key.pub")).unwrap();
-        std::fs::write(
-            d.join("home/.ssh/known_hosts"),
-            format!("[127.0.0.1]:{port} {host_pub}"),
-        )
-        .unwrap();
-        std::fs::create_dir_all(d.join("stranger/.ssh")).unwrap();
-        let user = std::env::var("USER")
-            .ok()
-            .filter(|u| !u.is_empty())
-            .unwrap_or_else(|| {
-                text(&Command::new("id").arg("-un").output().unwrap().stdout)
-                    .trim()
-                    .to_owned()
-            });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
-            }
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(Server {
-                    key: d.join("client_key"),
-                    dir,
-                    port,
-                    user,
-                    child,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        eprintln!(
-            "sshd did not start:\n{}",
-            std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default()
-        );
-        None
-    }
-
-    /// The server-side path of `rel` below the remote folder.
-    fn remote(&self, rel: &str) -> PathBuf {
-        self.dir.path().join("remote").join(rel)
-    }
-
-    /// `scp://user@127.0.0.1:PORT:/…/remote/rel`.
-    fn url(&self, rel: &str) -> String {
-        format!(
-            "scp://{}@127.0.0.1:{}:{}",
-            self.user,
-            self.port,
-            self.remote(rel).display()
-        )
-    }
-
-    fn key(&self) -> &str {
-        self.key.to_str().unwrap()
-    }
-
+/// Running the cli tools against a [`Server`].
+trait CliServer {
     /// Run a tool as a client whose HOME is `home` (`home` or `stranger`).
+    fn run(&self, env: &Env, home: &str, tool: &str, args: &[&str]) -> Output;
+    /// Run a tool as the `home` client; its stdout, or a dump and a panic on failure.
+    fn ok(&self, env: &Env, tool: &str, args: &[&str]) -> String;
+    /// Dump `env`, the server log and the remote files.
+    fn dump_env(&self, env: &Env);
+}
+
+impl CliServer for Server {
     fn run(&self, env: &Env, home: &str, tool: &str, args: &[&str]) -> Output {
         let mut cmd = env.command(tool, args);
         cmd.env("HOME", self.dir.path().join(home))
@@ -223,28 +61,21 @@ impl Server {
     fn ok(&self, env: &Env, tool: &str, args: &[&str]) -> String {
         let out = self.run(env, "home", tool, args);
         if !out.status.success() {
-            self.dump(env);
+            self.dump_env(env);
             panic!("{tool} {args:?} failed: {}", text(&out.stderr));
         }
         text(&out.stdout)
     }
 
-    fn dump(&self, env: &Env) {
+    fn dump_env(&self, env: &Env) {
         env.dump();
         eprintln!(
             "--- sshd.log\n{}",
             std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
         );
-        for f in walk(&self.dir.path().join("remote")) {
+        for f in walk(&self.root_dir()) {
             eprintln!("  remote: {}", f.display());
         }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -256,7 +87,7 @@ fn destroy(env: &Env, spec: &str) {
 
 #[test]
 fn backup_to_scp_then_restore_from_it() {
-    let Some(srv) = Server::start() else { return };
+    let Some(srv) = serve() else { return };
     let env = Env::new();
     env.vm(
         "vm37",
@@ -269,7 +100,7 @@ fn backup_to_scp_then_restore_from_it() {
     let disks = disk_paths(&env, "vm37");
     let expected: Vec<Vec<u8>> = disks.iter().map(|p| content(p)).collect();
     std::fs::create_dir_all(srv.remote("dir")).unwrap();
-    let url = srv.url("dir/vm37");
+    let url = srv.scp_url("dir/vm37");
 
     // Staging goes under TEMPDIR from backuptools.conf and is cleaned up afterwards.
     let stage = env.path("stage");
@@ -370,10 +201,10 @@ fn backup_to_scp_then_restore_from_it() {
 
 #[test]
 fn missing_remote_parent_is_a_clear_error_and_leaves_nothing() {
-    let Some(srv) = Server::start() else { return };
+    let Some(srv) = serve() else { return };
     let env = Env::new();
     env.vm("vm1", &[(MB, DiskFormat::Thin)], 3);
-    let url = srv.url("no/such/vm1");
+    let url = srv.scp_url("no/such/vm1");
     let out = srv.run(
         &env,
         "home",
@@ -401,10 +232,10 @@ fn missing_remote_parent_is_a_clear_error_and_leaves_nothing() {
 
 #[test]
 fn unknown_host_key_is_refused_unless_accepted() {
-    let Some(srv) = Server::start() else { return };
+    let Some(srv) = serve() else { return };
     let env = Env::new();
     env.vm("vm1", &[(MB, DiskFormat::Thin)], 3);
-    let url = srv.url("vm1");
+    let url = srv.scp_url("vm1");
     let out = srv.run(
         &env,
         "stranger",
@@ -439,12 +270,12 @@ fn unknown_host_key_is_refused_unless_accepted() {
 
 #[test]
 fn snapall_to_scp_root_backs_up_each_vm_into_its_folder() {
-    let Some(srv) = Server::start() else { return };
+    let Some(srv) = serve() else { return };
     let env = Env::new();
     env.vm("web", &[(MB, DiskFormat::Thin)], 5);
     env.vm("db", &[(MB, DiskFormat::Thin)], 6);
     std::fs::create_dir_all(srv.remote("all")).unwrap();
-    let url = srv.url("all");
+    let url = srv.scp_url("all");
     srv.ok(
         &env,
         "vcbSnapAll",
@@ -460,7 +291,7 @@ fn snapall_to_scp_root_backs_up_each_vm_into_its_folder() {
         &env,
         "home",
         "vcbSnapAll",
-        &["-a", "any:", "-r", &srv.url("nope"), "-i", srv.key()],
+        &["-a", "any:", "-r", &srv.scp_url("nope"), "-i", srv.key()],
     );
     assert!(!out.status.success());
     assert!(
@@ -473,7 +304,7 @@ fn snapall_to_scp_root_backs_up_each_vm_into_its_folder() {
 
 #[test]
 fn wrong_key_names_user_and_host() {
-    let Some(srv) = Server::start() else { return };
+    let Some(srv) = serve() else { return };
     let env = Env::new();
     env.vm("vm1", &[(MB, DiskFormat::Thin)], 3);
     let stranger_key = srv.dir.path().join("host_key");
@@ -485,7 +316,7 @@ fn wrong_key_names_user_and_host() {
             "-a",
             "name:vm1",
             "-r",
-            &srv.url("vm1"),
+            &srv.scp_url("vm1"),
             "-i",
             stranger_key.to_str().unwrap(),
         ],
@@ -497,46 +328,12 @@ fn wrong_key_names_user_and_host() {
     assert!(!srv.remote("vm1").exists());
 }
 
-/// Every process below `root` (by parent pid), from /proc.
-fn descendants(root: u32) -> Vec<i32> {
-    let mut parents = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok());
-        if let Some(ppid) = ppid {
-            parents.push((pid, ppid));
-        }
-    }
-    let mut found = Vec::new();
-    let mut frontier = vec![root as i32];
-    while let Some(parent) = frontier.pop() {
-        for &(pid, ppid) in &parents {
-            if ppid == parent {
-                found.push(pid);
-                frontier.push(pid);
-            }
-        }
-    }
-    found
-}
-
 #[test]
 fn server_killed_mid_backup_leaves_nothing_restore_accepts_and_a_rerun_succeeds() {
-    let Some(srv) = Server::start() else { return };
+    let Some(srv) = serve() else { return };
     let env = Env::new();
     env.vm("vm1", &[(2 * MB, DiskFormat::Thin)], 3);
-    let url = srv.url("vm1");
+    let url = srv.scp_url("vm1");
     let mut cmd = env.command(
         "vcbMounter",
         &["-a", "name:vm1", "-r", &url, "-i", srv.key()],
@@ -557,7 +354,7 @@ fn server_killed_mid_backup_leaves_nothing_restore_accepts_and_a_rerun_succeeds(
         srv.remote("vm1/vm1.vmx").exists(),
         "the backup never started"
     );
-    for pid in descendants(srv.child.id()) {
+    for pid in srv.sessions() {
         // SAFETY: kill(2) takes plain integers; the pid is a child of our own sshd.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
@@ -584,7 +381,7 @@ fn server_killed_mid_backup_leaves_nothing_restore_accepts_and_a_rerun_succeeds(
             "-a",
             "name:vm1",
             "-r",
-            &srv.url("vm1-again"),
+            &srv.scp_url("vm1-again"),
             "-i",
             srv.key(),
         ],
@@ -669,7 +466,7 @@ fn run_with_tmp(srv: &Server, env: &Env, tmp: &Path, tool: &str, args: &[&str]) 
 
 #[test]
 fn disks_stream_to_scp_without_staging_in_both_formats_and_restore() {
-    let Some(srv) = Server::start() else { return };
+    let Some(srv) = serve() else { return };
     let env = Env::new();
     env.vm(
         "vm5",
@@ -686,7 +483,7 @@ fn disks_stream_to_scp_without_staging_in_both_formats_and_restore() {
     let tmp = env.path("tmp");
     std::fs::create_dir(&tmp).unwrap();
     for (mode, rel) in [("1", "vm5-mono"), ("0", "vm5-split")] {
-        let url = srv.url(rel);
+        let url = srv.scp_url(rel);
         let out = run_with_tmp(
             &srv,
             &env,
@@ -695,7 +492,7 @@ fn disks_stream_to_scp_without_staging_in_both_formats_and_restore() {
             &["-a", "name:vm5", "-r", &url, "-M", mode, "-i", srv.key()],
         );
         if !out.status.success() {
-            srv.dump(&env);
+            srv.dump_env(&env);
             panic!("vcbMounter -M {mode} failed");
         }
         assert!(walk(&tmp).is_empty(), "staged: {:?}", walk(&tmp));
@@ -721,7 +518,7 @@ fn disks_stream_to_scp_without_staging_in_both_formats_and_restore() {
         "vcbRestore",
         &[
             "-s",
-            &srv.url("vm5-split"),
+            &srv.scp_url("vm5-split"),
             "-l",
             "overwrite",
             "-i",
@@ -751,7 +548,7 @@ fn assert_nothing_complete(srv: &Server, env: &Env, rel: &str) {
         env,
         "home",
         "vcbRestore",
-        &["-s", &srv.url(rel), "-l", "overwrite", "-i", srv.key()],
+        &["-s", &srv.scp_url(rel), "-l", "overwrite", "-i", srv.key()],
     );
     assert!(!out.status.success(), "restore accepted a failed backup");
 }
@@ -773,13 +570,13 @@ fn remote_disk_full_mid_stream_is_a_clear_error_and_a_rerun_succeeds() {
         file_size_limit: Some(4 * MB),
         ..Quirks::default()
     };
-    let Some(full) = Server::start_with(quirks) else {
+    let Some(full) = serve_with(quirks) else {
         return;
     };
     let env = Env::new();
     env.vm("vm1", &[(16 * MB, DiskFormat::Thin)], 3);
     write(&disk_paths(&env, "vm1")[0], 0, &noise(8 * MB as usize, 2));
-    let url = full.url("vm1");
+    let url = full.scp_url("vm1");
     let out = full.run(
         &env,
         "home",
@@ -801,11 +598,18 @@ fn remote_disk_full_mid_stream_is_a_clear_error_and_a_rerun_succeeds() {
     assert_nothing_complete(&full, &env, "vm1");
     assert_no_backup_snapshot(&env, "vm1");
     // A server with room takes the whole backup.
-    let Some(good) = Server::start() else { return };
+    let Some(good) = serve() else { return };
     good.ok(
         &env,
         "vcbMounter",
-        &["-a", "name:vm1", "-r", &good.url("vm1"), "-i", good.key()],
+        &[
+            "-a",
+            "name:vm1",
+            "-r",
+            &good.scp_url("vm1"),
+            "-i",
+            good.key(),
+        ],
     );
     assert_complete(&good.remote("vm1"));
 }
@@ -816,12 +620,12 @@ fn read_only_server_is_permission_denied_naming_the_path() {
         read_only: true,
         ..Quirks::default()
     };
-    let Some(srv) = Server::start_with(quirks) else {
+    let Some(srv) = serve_with(quirks) else {
         return;
     };
     let env = Env::new();
     env.vm("vm1", &[(MB, DiskFormat::Thin)], 3);
-    let url = srv.url("vm1");
+    let url = srv.scp_url("vm1");
     let out = srv.run(
         &env,
         "home",
@@ -841,11 +645,11 @@ fn read_only_server_is_permission_denied_naming_the_path() {
 
 #[test]
 fn server_killed_mid_disk_stream_leaves_nothing_restore_accepts_and_a_rerun_succeeds() {
-    let Some(srv) = Server::start() else { return };
+    let Some(srv) = serve() else { return };
     let env = Env::new();
     env.vm("vm1", &[(160 * MB, DiskFormat::Thin)], 3);
     write(&disk_paths(&env, "vm1")[0], 0, &noise(128 * MB as usize, 4));
-    let url = srv.url("vm1");
+    let url = srv.scp_url("vm1");
     let mut cmd = env.command(
         "vcbMounter",
         &["-a", "name:vm1", "-r", &url, "-i", srv.key()],
@@ -865,7 +669,7 @@ fn server_killed_mid_disk_stream_leaves_nothing_restore_accepts_and_a_rerun_succ
     {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let sessions = descendants(srv.child.id());
+    let sessions = srv.sessions();
     for &pid in &sessions {
         // SAFETY: kill(2) takes plain integers; the pid is a child of our own sshd.
         unsafe { libc::kill(pid, libc::SIGSTOP) };
@@ -892,7 +696,7 @@ fn server_killed_mid_disk_stream_leaves_nothing_restore_accepts_and_a_rerun_succ
             "-a",
             "name:vm1",
             "-r",
-            &srv.url("vm1-again"),
+            &srv.scp_url("vm1-again"),
             "-i",
             srv.key(),
         ],
@@ -929,7 +733,7 @@ impl Drop for SmallFs {
 
 #[test]
 fn too_little_remote_space_is_refused_before_any_disk_is_sent() {
-    let Some(srv) = Server::start() else { return };
+    let Some(srv) = serve() else { return };
     let Some(_fs) = SmallFs::mount(&srv.remote("small"), "8m") else {
         return;
     };
@@ -944,7 +748,7 @@ fn too_little_remote_space_is_refused_before_any_disk_is_sent() {
             "-a",
             "name:vm1",
             "-r",
-            &srv.url("small/vm1"),
+            &srv.scp_url("small/vm1"),
             "-i",
             srv.key(),
         ],
@@ -952,7 +756,7 @@ fn too_little_remote_space_is_refused_before_any_disk_is_sent() {
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(err.contains("not enough space on the server"), "{err}");
-    assert!(err.contains(&srv.url("small/vm1")), "{err}");
+    assert!(err.contains(&srv.scp_url("small/vm1")), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
     assert!(!text(&out.stdout).contains("Converting"), "a disk was sent");
     assert!(

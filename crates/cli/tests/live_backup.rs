@@ -8,7 +8,7 @@
 //! Figures are printed with a `figure:` prefix (`--nocapture` shows them).
 
 #[path = "backup_e2e/util.rs"]
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 mod e2e;
 #[path = "../../runtime/tests/it/util.rs"]
 #[allow(dead_code)]

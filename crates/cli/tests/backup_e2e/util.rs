@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+pub use testkit::tools::require_tool;
 
 /// A temporary folder holding a host root and room for backups.
 pub struct Env {
@@ -183,28 +184,6 @@ pub fn disk_paths(env: &Env, vm: &str) -> Vec<PathBuf> {
     let h = env.host();
     let vm = h.find_vm(vm).unwrap();
     vm.disks(&h).unwrap().into_iter().map(|d| d.path).collect()
-}
-
-/// True when `tool` runs; otherwise prints a visible SKIP, or fails under
-/// VCB_REQUIRE_TOOLS=1.
-pub fn require_tool(tool: &str) -> bool {
-    match Command::new(tool).arg("--version").output() {
-        Ok(o) if o.status.success() => {
-            eprintln!(
-                "{tool}: {}",
-                text(&o.stdout).lines().next().unwrap_or_default()
-            );
-            true
-        }
-        _ => {
-            assert!(
-                std::env::var("VCB_REQUIRE_TOOLS").as_deref() != Ok("1"),
-                "{tool} is required (VCB_REQUIRE_TOOLS=1)"
-            );
-            eprintln!("SKIP: {tool} not installed");
-            false
-        }
-    }
 }
 
 /// `qemu-img compare` of two images (any formats qemu reads).

@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use runtime::{RuntimeState, Vm};
+use testkit::tools::require_tool;
 
 /// Block size the guest writes.
 pub const BLOCK: usize = 4096;
@@ -16,28 +17,6 @@ pub const DISK_BYTES: u64 = 64 << 20;
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-/// Whether `tool` runs. A missing tool is a visible SKIP, or a failure when
-/// VCB_REQUIRE_TOOLS=1 (CI installs everything first).
-pub fn require_tool(tool: &str) -> bool {
-    match Command::new(tool).arg("--version").output() {
-        Ok(o) if o.status.success() => {
-            eprintln!(
-                "{tool}: {}",
-                text(&o.stdout).lines().next().unwrap_or_default()
-            );
-            true
-        }
-        _ => {
-            assert!(
-                std::env::var("VCB_REQUIRE_TOOLS").as_deref() != Ok("1"),
-                "{tool} is required (VCB_REQUIRE_TOOLS=1)"
-            );
-            eprintln!("SKIP: {tool} not installed");
-            false
-        }
-    }
 }
 
 /// The folder with the guest's `vmlinuz` and `initrd.gz`, built once per test run (and

@@ -1,8 +1,10 @@
 //! Authentication, host keys and the ssh config, against a real sshd.
 
-use crate::server::{keygen, run, Server};
+use crate::server::SftpServer;
 use sftp::{Error, RemoteUrl, SshEnv};
 use std::process::Command;
+use testkit::sshd::{keygen, Server};
+use testkit::tools::run;
 
 #[test]
 fn wrong_key_names_user_and_host() {
@@ -191,7 +193,7 @@ fn agent_keys_are_offered() {
     let Some(server) = Server::start() else {
         return;
     };
-    if !crate::server::require_tools(&["ssh-agent", "ssh-add"]) {
+    if !testkit::tools::require_tools(&["ssh-agent", "ssh-add"]) {
         return;
     }
     let socket = server.dir.path().join("agent.sock");

@@ -1,12 +1,13 @@
 //! What goes wrong on the remote side: missing parents, permissions, dropped
 //! connections, cancellation. None may panic or hang.
 
-use crate::server::Server;
+use crate::server::SftpServer;
 use crate::util::{random_bytes, within, Recorder};
 use sftp::{Error, RemoteErrorKind};
 use std::io::Read;
 use std::ops::ControlFlow;
 use std::sync::Arc;
+use testkit::sshd::Server;
 
 #[test]
 fn missing_remote_parent_is_a_clear_error() {

@@ -1,4 +1,5 @@
-//! Integration tests of vcb-sftp against a real OpenSSH server (see `server.rs`).
+//! Integration tests of vcb-sftp against a real OpenSSH server (`testkit::sshd`, with
+//! the `sftp` views of it in `server.rs`).
 
 mod auth;
 mod failures;

@@ -1,8 +1,9 @@
 //! Upload, download and the file operations a backup destination needs.
 
-use crate::server::Server;
+use crate::server::SftpServer;
 use crate::util::{random_bytes, sha256, Recorder};
 use sftp::{FileKind, RemoteErrorKind};
+use testkit::sshd::Server;
 
 #[test]
 fn upload_download_round_trip_multi_mib() {

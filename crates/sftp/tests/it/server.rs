@@ -1,178 +1,27 @@
-//! A real OpenSSH server per test: own config, host key, client key and authorized_keys
-//! in a temp dir, listening on 127.0.0.1 and a free port; killed (with every
-//! per-connection child) on drop. On a failing test the config, the server log and the
-//! temp dir listing are dumped.
+//! The shared OpenSSH test server ([`testkit::sshd`]) plus what needs `sftp` types:
+//! connect options isolated from the real user, the server's URL, a session.
 
 use sftp::{ConnectOptions, RemoteUrl, SshEnv};
-use std::io::Read;
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use testkit::sshd::Server;
 
-const SSHD: &str = "/usr/sbin/sshd";
-
-/// `true` when `name` can be run (an absolute path or a command on PATH).
-fn tool_exists(name: &str) -> bool {
-    if name.starts_with('/') {
-        return Path::new(name).exists();
-    }
-    Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Whether the tools exist; a visible SKIP when not, a failure under `VCB_REQUIRE_TOOLS=1`.
-pub fn require_tools(names: &[&str]) -> bool {
-    let missing: Vec<&str> = names.iter().copied().filter(|n| !tool_exists(n)).collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!("missing {missing:?} (Debian: openssh-server, openssh-client)");
-    if std::env::var("VCB_REQUIRE_TOOLS").is_ok_and(|v| v == "1") {
-        panic!("VCB_REQUIRE_TOOLS=1 but {msg}");
-    }
-    eprintln!("SKIP: {msg}");
-    false
-}
-
-/// Run a command, panicking with its output when it fails.
-pub fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    if !out.status.success() {
-        panic!(
-            "{cmd:?} failed ({})\nstdout:\n{}\nstderr:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Generate an ed25519 key pair at `path` (and `path.pub`).
-pub fn keygen(path: &Path) {
-    run(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "vcb-test", "-f"])
-        .arg(path));
-}
-
-/// A running sshd.
-pub struct Server {
-    /// The temp dir holding everything; remote test files go under `root()`.
-    pub dir: tempfile::TempDir,
-    /// The listening port.
-    pub port: u16,
-    /// A private key listed in authorized_keys.
-    pub client_key: PathBuf,
-    /// A known_hosts file holding the server's host key as `[127.0.0.1]:port`.
-    pub known_hosts: PathBuf,
-    /// The remote user (the local user: tests connect to themselves).
-    pub user: String,
-    child: Child,
-}
-
-impl Server {
-    /// Start a server, or `None` (SKIP) when sshd or ssh-keygen is missing.
-    pub fn start() -> Option<Server> {
-        if !require_tools(&[SSHD, "ssh-keygen"]) {
-            return None;
-        }
-        // sshd refuses to start without its privilege separation folder.
-        let _ = std::fs::create_dir_all("/run/sshd");
-        // The free port may be taken between probing and sshd binding it: retry.
-        for _attempt in 0..5 {
-            if let Some(server) = Self::try_start() {
-                return Some(server);
-            }
-        }
-        panic!("sshd failed to start 5 times (see the dumps above)")
-    }
-
-    fn try_start() -> Option<Server> {
-        let dir = tempfile::Builder::new()
-            .prefix("vcb-sftp-it")
-            .tempdir()
-            .expect("temp dir");
-        let d = dir.path();
-        keygen(&d.join("host_key"));
-        keygen(&d.join("client_key"));
-        std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys"))
-            .expect("authorized_keys");
-        std::fs::create_dir(d.join("root")).expect("root dir");
-        let user = SshEnv::from_process()
-            .local_user
-            .unwrap_or_else(|| "root".to_owned());
-        let port = free_port();
-        std::fs::write(d.join("sshd_config"), config(d, port)).expect("sshd_config");
-        let log = std::fs::File::create(d.join("sshd.log")).expect("log");
-        let child = Command::new(SSHD)
-            .args(["-D", "-e", "-f"])
-            .arg(d.join("sshd_config"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn sshd");
-        let host_pub = std::fs::read_to_string(d.join("host_key.pub")).expect("host key");
-        let known_hosts = d.join("known_hosts");
-        std::fs::write(&known_hosts, format!("[127.0.0.1]:{port} {host_pub}"))
-            .expect("known_hosts");
-        let mut server = Server {
-            client_key: d.join("client_key"),
-            known_hosts,
-            user,
-            port,
-            child,
-            dir,
-        };
-        if server.wait_listening() {
-            return Some(server);
-        }
-        server.dump("sshd did not start");
-        None
-    }
-
-    fn wait_listening(&mut self) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return false;
-            }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-
-    /// The folder remote test files live in.
-    pub fn root(&self) -> String {
-        self.dir.path().join("root").to_string_lossy().into_owned()
-    }
-
-    /// `root()/name` as a remote path.
-    pub fn path(&self, name: &str) -> String {
-        format!("{}/{name}", self.root())
-    }
-
+/// `sftp` views of a [`Server`].
+pub trait SftpServer {
     /// `sftp://user@127.0.0.1:port<root>`.
-    pub fn url(&self) -> RemoteUrl {
-        RemoteUrl::parse(&format!(
-            "sftp://{}@127.0.0.1:{}{}",
-            self.user,
-            self.port,
-            self.root()
-        ))
-        .expect("url")
-    }
-
+    fn url(&self) -> RemoteUrl;
     /// Options isolated from the real user: the test key, the test known_hosts, no
     /// default keys, agent or ssh config, short timeouts.
-    pub fn options(&self) -> ConnectOptions {
+    fn options(&self) -> ConnectOptions;
+    /// Connect with [`options`](Self::options).
+    fn connect(&self) -> sftp::Session;
+}
+
+impl SftpServer for Server {
+    fn url(&self) -> RemoteUrl {
+        RemoteUrl::parse(&self.sftp_url()).expect("url")
+    }
+
+    fn options(&self) -> ConnectOptions {
         let mut opts = ConnectOptions::new(SshEnv {
             home: None,
             local_user: Some(self.user.clone()),
@@ -187,112 +36,10 @@ impl Server {
         opts
     }
 
-    /// Connect with [`options`](Self::options).
-    pub fn connect(&self) -> sftp::Session {
+    fn connect(&self) -> sftp::Session {
         sftp::connect(&self.url(), &self.options()).unwrap_or_else(|e| {
             self.dump("connect failed");
             panic!("connect: {e}")
         })
     }
-
-    /// SIGKILL every process serving a connection (the listener stays up).
-    pub fn kill_sessions(&self) {
-        self.signal_sessions(libc::SIGKILL);
-    }
-
-    /// Send `signal` to every process serving a connection.
-    pub fn signal_sessions(&self, signal: i32) {
-        for pid in descendants(self.child.id()) {
-            // SAFETY: kill(2) takes plain integers and touches no memory of this process;
-            // the pid is a descendant of the sshd this test started.
-            unsafe { libc::kill(pid, signal) };
-        }
-    }
-
-    fn stop(&mut self) {
-        self.kill_sessions();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Print config, server log and the temp dir listing.
-    pub fn dump(&self, why: &str) {
-        let d = self.dir.path();
-        let read = |name: &str| std::fs::read_to_string(d.join(name)).unwrap_or_default();
-        let listing = Command::new("ls")
-            .arg("-laR")
-            .arg(d)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-        eprintln!(
-            "=== {why}\n--- command: {SSHD} -D -e -f {}\n--- sshd_config\n{}\n--- sshd.log\n{}\n--- ls -laR\n{}",
-            d.join("sshd_config").display(),
-            read("sshd_config"),
-            read("sshd.log"),
-            listing.unwrap_or_default()
-        );
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.dump("test failed");
-        }
-        self.stop();
-    }
-}
-
-fn config(d: &Path, port: u16) -> String {
-    format!(
-        "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
-         AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\n\
-         PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-         UsePAM no\nStrictModes no\nSubsystem sftp internal-sftp\nLogLevel VERBOSE\nMaxStartups 64\n",
-        d = d.display()
-    )
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
-/// Every process below `root` (by parent pid), found by scanning /proc.
-fn descendants(root: u32) -> Vec<i32> {
-    let mut parents = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let mut stat = String::new();
-        if std::fs::File::open(entry.path().join("stat"))
-            .and_then(|mut f| f.read_to_string(&mut stat))
-            .is_err()
-        {
-            continue;
-        }
-        // Field 4 (ppid) follows the parenthesised command name, which may hold spaces.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok());
-        if let Some(ppid) = ppid {
-            parents.push((pid, ppid));
-        }
-    }
-    let mut found = Vec::new();
-    let mut frontier = vec![i32::try_from(root).unwrap_or(-1)];
-    while let Some(parent) = frontier.pop() {
-        for &(pid, ppid) in &parents {
-            if ppid == parent {
-                found.push(pid);
-                frontier.push(pid);
-            }
-        }
-    }
-    found
 }
