@@ -1,5 +1,5 @@
-//! External tools: whether they exist, a visible SKIP when they do not (a failure under
-//! `VCB_REQUIRE_TOOLS=1`), and running them.
+//! External tools: whether they exist, a visible SKIP when they do not (a failure when
+//! `VCB_REQUIRE_TOOLS` is set), and running them.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -16,22 +16,22 @@ pub fn tool_exists(name: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Whether the tools exist; a visible SKIP when not, a failure under `VCB_REQUIRE_TOOLS=1`.
+/// Whether the tools exist; a visible SKIP when not, a failure when `VCB_REQUIRE_TOOLS` is set.
 pub fn require_tools(names: &[&str]) -> bool {
     let missing: Vec<&str> = names.iter().copied().filter(|n| !tool_exists(n)).collect();
     if missing.is_empty() {
         return true;
     }
     let msg = format!("missing {missing:?} (Debian: openssh-server, openssh-client)");
-    if std::env::var("VCB_REQUIRE_TOOLS").is_ok_and(|v| v == "1") {
-        panic!("VCB_REQUIRE_TOOLS=1 but {msg}");
+    if tools_required() {
+        panic!("VCB_REQUIRE_TOOLS is set but {msg}");
     }
     eprintln!("SKIP: {msg}");
     false
 }
 
 /// Whether `tool --version` runs (its first line is printed); a visible SKIP when not, a
-/// failure under `VCB_REQUIRE_TOOLS=1`.
+/// failure when `VCB_REQUIRE_TOOLS` is set.
 pub fn require_tool(tool: &str) -> bool {
     match Command::new(tool).arg("--version").output() {
         Ok(o) if o.status.success() => {
@@ -46,13 +46,19 @@ pub fn require_tool(tool: &str) -> bool {
         }
         _ => {
             assert!(
-                std::env::var("VCB_REQUIRE_TOOLS").as_deref() != Ok("1"),
-                "{tool} is required (VCB_REQUIRE_TOOLS=1)"
+                !tools_required(),
+                "{tool} is required (VCB_REQUIRE_TOOLS is set)"
             );
             eprintln!("SKIP: {tool} not installed");
             false
         }
     }
+}
+
+/// Whether a missing tool fails the test instead of skipping it: `VCB_REQUIRE_TOOLS` is
+/// set (CI sets it to 1 after installing everything).
+pub fn tools_required() -> bool {
+    std::env::var_os("VCB_REQUIRE_TOOLS").is_some()
 }
 
 /// Run a command, panicking with its output when it fails; its stdout.

@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+#[allow(unused_imports)] // not every test crate including this module checks tools
+pub use testkit::tools::require_tool;
 
 /// One test's host: a temp dir with `root/` as the host root.
 pub struct Env {
@@ -138,26 +140,6 @@ pub fn listing(dir: &Path) -> Vec<String> {
     }
     out.sort();
     out
-}
-
-/// True when `name` runs; a missing tool prints a visible SKIP, or fails the test under
-/// `VCB_REQUIRE_TOOLS=1`. Logs the tool's version.
-pub fn require_tool(name: &str) -> bool {
-    match Command::new(name).arg("--version").output() {
-        Ok(o) if o.status.success() => {
-            let v = String::from_utf8_lossy(&o.stdout);
-            eprintln!("using {}", v.lines().next().unwrap_or(name));
-            true
-        }
-        _ => {
-            assert!(
-                std::env::var_os("VCB_REQUIRE_TOOLS").is_none(),
-                "{name} is required (VCB_REQUIRE_TOOLS is set)"
-            );
-            eprintln!("SKIP: {name} not found");
-            false
-        }
-    }
 }
 
 /// The disk at `path` as qemu-img reads it (`qemu-img convert -O raw`).

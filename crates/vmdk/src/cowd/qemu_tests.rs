@@ -5,28 +5,9 @@ use super::*;
 use crate::extent::{BlockState, Extent};
 use std::path::Path;
 use std::process::{Command, Output};
+use testkit::tools::require_tool;
 
 // ---- qemu interop ----
-
-/// Whether `tool` runs; a missing tool is a visible SKIP, or a failure under
-/// `VCB_REQUIRE_TOOLS`.
-#[allow(clippy::print_stderr)]
-fn require_tool(tool: &str) -> bool {
-    match Command::new(tool).arg("--version").output() {
-        Ok(out) if out.status.success() => {
-            let version = String::from_utf8_lossy(&out.stdout);
-            eprintln!("using {}", version.lines().next().unwrap_or(tool));
-            true
-        }
-        _ if std::env::var_os("VCB_REQUIRE_TOOLS").is_some() => {
-            panic!("{tool} not found and VCB_REQUIRE_TOOLS is set")
-        }
-        _ => {
-            eprintln!("SKIP: {tool} not found");
-            false
-        }
-    }
-}
 
 /// Run `tool args` in `dir`; on failure dump everything needed to reproduce.
 fn run(dir: &Path, tool: &str, args: &[&str]) -> Output {

@@ -8,25 +8,7 @@ use crate::stream::StreamWriter;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::process::Command;
-
-/// Whether `tool` runs. Missing: a visible SKIP, or a panic when `VCB_REQUIRE_TOOLS` is set.
-#[allow(clippy::print_stderr)]
-fn require_tool(tool: &str) -> bool {
-    match Command::new(tool).arg("--version").output() {
-        Ok(o) if o.status.success() => {
-            let v = String::from_utf8_lossy(&o.stdout);
-            eprintln!("using {}", v.lines().next().unwrap_or(tool));
-            true
-        }
-        _ if std::env::var_os("VCB_REQUIRE_TOOLS").is_some() => {
-            panic!("{tool} not found and VCB_REQUIRE_TOOLS is set")
-        }
-        _ => {
-            eprintln!("SKIP: {tool} not found");
-            false
-        }
-    }
-}
+use testkit::tools::require_tool;
 
 /// Run `args` in `dir`; on a status other than `expect`, panic with everything needed to
 /// understand why. Returns stdout.

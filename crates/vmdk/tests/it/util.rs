@@ -3,22 +3,7 @@
 use rand::{Rng, RngCore, SeedableRng};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-/// Whether `tool` can run. Missing: a visible SKIP, or a failure when VCB_REQUIRE_TOOLS is set.
-pub fn require_tool(tool: &str) -> bool {
-    let ok = Command::new(tool)
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        if std::env::var_os("VCB_REQUIRE_TOOLS").is_some() {
-            panic!("{tool} is required (VCB_REQUIRE_TOOLS is set) but cannot run");
-        }
-        eprintln!("SKIP: {tool} not found");
-    }
-    ok
-}
+pub use testkit::tools::require_tool;
 
 /// Run a command; on failure panic with the command, cwd, status, stdout and stderr.
 pub fn run(cmd: &mut Command) -> std::process::Output {
