@@ -294,7 +294,7 @@ impl Destination for LocalDir {
     fn put(&mut self, name: &str, data: &mut dyn Read) -> Result<PutInfo> {
         let path = self.path_of(name)?;
         let mut reader = HashingReader::new(data);
-        crate::fsutil::write_atomic_with(&path, |file| {
+        crate::fsutil::write_atomic_with(&path, true, |file| {
             let mut buf = vec![0u8; 1 << 20];
             loop {
                 let n = reader

@@ -153,7 +153,11 @@ impl Host {
                     path: target.clone(),
                 });
             }
-            fs::rename(&staged, &target).map_err(|e| Error::io(&target, "rename into place", e))?;
+            // A folder that appeared since the check is never replaced.
+            fsio::rename_noreplace(&staged, &target).map_err(|e| match e {
+                fsio::Error::Exists { path } => Error::AlreadyExists { path },
+                e => e.into(),
+            })?;
             sync_dir(&ds.path)?;
             inventory.vms.push(InventoryEntry {
                 vmx: dp.to_string(),

@@ -1,44 +1,18 @@
 //! File helpers: atomic replacement, reads with the path in the error, confinement.
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-/// Replaces `path` with `contents` atomically: a temporary file beside it is written and
-/// fsynced, renamed over `path`, and the folder is fsynced, so a crash leaves either the
-/// old or the new file, never a mix.
+/// Replaces `path` with `contents` atomically (the workspace's one helper).
 pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
-    let dir = parent_dir(path);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(
-        ".{name}.vcb-tmp-{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    let result = (|| {
-        let mut f = File::create_new(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
-        f.write_all(contents)
-            .map_err(|e| Error::io(&tmp, "write", e))?;
-        f.sync_all().map_err(|e| Error::io(&tmp, "fsync", e))?;
-        fs::rename(&tmp, path).map_err(|e| Error::io(path, "rename into place", e))?;
-        sync_dir(&dir)
-    })();
-    if result.is_err() {
-        // The temporary file may or may not exist; the error that matters is the first.
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    Ok(fsio::write_atomic(path, contents)?)
 }
 
 /// Fsyncs a folder so that renames and removals in it are durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    let f = File::open(dir).map_err(|e| Error::io(dir, "open folder", e))?;
-    f.sync_all().map_err(|e| Error::io(dir, "fsync folder", e))
+    Ok(fsio::sync_dir(dir)?)
 }
 
 /// The folder holding `path` (`.` for a bare name).

@@ -18,8 +18,9 @@
 
 use crate::descriptor::{Access, CreateType, Descriptor, ExtentLine, ExtentType};
 use crate::error::{Error, Result};
-use crate::fileio::{sync_dir, write_atomic, PathFile};
+use crate::fileio::PathFile;
 use crate::magic::{SECTOR, SPLIT_EXTENT_BYTES};
+use fsio::{sync_dir, write_atomic};
 use std::path::{Path, PathBuf};
 
 /// Disk formats vcb creates (vmkfstools `-d` names).
@@ -382,7 +383,7 @@ fn create_inner(path: &Path, spec: &CreateSpec, created: &mut Vec<PathBuf>) -> R
                 .push(extent(ExtentType::Sparse, capacity, format!("{name}.vmdk")));
             crate::sparse::create(path, capacity, &sparse_opts(Some(d.to_text())))?;
             created.push(path.to_path_buf());
-            return sync_dir(&dir);
+            return Ok(sync_dir(&dir)?);
         }
         DiskFormat::StreamOptimized => {
             d.extents
@@ -390,7 +391,7 @@ fn create_inner(path: &Path, spec: &CreateSpec, created: &mut Vec<PathBuf>) -> R
             let w = crate::stream::StreamWriter::create(path, capacity, &d.to_text())?;
             created.push(path.to_path_buf());
             w.finish()?;
-            return sync_dir(&dir);
+            return Ok(sync_dir(&dir)?);
         }
         DiskFormat::Rdm(dev) | DiskFormat::RdmPassthrough(dev) | DiskFormat::Raw(dev) => {
             let suffix = match spec.format {
@@ -413,7 +414,7 @@ fn create_inner(path: &Path, spec: &CreateSpec, created: &mut Vec<PathBuf>) -> R
         }
     }
     write_new_descriptor(path, &d, created)?;
-    sync_dir(&dir)
+    Ok(sync_dir(&dir)?)
 }
 
 fn sparse_opts(embedded: Option<String>) -> crate::sparse::CreateSparse {
@@ -506,7 +507,7 @@ pub fn create_child(parent: &Path, child: &Path, format: ChildFormat) -> Result<
                 created.push(child.to_path_buf());
             }
         }
-        sync_dir(&dir)
+        Ok(sync_dir(&dir)?)
     })();
     if result.is_err() {
         for f in created.iter().rev() {

@@ -9,6 +9,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// A failure of the workspace's durable file helpers (atomic writes, swaps).
+    #[error(transparent)]
+    File(#[from] fsio::Error),
     /// An operating-system error on a named file.
     #[error("{path}: {op}: {source}")]
     Io {

@@ -160,40 +160,6 @@ impl PathFile {
     }
 }
 
-/// Replace `path` atomically with `contents`: write a temporary file beside it, fsync,
-/// rename over, fsync the directory.
-pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.partial"));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
-        f.write_all(contents)
-            .map_err(|e| Error::io(&tmp, "write", e))?;
-        f.sync_all().map_err(|e| Error::io(&tmp, "fsync", e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, "rename", e))?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// fsync a directory so that renames and creations in it are durable.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    let f = File::open(dir).map_err(|e| Error::io(dir, "open directory", e))?;
-    f.sync_all()
-        .map_err(|e| Error::io(dir, "fsync directory", e))
-}
-
 /// Whether `buf` is all zero bytes (fast path on 16-byte chunks).
 pub fn is_zero(buf: &[u8]) -> bool {
     let (prefix, chunks, suffix) = {

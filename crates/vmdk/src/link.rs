@@ -4,7 +4,7 @@ use crate::cowd::CowdExtent;
 use crate::descriptor::{Access, Descriptor, ExtentType};
 use crate::error::{Error, Result};
 use crate::extent::{Backing, BlockState, Extent, ZeroExtent};
-use crate::fileio::{write_atomic, PathFile};
+use crate::fileio::PathFile;
 use crate::flat::FlatExtent;
 use crate::magic::{COWD_MAGIC, KDMV_MAGIC, SECTOR};
 use crate::sparse::SparseExtent;
@@ -390,7 +390,7 @@ impl Link {
 /// Store a descriptor at `path`: atomically for a standalone file, in place for an embedded one.
 pub fn write_descriptor(path: &Path, store: DescriptorStore, d: &Descriptor) -> Result<()> {
     match store {
-        DescriptorStore::Standalone => write_atomic(path, d.to_text().as_bytes()),
+        DescriptorStore::Standalone => Ok(fsio::write_atomic(path, d.to_text().as_bytes())?),
         DescriptorStore::Embedded => crate::sparse::write_embedded_descriptor(path, &d.to_text()),
     }
 }

@@ -5,9 +5,10 @@ use crate::descriptor::{CreateType, ExtentType};
 use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::extent::BlockState;
-use crate::fileio::{is_zero, sync_dir, PathFile};
+use crate::fileio::{is_zero, PathFile};
 use crate::link::{read_descriptor, write_descriptor, Link, OpenOptions};
 use crate::progress::Progress;
+use fsio::sync_dir;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
@@ -117,7 +118,7 @@ fn remove_files(files: &[PathBuf]) -> Result<()> {
             dirs.push(dir);
         }
     }
-    dirs.iter().try_for_each(|d| sync_dir(d))
+    Ok(dirs.iter().try_for_each(|d| sync_dir(d))?)
 }
 
 /// The files of the disk at `path` (its own link only: descriptor and extents).
@@ -179,7 +180,7 @@ pub fn rename(old: &Path, new: &Path) -> Result<()> {
     }
     match store {
         crate::link::DescriptorStore::Standalone => {
-            crate::fileio::write_atomic(new, d.to_text().as_bytes())?;
+            fsio::write_atomic(new, d.to_text().as_bytes())?;
             std::fs::remove_file(old).map_err(|e| Error::io(old, "remove", e))?;
         }
         crate::link::DescriptorStore::Embedded => {

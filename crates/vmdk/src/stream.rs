@@ -23,7 +23,7 @@
 //! produced in one pass with memory bounded by one grain table plus the directory.
 
 use crate::error::{Error, Result};
-use crate::fileio::{sync_dir, PathFile};
+use crate::fileio::PathFile;
 use crate::magic::{
     DEFAULT_GRAIN_SECTORS, EMBEDDED_DESCRIPTOR_SECTORS, KDMV_FLAG_COMPRESSED, KDMV_FLAG_MARKERS,
     KDMV_FLAG_NEWLINE_VALID, KDMV_GD_AT_END, KDMV_GTES_PER_GT, KDMV_NEWLINE_TEST, MARKER_EOS,
@@ -31,6 +31,7 @@ use crate::magic::{
 };
 use crate::sparse::{SparseHeader, GT_SECTORS, HEADER_BYTES};
 use flate2::{Compress, Compression, FlushCompress, Status};
+use fsio::sync_dir;
 use std::path::Path;
 
 /// Bytes of output gathered before one pwrite.
@@ -316,7 +317,7 @@ impl StreamWriter {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        sync_dir(dir)
+        Ok(sync_dir(dir)?)
     }
 }
 

@@ -201,7 +201,7 @@ fn copy_file(
         return Ok(data.len() as u64);
     }
     let mut copied = 0;
-    crate::fsutil::write_atomic_with(target, |file| {
+    crate::fsutil::write_atomic_with(target, false, |file| {
         copied = std::io::copy(&mut reader, file).map_err(|e| Error::io(&what, "copy", e))?;
         Ok(())
     })?;

@@ -5,7 +5,7 @@ use super::{
     COWD_FLAG_ROOT, GEOMETRY_HEADS, GEOMETRY_SECTORS, GT_SECTORS, HEADER_SECTORS,
 };
 use crate::error::{Error, Result};
-use crate::fileio::{self, PathFile};
+use crate::fileio::PathFile;
 use crate::magic::{COWD_VERSION, SECTOR};
 use std::path::Path;
 
@@ -98,5 +98,5 @@ fn write_fresh(file: &PathFile, header: &CowdHeader, gd: &[u8]) -> Result<()> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    fileio::sync_dir(dir)
+    Ok(fsio::sync_dir(dir)?)
 }

@@ -2,12 +2,13 @@
 
 use super::{len64, SparseHeader, GT_SECTORS, HEADER_BYTES};
 use crate::error::{Error, Result};
-use crate::fileio::{sync_dir, PathFile};
+use crate::fileio::PathFile;
 use crate::magic::{
     DEFAULT_GRAIN_SECTORS, EMBEDDED_DESCRIPTOR_SECTORS, KDMV_FLAG_NEWLINE_VALID,
     KDMV_FLAG_REDUNDANT_GD, KDMV_FLAG_ZEROED_GTE, KDMV_GTES_PER_GT, KDMV_MAGIC, KDMV_NEWLINE_TEST,
     MAX_CAPACITY_BYTES, SECTOR,
 };
+use fsio::sync_dir;
 use std::path::Path;
 
 /// Largest embedded descriptor read or written, sectors (64 KiB).
@@ -65,7 +66,7 @@ pub fn create(path: &Path, capacity_bytes: u64, opts: &CreateSparse) -> Result<(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    sync_dir(dir)
+    Ok(sync_dir(dir)?)
 }
 
 /// Validate the options and compute the header (also used by [`crate::export`]).
