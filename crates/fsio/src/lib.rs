@@ -36,5 +36,5 @@ pub use atomic::{
     WriteOptions,
 };
 pub use error::{Error, Result};
-pub use open::{open_regular, OpenKind};
+pub use open::{open_regular, open_regular_following, OpenKind};
 pub use perms::check_private;

@@ -25,10 +25,23 @@ pub enum OpenKind {
 /// [`Error::NotRegular`] for a symbolic link, FIFO, socket, device or folder;
 /// [`Error::Io`].
 pub fn open_regular(path: &Path, kind: OpenKind) -> Result<File> {
+    open_checked(path, kind, libc::O_NOFOLLOW)
+}
+
+/// [`open_regular`] for a path the user gave: a symbolic link is followed, but the file
+/// it leads to must still be a regular file.
+///
+/// # Errors
+/// As for [`open_regular`].
+pub fn open_regular_following(path: &Path, kind: OpenKind) -> Result<File> {
+    open_checked(path, kind, 0)
+}
+
+fn open_checked(path: &Path, kind: OpenKind, extra_flags: i32) -> Result<File> {
     let file = OpenOptions::new()
         .read(true)
         .write(kind == OpenKind::ReadWrite)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .custom_flags(extra_flags | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)
         .map_err(|e| {
             if e.raw_os_error() == Some(libc::ELOOP) {

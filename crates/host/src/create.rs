@@ -62,6 +62,9 @@ pub struct VmSpec {
     pub cpus: u32,
     /// `guestinfo.ip`.
     pub ip: Option<String>,
+    /// An imported descriptor may name extent and parent files outside its own folder
+    /// (`--allow-outside-extents`); refused otherwise.
+    pub allow_outside_extents: bool,
 }
 
 impl VmSpec {
@@ -78,6 +81,7 @@ impl VmSpec {
             memory_mb: 256,
             cpus: 1,
             ip: None,
+            allow_outside_extents: false,
         }
     }
 }
@@ -224,10 +228,13 @@ fn make_disks(
                 vmdk::create(&path, &cs).map_err(|e| Error::disk("create disk", e))?;
             }
             DiskSource::Import { source } => {
-                let opts = vmdk::OpenOptions {
-                    writable: false,
-                    allow_outside_paths: true,
+                // Only the user can vouch for a descriptor naming files elsewhere.
+                let confinement = if spec.allow_outside_extents {
+                    vmdk::Confinement::Anywhere
+                } else {
+                    vmdk::Confinement::Folder
                 };
+                let opts = vmdk::OpenOptions::read_only().confined(confinement);
                 let mut src = match vmdk::Disk::open(source, &opts) {
                     Err(vmdk::Error::NotVmdk { .. }) => vmdk::Disk::open_raw(source),
                     other => other,

@@ -107,12 +107,14 @@ pub enum Error {
         path: String,
     },
     /// A .vmx or .vmsd names a disk or file outside every datastore of the host.
-    #[error("{file}: {name:?} lies outside the host's datastores (refused)")]
+    #[error("{file}: {reason} (refused)")]
     OutsideDatastores {
         /// The .vmx, .vmsd or descriptor naming it.
         file: PathBuf,
         /// The name as written.
         name: String,
+        /// Why it is refused (see [`crate::Confined`]).
+        reason: String,
     },
     /// A file a VM needs does not exist.
     #[error("{path}: {what} is missing")]
@@ -299,6 +301,7 @@ mod tests {
         let e = Error::OutsideDatastores {
             file: "/ds/vm/vm.vmx".into(),
             name: "/etc/passwd".into(),
+            reason: "\"/etc/passwd\" lies outside the host's datastores".into(),
         };
         assert_eq!(
             e.to_string(),

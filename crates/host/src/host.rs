@@ -271,6 +271,11 @@ impl Host {
         })
     }
 
+    /// The host's one path-confinement rule over its datastores as configured now.
+    pub fn confined(&self) -> crate::Confined {
+        crate::Confined::of(self)
+    }
+
     /// The datastore path of an existing file or folder, if it lies inside a datastore
     /// (the innermost one when datastores nest).
     pub fn datastore_path_of(&self, path: &Path) -> Option<DatastorePath> {

@@ -50,6 +50,7 @@
 
 mod bundle;
 mod config;
+mod confine;
 mod create;
 mod error;
 mod fsutil;
@@ -64,6 +65,7 @@ mod vmops;
 
 pub use bundle::{backup_config, restore_config, BundleReport, BACKUPTOOLS_CONF};
 pub use config::{normalize_container, ContainerKind, HostConfig, CONFIG_VERSION, DATACENTER};
+pub use confine::Confined;
 pub use create::{DiskSource, VmSpec};
 pub use error::{Error, Result};
 pub use host::{system_hostname, Datastore, Host, DEFAULT_NAME_CACHE, HOST_FILE, INVENTORY_FILE};

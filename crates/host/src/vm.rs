@@ -113,10 +113,11 @@ impl Vm {
     ) -> Result<Vm> {
         let path = host.resolve(vmx)?;
         let vmx_path = canonical(&path, ".vmx file")?;
-        if !host.in_datastore(&vmx_path) {
+        if let Err(reason) = host.confined().datastore_path(vmx) {
             return Err(Error::OutsideDatastores {
                 file: path,
                 name: vmx.to_string(),
+                reason,
             });
         }
         let config = read_vmx(&vmx_path)?;
@@ -203,7 +204,9 @@ impl Vm {
             .into_iter()
             .map(|d| (d.name, d.path))
             .collect();
-        runtime::Vm::new(&self.vmx_path).with_datastores(datastores)
+        runtime::Vm::new(&self.vmx_path)
+            .with_datastores(datastores)
+            .with_policy(host.confined().policy())
     }
 
     /// The runtime handle when a live QEMU runs the VM, `None` when none does.
@@ -270,52 +273,21 @@ impl Vm {
         })
     }
 
-    /// Resolves a file name written in the .vmx or .vmsd: relative to the VM folder, a
-    /// datastore path, or an absolute path (`/vmfs/volumes/NAME/...` maps to datastore
-    /// NAME). The result is canonical when the file exists, and must lie inside one of
-    /// the host's datastores.
+    /// Resolves a file name written in the .vmx or .vmsd by the host's one rule
+    /// ([`Confined::vm_file`](crate::Confined::vm_file)): relative to the VM folder, a
+    /// datastore path, or an absolute path; the result (canonical when the file exists)
+    /// lies inside one of the host's datastores.
     ///
     /// # Errors
-    /// [`Error::Vmx`] for a relative name with `..` or control characters;
-    /// [`Error::OutsideDatastores`]; [`Error::UnknownDatastore`].
+    /// [`Error::OutsideDatastores`] saying why the name is refused.
     pub fn resolve_name(&self, host: &Host, name: &str) -> Result<PathBuf> {
-        let outside = || Error::OutsideDatastores {
-            file: self.vmx_path.clone(),
-            name: name.to_owned(),
-        };
-        let path = if name.starts_with('[') {
-            let dp: DatastorePath = name.parse().map_err(|e| Error::vmx(&self.vmx_path, e))?;
-            host.resolve(&dp)?
-        } else if let Some(rest) = name.strip_prefix("/vmfs/volumes/") {
-            let (ds, rel) = rest.split_once('/').unwrap_or((rest, ""));
-            let dp = DatastorePath::new(ds, rel).map_err(|_| outside())?;
-            host.resolve(&dp)?
-        } else if name.starts_with('/') {
-            PathBuf::from(name)
-        } else {
-            vmx::validate_relative_name(name).map_err(|e| Error::vmx(&self.vmx_path, e))?;
-            self.dir.join(name)
-        };
-        let resolved = match std::fs::canonicalize(&path) {
-            Ok(c) => c,
-            Err(_) => {
-                // Not there (yet): confine its folder instead.
-                let parent = std::fs::canonicalize(parent_dir(&path)).map_err(|_| outside())?;
-                match path.file_name() {
-                    Some(file) => parent.join(file),
-                    None => return Err(outside()),
-                }
-            }
-        };
-        let check = if resolved.exists() {
-            resolved.clone()
-        } else {
-            parent_dir(&resolved)
-        };
-        if !host.in_datastore(&check) {
-            return Err(outside());
-        }
-        Ok(resolved)
+        host.confined()
+            .vm_file(&self.dir, name)
+            .map_err(|reason| Error::OutsideDatastores {
+                file: self.vmx_path.clone(),
+                name: name.to_owned(),
+                reason,
+            })
     }
 
     /// How to write `path` into the .vmx or .vmsd: a bare name inside the VM folder, else

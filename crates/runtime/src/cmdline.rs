@@ -18,6 +18,7 @@
 //! | `ethernetN.present`                    | user-mode `-netdev` + `e1000`/`e1000e`/`vmxnet3`/`pcnet` |
 //! | `firmware = "efi"`                     | OVMF from the `ovmf` package, vars in `<vm>.efivars.fd` |
 //! | `vcb.kernel`/`vcb.initrd`/`vcb.append` | `-kernel`/`-initrd`/`-append`                    |
+//! | (always)                               | `-sandbox on,...=deny` (see [`SANDBOX`])          |
 //! | `vcb.guestAgent = "TRUE"`              | virtio-serial port `org.qemu.guest_agent.0` → [`AGENT_SOCKET`](crate::paths::AGENT_SOCKET) |
 //!
 //! The disk node name is the .vmx node with `-` for `:` (`scsi0:1` → `scsi0-1`); the
@@ -96,6 +97,9 @@ impl QemuCommand {
     }
 }
 
+/// QEMU's seccomp filter: on, with the optional denials vcb never needs.
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
 /// The QEMU block node name of a disk node.
 pub fn node_name(node: DiskNode) -> String {
     node.file_prefix()
@@ -110,6 +114,7 @@ pub fn device_id(node: DiskNode) -> String {
 pub(crate) struct BuildInput<'a> {
     pub(crate) files: &'a VmFiles,
     pub(crate) datastores: &'a BTreeMap<String, PathBuf>,
+    pub(crate) policy: Option<&'a dyn crate::paths::PathPolicy>,
     pub(crate) program: &'a str,
     pub(crate) accel: Accel,
     pub(crate) incoming: bool,
@@ -119,12 +124,15 @@ pub(crate) struct BuildInput<'a> {
 /// Builds the command line for `cfg`.
 pub(crate) fn build(cfg: &VmConfig, input: &BuildInput<'_>) -> Result<QemuCommand> {
     let vmx = &input.files.vmx;
-    let resolver = Resolver::new(vmx, input.datastores);
+    let resolver = Resolver::new(vmx, input.datastores, input.policy);
     let mut b = Builder {
         args: Vec::new(),
         warnings: Vec::new(),
     };
     b.push(&["-nodefaults", "-no-user-config", "-display", "none"]);
+    // A compromised QEMU (it parses guest-controlled data all day) may not gain
+    // privileges, start programs or change scheduling and limits.
+    b.push(&["-sandbox", SANDBOX]);
     b.push(&["-machine", "pc", "-accel", input.accel.as_str()]);
     let name = cfg.display_name().unwrap_or("vm");
     b.push(&["-name", &format!("guest={}", escape(name))]);

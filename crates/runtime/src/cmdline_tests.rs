@@ -1,6 +1,30 @@
 use super::*;
 
+/// A policy like the host's for a host whose one datastore is `/` (tests only).
+#[derive(Debug)]
+struct Anywhere;
+
+impl crate::paths::PathPolicy for Anywhere {
+    fn resolve(
+        &self,
+        folder: &Path,
+        _key: &str,
+        name: &str,
+    ) -> std::result::Result<PathBuf, String> {
+        Ok(folder.join(name))
+    }
+}
+
 fn command(text: &str, accel: Accel, incoming: bool) -> Result<QemuCommand> {
+    command_with(text, accel, incoming, Some(&Anywhere))
+}
+
+fn command_with(
+    text: &str,
+    accel: Accel,
+    incoming: bool,
+    policy: Option<&dyn crate::paths::PathPolicy>,
+) -> Result<QemuCommand> {
     let cfg = VmConfig::from_dict(&vmx::Dict::parse(text).unwrap()).unwrap();
     let files = VmFiles::new(Path::new("/ds/vm,1/vm.vmx"), Some(&cfg)).unwrap();
     let datastores = BTreeMap::new();
@@ -9,6 +33,7 @@ fn command(text: &str, accel: Accel, incoming: bool) -> Result<QemuCommand> {
         &BuildInput {
             files: &files,
             datastores: &datastores,
+            policy,
             program: "qemu-system-x86_64",
             accel,
             incoming,
@@ -149,7 +174,7 @@ fn error_unsupported() {
         "scsi0:0.present = \"TRUE\"\nscsi0:0.fileName = \"../a.vmdk\"\n",
         "vcb.kernel = \"../../k\"\n",
     ] {
-        let err = command(text, Accel::Tcg, false).unwrap_err();
+        let err = command_with(text, Accel::Tcg, false, None).unwrap_err();
         assert!(matches!(err, Error::Unsupported { .. }), "{text}: {err}");
     }
 }
@@ -159,4 +184,45 @@ fn quotes_for_the_shell() {
     assert_eq!(shell_quote("a,b=c/d"), "a,b=c/d");
     assert_eq!(shell_quote("it's"), "'it'\\''s'");
     assert_eq!(shell_quote(""), "''");
+}
+
+#[test]
+fn issue_10_hostile_vmx_paths_are_refused_without_the_hosts_policy() {
+    // Without a policy only names inside the VM folder resolve: a serial port, kernel
+    // or disk naming a host file is refused before QEMU could open or create it.
+    for (key, value) in [
+        ("serial0.fileName", "/some/host/file"),
+        ("vcb.initrd", "/etc/shadow"),
+        ("vcb.kernel", "../../boot/vmlinuz"),
+        ("scsi0:0.fileName", "/dev/sda"),
+    ] {
+        let base = "scsi0.present = \"TRUE\"\nscsi0:0.present = \"TRUE\"\nserial0.present = \"TRUE\"\nserial0.fileType = \"file\"\n";
+        let mut text = format!("{base}{key} = \"{value}\"\n");
+        for (k, v) in [
+            ("scsi0:0.fileName", "vm.vmdk"),
+            ("serial0.fileName", "s.log"),
+        ] {
+            if k != key {
+                text.push_str(&format!("{k} = \"{v}\"\n"));
+            }
+        }
+        let e = command_with(&text, Accel::Tcg, false, None).unwrap_err();
+        assert!(matches!(e, Error::Unsupported { .. }), "{key}: {e}");
+        assert!(e.to_string().contains(key), "{e}");
+    }
+}
+
+#[test]
+fn qemu_runs_sandboxed() {
+    let c = command(VMX, Accel::Tcg, false).unwrap();
+    let sandbox = values(&c, "-sandbox");
+    assert_eq!(sandbox.len(), 1);
+    for part in [
+        "on",
+        "elevateprivileges=deny",
+        "spawn=deny",
+        "resourcecontrol=deny",
+    ] {
+        assert!(sandbox[0].split(',').any(|p| p == part), "{}", sandbox[0]);
+    }
 }

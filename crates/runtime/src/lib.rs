@@ -88,7 +88,7 @@ pub use commit::CommitReport;
 pub use error::{Error, Result};
 pub use live::{LiveSnapshot, SnapshotDisk};
 pub use memsnap::MemorySnapshot;
-pub use paths::{VmFiles, AGENT_SOCKET, LOG_FILE, PID_FILE, QMP_SOCKET};
+pub use paths::{PathPolicy, VmFiles, AGENT_SOCKET, LOG_FILE, PID_FILE, QMP_SOCKET};
 pub use qmp::Qmp;
 pub use quiesce::{FreezeGuard, Quiesce, ThawReport};
 pub use suspend::SuspendReport;

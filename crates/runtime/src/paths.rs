@@ -43,7 +43,7 @@ impl VmFiles {
     /// [`Error::Io`] if `vmx` cannot be made absolute; [`Error::Unsupported`] for a
     /// `suspend.Directory` that cannot be resolved.
     pub fn new(vmx: &Path, cfg: Option<&VmConfig>) -> Result<VmFiles> {
-        VmFiles::locate(vmx, cfg, &BTreeMap::new())
+        VmFiles::locate(vmx, cfg, &BTreeMap::new(), None)
     }
 
     /// [`VmFiles::new`], resolving a `[datastore] path` suspend folder through
@@ -52,6 +52,7 @@ impl VmFiles {
         vmx: &Path,
         cfg: Option<&VmConfig>,
         datastores: &BTreeMap<String, PathBuf>,
+        policy: Option<&dyn PathPolicy>,
     ) -> Result<VmFiles> {
         let vmx = std::path::absolute(vmx).map_err(|e| Error::io(vmx, "resolve", e))?;
         let folder = vmx.parent().unwrap_or(Path::new("/")).to_path_buf();
@@ -63,7 +64,9 @@ impl VmFiles {
             .and_then(VmConfig::suspend_dir)
             .filter(|d| !d.is_empty())
         {
-            Some(dir) => Resolver::new(&vmx, datastores).resolve("suspend.Directory", dir)?,
+            Some(dir) => {
+                Resolver::new(&vmx, datastores, policy).resolve("suspend.Directory", dir)?
+            }
             None => folder.clone(),
         };
         Ok(VmFiles {
@@ -78,20 +81,43 @@ impl VmFiles {
     }
 }
 
-/// Turns file names from a .vmx into paths: relative to the VM folder (never leaving it:
-/// no `..`), absolute as written, or `[datastore] path` through the datastore map.
+/// Where the file names a .vmx holds may lead: the host layer's one confinement rule
+/// implements it (`host::Confined`), so the runtime resolves exactly what the host does.
+pub trait PathPolicy: Send + Sync + std::fmt::Debug {
+    /// The file the .vmx key `key` names with `name`, for the VM whose folder is
+    /// `vm_folder`; `Err(reason)` refuses it.
+    ///
+    /// # Errors
+    /// A one-line reason when the name is refused.
+    fn resolve(
+        &self,
+        vm_folder: &Path,
+        key: &str,
+        name: &str,
+    ) -> std::result::Result<PathBuf, String>;
+}
+
+/// Turns file names from a .vmx into paths: through the caller's [`PathPolicy`] when it
+/// gave one; else relative to the VM folder (never leaving it: no `..`, no absolute
+/// path) or `[datastore] path` through the datastore map.
 pub(crate) struct Resolver<'a> {
     vmx: &'a Path,
     folder: &'a Path,
     datastores: &'a BTreeMap<String, PathBuf>,
+    policy: Option<&'a dyn PathPolicy>,
 }
 
 impl<'a> Resolver<'a> {
-    pub(crate) fn new(vmx: &'a Path, datastores: &'a BTreeMap<String, PathBuf>) -> Resolver<'a> {
+    pub(crate) fn new(
+        vmx: &'a Path,
+        datastores: &'a BTreeMap<String, PathBuf>,
+        policy: Option<&'a dyn PathPolicy>,
+    ) -> Resolver<'a> {
         Resolver {
             vmx,
             folder: vmx.parent().unwrap_or(Path::new("/")),
             datastores,
+            policy,
         }
     }
 
@@ -102,6 +128,9 @@ impl<'a> Resolver<'a> {
             key: key.to_owned(),
             reason,
         };
+        if let Some(policy) = self.policy {
+            return policy.resolve(self.folder, key, name).map_err(unsupported);
+        }
         if name.trim_start().starts_with('[') {
             let ds: DatastorePath = name
                 .parse()
@@ -113,9 +142,6 @@ impl<'a> Resolver<'a> {
             return Ok(root.join(ds.path()));
         }
         let path = Path::new(name);
-        if path.is_absolute() {
-            return Ok(path.to_path_buf());
-        }
         let confined = !name.is_empty()
             && path
                 .components()
@@ -136,22 +162,25 @@ mod tests {
         let f = VmFiles::new(Path::new("/ds/vm37/vm37.vmx"), None).unwrap();
         assert_eq!(f.pid, Path::new("/ds/vm37/.vcb-qemu.pid"));
         assert_eq!(f.vmss, Path::new("/ds/vm37/vm37.vmss"));
-        let text = "suspend.Directory = \"/fast/suspend\"\n";
+        let text = "suspend.Directory = \"fast/suspend\"\n";
         let cfg = VmConfig::from_dict(&vmx::Dict::parse(text).unwrap()).unwrap();
         let f = VmFiles::new(Path::new("/ds/vm37/vm37.vmx"), Some(&cfg)).unwrap();
-        assert_eq!(f.vmss, Path::new("/fast/suspend/vm37.vmss"));
+        assert_eq!(f.vmss, Path::new("/ds/vm37/fast/suspend/vm37.vmss"));
     }
 
     #[test]
     fn resolves_relative_absolute_and_datastore_names() {
         let mut ds = BTreeMap::new();
         ds.insert("datastore1".to_owned(), PathBuf::from("/vol/ds1"));
-        let r = Resolver::new(Path::new("/vol/ds1/vm/vm.vmx"), &ds);
+        let r = Resolver::new(Path::new("/vol/ds1/vm/vm.vmx"), &ds, None);
         assert_eq!(
             r.resolve("k", "d.vmdk").unwrap(),
             Path::new("/vol/ds1/vm/d.vmdk")
         );
-        assert_eq!(r.resolve("k", "/x/d.vmdk").unwrap(), Path::new("/x/d.vmdk"));
+        assert!(
+            r.resolve("k", "/x/d.vmdk").is_err(),
+            "absolute names need a policy"
+        );
         assert_eq!(
             r.resolve("k", "[datastore1] other/d.vmdk").unwrap(),
             Path::new("/vol/ds1/other/d.vmdk")
@@ -161,8 +190,15 @@ mod tests {
     #[test]
     fn error_unsupported_names() {
         let ds = BTreeMap::new();
-        let r = Resolver::new(Path::new("/vol/vm/vm.vmx"), &ds);
-        for bad in ["../etc/passwd", "a/../../b", "", "[nosuch] d.vmdk", "[bad"] {
+        let r = Resolver::new(Path::new("/vol/vm/vm.vmx"), &ds, None);
+        for bad in [
+            "../etc/passwd",
+            "a/../../b",
+            "",
+            "[nosuch] d.vmdk",
+            "[bad",
+            "/etc/x",
+        ] {
             assert!(
                 matches!(r.resolve("k", bad), Err(Error::Unsupported { .. })),
                 "{bad}"

@@ -98,6 +98,7 @@ pub struct PowerOnReport {
 pub struct Vm {
     pub(crate) vmx: PathBuf,
     pub(crate) datastores: BTreeMap<String, PathBuf>,
+    pub(crate) policy: Option<std::sync::Arc<dyn crate::paths::PathPolicy>>,
     pub(crate) program: String,
 }
 
@@ -107,6 +108,7 @@ impl Vm {
         Vm {
             vmx: vmx.into(),
             datastores: BTreeMap::new(),
+            policy: None,
             program: QEMU_PROGRAM.to_owned(),
         }
     }
@@ -114,6 +116,13 @@ impl Vm {
     /// Resolves `[datastore] path` file names through `datastores` (name → folder).
     pub fn with_datastores(mut self, datastores: BTreeMap<String, PathBuf>) -> Vm {
         self.datastores = datastores;
+        self
+    }
+
+    /// Resolves every file name of the .vmx through `policy` (the host's confinement
+    /// rule) instead of the built-in folder-only rule.
+    pub fn with_policy(mut self, policy: std::sync::Arc<dyn crate::paths::PathPolicy>) -> Vm {
+        self.policy = Some(policy);
         self
     }
 
@@ -146,7 +155,12 @@ impl Vm {
     /// # Errors
     /// As for [`config`](Vm::config), plus an unresolvable `suspend.Directory`.
     pub fn files(&self) -> Result<VmFiles> {
-        VmFiles::locate(&self.vmx, Some(&self.config()?), &self.datastores)
+        VmFiles::locate(
+            &self.vmx,
+            Some(&self.config()?),
+            &self.datastores,
+            self.policy.as_deref(),
+        )
     }
 
     /// The QEMU command line [`power_on`](Vm::power_on) would run, with the accelerator
@@ -170,10 +184,16 @@ impl Vm {
         opts: &PowerOnOptions,
     ) -> Result<QemuCommand> {
         let cfg = self.config()?;
-        let files = VmFiles::locate(&self.vmx, Some(&cfg), &self.datastores)?;
+        let files = VmFiles::locate(
+            &self.vmx,
+            Some(&cfg),
+            &self.datastores,
+            self.policy.as_deref(),
+        )?;
         let input = BuildInput {
             files: &files,
             datastores: &self.datastores,
+            policy: self.policy.as_deref(),
             program: &self.program,
             accel,
             incoming,

@@ -34,6 +34,8 @@ pub struct Disk {
 impl Disk {
     /// Open the disk whose descriptor (or monolithic sparse file) is `path`, following parents.
     pub fn open(path: &Path, opts: &OpenOptions) -> Result<Disk> {
+        // A disk replacement a killed process left half done is finished or undone first.
+        crate::replace::recover_folder(&crate::confine::canonical_dir(path)?)?;
         let top = Link::open(path, opts.writable, opts)?;
         let capacity = top.capacity();
         let mut links = vec![top];
@@ -48,8 +50,7 @@ impl Disk {
                 .parent_file_name_hint
                 .as_deref()
                 .unwrap_or_default();
-            let parent_path =
-                crate::link::resolve_name(&child.path, hint, "parent", opts.allow_outside_paths)?;
+            let parent_path = crate::link::resolve_name(&child.path, hint, "parent", opts)?;
             if !parent_path.exists() {
                 return Err(Error::MissingParent {
                     path: child.path.clone(),
@@ -69,7 +70,10 @@ impl Disk {
                     max: MAX_CHAIN_DEPTH,
                 });
             }
-            let parent = Link::open(&parent_path, false, opts)?;
+            if let Some(dir) = parent_path.parent() {
+                crate::replace::recover_folder(dir)?;
+            }
+            let parent = Link::open_parent(&parent_path, opts)?;
             if parent.descriptor.cid != child.descriptor.parent_cid {
                 return Err(Error::ParentCidMismatch {
                     path: child.path.clone(),

@@ -28,6 +28,15 @@ impl PathFile {
         })
     }
 
+    /// Wrap a file opened elsewhere (checked by the caller).
+    pub fn from_file(file: File, path: &Path, writable: bool) -> Result<Self> {
+        Ok(PathFile {
+            file,
+            path: path.to_path_buf(),
+            writable,
+        })
+    }
+
     /// Create a new file; fails if it exists.
     pub fn create_new(path: &Path) -> Result<Self> {
         let file = std::fs::OpenOptions::new()

@@ -25,7 +25,12 @@ const WRITEBACK_KICK_BYTES: u64 = 8 << 20;
 impl FlatExtent {
     /// Open `path`, where the extent's bytes start at `offset_bytes` and span `len_bytes`.
     pub fn open(path: &Path, offset_bytes: u64, len_bytes: u64, writable: bool) -> Result<Self> {
-        let file = PathFile::open(path, writable)?;
+        FlatExtent::from_file(PathFile::open(path, writable)?, offset_bytes, len_bytes)
+    }
+
+    /// The extent over the open `file` (writable when the file was opened so).
+    pub fn from_file(file: PathFile, offset_bytes: u64, len_bytes: u64) -> Result<Self> {
+        let path = file.path().to_path_buf();
         let meta = file
             .file()
             .metadata()

@@ -6,7 +6,7 @@ use crate::descriptor::ExtentType;
 use crate::disk::Disk;
 use crate::error::Result;
 use crate::extent::BlockState;
-use crate::link::{read_descriptor, resolve_name, OpenOptions};
+use crate::link::{read_descriptor, OpenOptions};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -110,11 +110,16 @@ pub fn chain_consistent(path: &Path, opts: &OpenOptions) -> Result<Vec<PathBuf>>
 /// Check (and with `repair`, fix) the metadata of every extent of the disk at `path` (its
 /// own link), and the chain below it.
 pub fn check(path: &Path, repair: bool, opts: &OpenOptions) -> Result<CheckReport> {
-    let (d, _) = read_descriptor(path)?;
+    crate::replace::recover_folder(&crate::confine::canonical_dir(path)?)?;
+    let (d, store) = read_descriptor(path)?;
     let mut report = CheckReport::default();
     for e in &d.extents {
         let Some(name) = &e.file else { continue };
-        let file = resolve_name(path, name, "extent", opts.allow_outside_paths)?;
+        let file = if store == crate::link::DescriptorStore::Embedded {
+            path.to_path_buf()
+        } else {
+            crate::confine::resolve_extent(path, e.kind, name, opts)?
+        };
         if !file.exists() {
             report.problem(format!(
                 "{}: extent file {} is missing",
@@ -183,7 +188,12 @@ pub fn rdm_target(path: &Path) -> Result<(RdmMode, PathBuf)> {
         .iter()
         .find_map(|e| e.file.clone())
         .ok_or_else(|| crate::Error::corrupt(path, "mapping without an extent file"))?;
-    let map = resolve_name(path, &name, "extent", false)?;
+    let map = crate::confine::resolve(
+        path,
+        &name,
+        crate::confine::Role::RdmExtent,
+        &OpenOptions::default(),
+    )?;
     let target = std::fs::read_link(&map).unwrap_or(map);
     Ok((mode, target))
 }

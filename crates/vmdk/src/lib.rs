@@ -23,6 +23,7 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod check;
+pub mod confine;
 mod convert;
 pub mod cowd;
 mod create;
@@ -38,10 +39,12 @@ mod link;
 pub mod magic;
 mod ops;
 pub mod progress;
+pub mod replace;
 pub mod sparse;
 pub mod stream;
 
 pub use check::CheckReport;
+pub use confine::{Confinement, FileSource};
 pub use convert::convert;
 pub use create::{
     create, create_child, relative_hint, AdapterType, ChildFormat, CreateSpec, DiskFormat,

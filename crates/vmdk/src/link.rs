@@ -1,5 +1,6 @@
 //! One link of a chain: a descriptor and the extents it lists.
 
+use crate::confine::{open_file, resolve, Confinement, FileSource, Role};
 use crate::cowd::CowdExtent;
 use crate::descriptor::{Access, Descriptor, ExtentType};
 use crate::error::{Error, Result};
@@ -8,16 +9,19 @@ use crate::fileio::PathFile;
 use crate::flat::FlatExtent;
 use crate::magic::{COWD_MAGIC, KDMV_MAGIC, SECTOR};
 use crate::sparse::SparseExtent;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// How to open a disk.
 #[derive(Debug, Clone, Default)]
 pub struct OpenOptions {
     /// Open the top link for writing (parents are always read-only).
     pub writable: bool,
-    /// Permit extent and parent file names that leave the descriptor's folder
-    /// (absolute paths elsewhere, `..`). Off by default: descriptors are untrusted input.
-    pub allow_outside_paths: bool,
+    /// Where extent and parent files may lie (see [`crate::confine`]). The default
+    /// confines them to each descriptor's folder: descriptors are untrusted input.
+    pub confinement: Confinement,
+    /// Open every file of the chain through this instead of the file system.
+    pub source: Option<Arc<dyn FileSource>>,
 }
 
 impl OpenOptions {
@@ -32,6 +36,12 @@ impl OpenOptions {
             writable: true,
             ..Default::default()
         }
+    }
+
+    /// These options with `confinement`.
+    pub fn confined(mut self, confinement: Confinement) -> Self {
+        self.confinement = confinement;
+        self
     }
 }
 
@@ -58,23 +68,30 @@ pub struct Link {
     pub(crate) cid_renewed: bool,
 }
 
-/// Read the descriptor of the disk at `path`, standalone or embedded.
+/// Read the descriptor of the disk at `path`, standalone or embedded. `path` is the
+/// caller's own (symbolic links are followed); it must be a regular file.
 pub fn read_descriptor(path: &Path) -> Result<(Descriptor, DescriptorStore)> {
-    let f = PathFile::open(path, false)?;
+    let file = crate::confine::open_regular_following(path, false)?;
+    descriptor_of(&PathFile::from_file(file, path, false)?)
+}
+
+/// Read the descriptor held by the open file `f`, standalone or embedded.
+pub(crate) fn descriptor_of(f: &PathFile) -> Result<(Descriptor, DescriptorStore)> {
+    let path = f.path();
     let len = f.len()?;
     let mut magic = [0u8; 4];
     if len >= 4 {
         f.read_exact_at(&mut magic, 0, "magic")?;
     }
     if magic == KDMV_MAGIC {
-        return match crate::sparse::read_embedded_descriptor(path)? {
+        return match crate::sparse::read_embedded_descriptor_of(f)? {
             Some(text) => Ok((
                 Descriptor::parse(text.as_bytes(), path)?,
                 DescriptorStore::Embedded,
             )),
             None => {
                 // A bare sparse extent without descriptor: describe it as monolithicSparse.
-                let cap = crate::sparse::header_capacity_bytes(path)?;
+                let cap = crate::sparse::header_capacity_bytes_of(f)?;
                 let mut d = Descriptor::new(crate::descriptor::CreateType::MonolithicSparse);
                 d.extents.push(crate::descriptor::ExtentLine {
                     access: Access::Rw,
@@ -118,60 +135,69 @@ pub(crate) fn file_name_of(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Resolve a file name from a descriptor relative to the descriptor's folder, refusing names
-/// that leave that folder unless allowed.
-pub fn resolve_name(
+/// Resolve a file name from a descriptor (see [`crate::confine`]).
+pub(crate) fn resolve_name(
     descriptor_path: &Path,
     name: &str,
     kind: &'static str,
-    allow_outside: bool,
+    opts: &OpenOptions,
 ) -> Result<PathBuf> {
-    let dir = descriptor_path.parent().unwrap_or(Path::new(""));
-    let candidate = Path::new(name);
-    if allow_outside {
-        return Ok(dir.join(candidate));
-    }
-    let refuse = || Error::PathOutsideFolder {
-        path: descriptor_path.to_path_buf(),
-        kind,
-        name: name.to_string(),
+    let role = if kind == "parent" {
+        Role::Parent
+    } else {
+        Role::Extent
     };
-    if name.contains('\0') {
-        return Err(refuse());
-    }
-    if candidate.is_absolute() {
-        // An absolute name is fine when it points into the descriptor's own folder.
-        let abs_dir = std::path::absolute(dir).map_err(|e| Error::io(dir, "resolve", e))?;
-        return match candidate.parent() {
-            Some(p) if p == abs_dir && candidate.file_name().is_some() => {
-                Ok(candidate.to_path_buf())
-            }
-            _ => Err(refuse()),
-        };
-    }
-    if candidate
-        .components()
-        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-    {
-        return Err(refuse());
-    }
-    Ok(dir.join(candidate))
+    resolve(descriptor_path, name, role, opts)
 }
 
 impl Link {
-    /// Open one link (not its parents).
+    /// Open one link (not its parents). `path` is the caller's: symbolic links in it are
+    /// followed (a chain's parents are opened by [`Link::open_parent`] instead).
     pub fn open(path: &Path, writable: bool, opts: &OpenOptions) -> Result<Link> {
-        let (descriptor, store) = read_descriptor(path)?;
+        let file = match &opts.source {
+            Some(_) => open_file(path, Role::Parent, writable, opts)?,
+            None => PathFile::from_file(
+                crate::confine::open_regular_following(path, writable)?,
+                path,
+                writable,
+            )?,
+        };
+        Link::open_file(file, writable, opts)
+    }
+
+    /// Open the parent descriptor `path` (resolved and confined from a child's hint):
+    /// read-only, without following a symbolic link.
+    pub(crate) fn open_parent(path: &Path, opts: &OpenOptions) -> Result<Link> {
+        Link::open_file(open_file(path, Role::Parent, false, opts)?, false, opts)
+    }
+
+    fn open_file(file: PathFile, writable: bool, opts: &OpenOptions) -> Result<Link> {
+        let path = file.path().to_path_buf();
+        let (descriptor, store) = descriptor_of(&file)?;
+        let embedded_data = store == DescriptorStore::Embedded;
+        if embedded_data && descriptor.extents.len() != 1 {
+            return Err(Error::unsupported(
+                &path,
+                "an embedded descriptor names more than one extent",
+            ));
+        }
+        let mut own_file = embedded_data.then_some(file);
+        let mut opened: Vec<PathBuf> = Vec::new();
         let mut extents: Vec<Box<dyn Extent>> = Vec::with_capacity(descriptor.extents.len());
         let mut starts = Vec::with_capacity(descriptor.extents.len() + 1);
         let mut access = Vec::with_capacity(descriptor.extents.len());
         let mut pos = 0u64;
+        let sparse_count = descriptor
+            .extents
+            .iter()
+            .filter(|l| l.kind == ExtentType::Sparse)
+            .count();
         for line in &descriptor.extents {
             let len = line
                 .sectors
                 .checked_mul(SECTOR)
                 .ok_or_else(|| Error::BadDescriptor {
-                    path: path.to_path_buf(),
+                    path: path.clone(),
                     line: 0,
                     reason: "extent size overflows".into(),
                     text: line.sectors.to_string(),
@@ -180,51 +206,30 @@ impl Link {
             let extent: Box<dyn Extent> = match (line.kind, &line.file) {
                 (ExtentType::Zero, _) => Box::new(ZeroExtent {
                     len_bytes: len,
-                    descriptor: path.to_path_buf(),
+                    descriptor: path.clone(),
                 }),
-                (_, None) => return Err(Error::corrupt(path, "extent without a file name")),
+                (_, None) => return Err(Error::corrupt(&path, "extent without a file name")),
                 (kind, Some(name)) => {
-                    let file = resolve_name(path, name, "extent", opts.allow_outside_paths)?;
-                    match kind {
-                        ExtentType::Flat
-                        | ExtentType::Vmfs
-                        | ExtentType::VmfsRdm
-                        | ExtentType::VmfsRaw => {
-                            let offset =
-                                line.offset_sectors.checked_mul(SECTOR).ok_or_else(|| {
-                                    Error::corrupt(
-                                        path,
-                                        format!("extent offset {} overflows", line.offset_sectors),
-                                    )
-                                })?;
-                            Box::new(FlatExtent::open(&file, offset, len, ext_writable)?)
-                        }
-                        ExtentType::Sparse => {
-                            Box::new(SparseExtent::open(&file, len, ext_writable)?)
-                        }
-                        ExtentType::VmfsSparse => {
-                            Box::new(CowdExtent::open(&file, len, ext_writable)?)
-                        }
-                        ExtentType::SeSparse => {
-                            return Err(Error::unsupported(
-                                path,
-                                "seSparse extents are not supported",
-                            ))
-                        }
-                        ExtentType::Zero => unreachable!("handled above"),
-                    }
+                    // A monolithic sparse or stream file is one file whatever name its
+                    // embedded descriptor gives (exports say "generated-stream.vmdk").
+                    let file = match own_file.take() {
+                        Some(f) => f,
+                        None => open_extent(&path, name, kind, ext_writable, opts, &mut opened)?,
+                    };
+                    let budget = gt_cache_budget(sparse_count);
+                    extent_of(&path, line, kind, file, len, budget)?
                 }
             };
             starts.push(pos);
             access.push(line.access);
             pos = pos
                 .checked_add(len)
-                .ok_or_else(|| Error::corrupt(path, "capacity overflows"))?;
+                .ok_or_else(|| Error::corrupt(&path, "capacity overflows"))?;
             extents.push(extent);
         }
         if pos > crate::magic::MAX_CAPACITY_BYTES {
             return Err(Error::BadHeader {
-                path: path.to_path_buf(),
+                path,
                 field: "capacity",
                 value: pos,
                 reason: "larger than 64 TiB",
@@ -232,7 +237,7 @@ impl Link {
         }
         starts.push(pos);
         Ok(Link {
-            path: path.to_path_buf(),
+            path,
             descriptor,
             store,
             extents,
@@ -387,6 +392,79 @@ impl Link {
     }
 }
 
+/// Memory for cached grain tables of one link, shared by its sparse extents: a
+/// descriptor listing many extents cannot multiply it.
+const LINK_GT_CACHE_TABLES: usize = 32 * 1024;
+
+/// Grain tables each of `sparse_count` sparse extents may cache.
+fn gt_cache_budget(sparse_count: usize) -> usize {
+    (LINK_GT_CACHE_TABLES / sparse_count.max(1)).clamp(1, crate::sparse::DEFAULT_MAX_TABLES)
+}
+
+/// Resolves and opens the file of an extent line. A sparse or COWD file (a whole-file
+/// format) may appear in one extent line only.
+fn open_extent(
+    descriptor: &Path,
+    name: &str,
+    kind: ExtentType,
+    writable: bool,
+    opts: &OpenOptions,
+    opened: &mut Vec<PathBuf>,
+) -> Result<PathFile> {
+    let role = match kind {
+        ExtentType::VmfsRdm | ExtentType::VmfsRaw => Role::RdmExtent,
+        _ => Role::Extent,
+    };
+    let file = resolve(descriptor, name, role, opts)?;
+    if matches!(
+        kind,
+        ExtentType::Sparse | ExtentType::VmfsSparse | ExtentType::SeSparse
+    ) {
+        if opened.contains(&file) {
+            return Err(Error::corrupt(
+                descriptor,
+                format!("{name:?} is named by more than one sparse extent"),
+            ));
+        }
+        opened.push(file.clone());
+    }
+    open_file(&file, role, writable, opts)
+}
+
+/// The extent of `kind` over the open `file`.
+fn extent_of(
+    descriptor: &Path,
+    line: &crate::descriptor::ExtentLine,
+    kind: ExtentType,
+    file: PathFile,
+    len: u64,
+    gt_tables: usize,
+) -> Result<Box<dyn Extent>> {
+    Ok(match kind {
+        ExtentType::Flat | ExtentType::Vmfs | ExtentType::VmfsRdm | ExtentType::VmfsRaw => {
+            let offset = line.offset_sectors.checked_mul(SECTOR).ok_or_else(|| {
+                Error::corrupt(
+                    descriptor,
+                    format!("extent offset {} overflows", line.offset_sectors),
+                )
+            })?;
+            Box::new(FlatExtent::from_file(file, offset, len)?)
+        }
+        ExtentType::Sparse => Box::new(SparseExtent::from_file(file, len, gt_tables)?),
+        ExtentType::VmfsSparse => Box::new(CowdExtent::from_file(file, len)?),
+        ExtentType::SeSparse => {
+            return Err(Error::unsupported(
+                descriptor,
+                "seSparse extents are not supported",
+            ))
+        }
+        ExtentType::Zero => Box::new(ZeroExtent {
+            len_bytes: len,
+            descriptor: descriptor.to_path_buf(),
+        }),
+    })
+}
+
 /// Store a descriptor at `path`: atomically for a standalone file, in place for an embedded one.
 pub fn write_descriptor(path: &Path, store: DescriptorStore, d: &Descriptor) -> Result<()> {
     match store {
@@ -412,14 +490,21 @@ mod tests {
 
     #[test]
     fn resolve_refuses_escapes() {
-        let d = Path::new("/tmp/vm/disk.vmdk");
-        assert!(resolve_name(d, "disk-flat.vmdk", "extent", false).is_ok());
+        let t = tempfile::tempdir().unwrap();
+        let vm = t.path().join("vm");
+        std::fs::create_dir(&vm).unwrap();
+        let d = vm.join("disk.vmdk");
+        std::fs::write(&d, "").unwrap();
+        let opts = OpenOptions::default();
+        assert!(resolve_name(&d, "disk-flat.vmdk", "extent", &opts).is_ok());
         for bad in ["../etc/passwd", "/etc/passwd", "a/../../b", "x\0y"] {
-            let e = resolve_name(d, bad, "extent", false).unwrap_err();
+            let e = resolve_name(&d, bad, "extent", &opts).unwrap_err();
             assert!(matches!(e, Error::PathOutsideFolder { .. }), "{bad}: {e}");
             assert!(e.to_string().contains("outside the disk's folder"), "{e}");
         }
-        assert!(resolve_name(d, "/tmp/vm/disk-flat.vmdk", "extent", false).is_ok());
-        assert!(resolve_name(d, "../other/x.vmdk", "parent", true).is_ok());
+        let own = std::fs::canonicalize(&vm).unwrap().join("disk-flat.vmdk");
+        assert!(resolve_name(&d, own.to_str().unwrap(), "extent", &opts).is_ok());
+        let anywhere = OpenOptions::default().confined(Confinement::Anywhere);
+        assert!(resolve_name(&d, "../other/x.vmdk", "parent", &anywhere).is_ok());
     }
 }

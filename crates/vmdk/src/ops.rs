@@ -123,11 +123,14 @@ fn remove_files(files: &[PathBuf]) -> Result<()> {
 
 /// The files of the disk at `path` (its own link only: descriptor and extents).
 pub fn link_files(path: &Path) -> Result<Vec<PathBuf>> {
-    let (d, _) = read_descriptor(path)?;
+    let (d, store) = read_descriptor(path)?;
     let mut files = vec![path.to_path_buf()];
+    if store == crate::link::DescriptorStore::Embedded {
+        return Ok(files);
+    }
     for e in &d.extents {
         if let Some(name) = &e.file {
-            let f = crate::link::resolve_name(path, name, "extent", false)?;
+            let f = crate::confine::resolve_extent(path, e.kind, name, &OpenOptions::default())?;
             if !files.contains(&f) {
                 files.push(f);
             }
@@ -144,6 +147,12 @@ pub fn delete(path: &Path) -> Result<()> {
 
 /// Rename a disk and its extent files, rewriting its descriptor. Extents whose names start
 /// with the old base name get the new one (`old-flat.vmdk` → `new-flat.vmdk`).
+///
+/// Crash-safe: a one-file disk (embedded descriptor) is renamed in one step; a disk with
+/// a descriptor file is swapped under a journal (see [`crate::replace`]): its extents are
+/// hard-linked under the new names, a descriptor naming them is written, and the old
+/// names go, so a crash leaves the disk under the old name or the new one, never half.
+/// A disk with separate extent files is renamed within its folder only.
 pub fn rename(old: &Path, new: &Path) -> Result<()> {
     let (old_dir, old_stem) = split_name(old)?;
     let (new_dir, new_stem) = split_name(new)?;
@@ -153,46 +162,62 @@ pub fn rename(old: &Path, new: &Path) -> Result<()> {
         });
     }
     let (mut d, store) = read_descriptor(old)?;
-    let mut moves: Vec<(PathBuf, PathBuf)> = Vec::new();
-    for e in d.extents.iter_mut() {
-        let Some(name) = e.file.clone() else { continue };
-        let from = crate::link::resolve_name(old, &name, "extent", false)?;
-        if from == old {
-            e.file = Some(crate::link::file_name_of(new));
-            continue;
+    if store == crate::link::DescriptorStore::Embedded {
+        // One file; the name inside it is not used by any reader.
+        fsio::rename_noreplace(old, new).map_err(|e| match e {
+            fsio::Error::Exists { path } => Error::AlreadyExists { path },
+            e => e.into(),
+        })?;
+        sync_dir(&new_dir)?;
+        if crate::confine::canonical_dir(old)? != crate::confine::canonical_dir(new)? {
+            sync_dir(&old_dir)?;
         }
-        let new_name = match name.strip_prefix(&old_stem) {
-            Some(rest) => format!("{new_stem}{rest}"),
-            None => name.clone(),
-        };
-        let to = new_dir.join(&new_name);
-        if to.symlink_metadata().is_ok() && from != to {
-            return Err(Error::AlreadyExists { path: to });
+        return Ok(());
+    }
+    if crate::confine::canonical_dir(old)? != crate::confine::canonical_dir(new)? {
+        return Err(Error::unsupported(
+            old,
+            "a disk with separate extent files is renamed within its folder only (copy it with -i to move it)",
+        ));
+    }
+    let mut swap = fsio::swap::Swap::new(&crate::replace::journal_of(new));
+    let mut staged = Vec::new();
+    let result = (|| {
+        for e in d.extents.iter_mut() {
+            let Some(name) = e.file.clone() else { continue };
+            let from = crate::confine::resolve_extent(old, e.kind, &name, &OpenOptions::default())?;
+            let new_name = match name.strip_prefix(&old_stem) {
+                Some(rest) => format!("{new_stem}{rest}"),
+                None => name.clone(),
+            };
+            let to = new_dir.join(&new_name);
+            if to.symlink_metadata().is_ok() && from != to {
+                return Err(Error::AlreadyExists { path: to });
+            }
+            let link = fsio::temp_name(&to, "vcb-link");
+            std::fs::hard_link(&from, &link).map_err(|e| Error::io(&from, "link", e))?;
+            staged.push(link.clone());
+            swap.replace(&to, &link);
+            if from != to {
+                swap.remove(&from);
+            }
+            e.file = Some(new_name);
         }
-        e.file = Some(new_name);
-        moves.push((from, to));
-    }
-    // Data files first, then the descriptor: a crash leaves the old descriptor naming files
-    // that moved, which check reports; never a descriptor naming files that do not exist yet
-    // under the new name.
-    for (from, to) in &moves {
-        std::fs::rename(from, to).map_err(|e| Error::io(from, "rename", e))?;
-    }
-    match store {
-        crate::link::DescriptorStore::Standalone => {
-            fsio::write_atomic(new, d.to_text().as_bytes())?;
-            std::fs::remove_file(old).map_err(|e| Error::io(old, "remove", e))?;
+        let desc = fsio::temp_name(new, "vcb-desc");
+        fsio::write_atomic(&desc, d.to_text().as_bytes())?;
+        staged.push(desc.clone());
+        swap.replace(new, &desc);
+        swap.remove(old);
+        Ok(())
+    })();
+    if let Err(e) = result {
+        for f in &staged {
+            let _ = std::fs::remove_file(f);
         }
-        crate::link::DescriptorStore::Embedded => {
-            std::fs::rename(old, new).map_err(|e| Error::io(old, "rename", e))?;
-            write_descriptor(new, store, &d)?;
-        }
+        return Err(e);
     }
-    sync_dir(&new_dir)?;
-    if old_dir != new_dir {
-        sync_dir(&old_dir)?;
-    }
-    Ok(())
+    let _lock = crate::replace::FolderLock::take(&new_dir, true)?;
+    Ok(swap.commit()?)
 }
 
 fn refuse_children_and_chains(
@@ -245,7 +270,8 @@ pub fn extend(path: &Path, new_capacity: u64, progress: &mut dyn Progress) -> Re
             if d.extents.len() == 1 =>
         {
             let name = d.extents[0].file.clone().unwrap_or_default();
-            let flat = crate::link::resolve_name(path, &name, "extent", false)?;
+            let flat =
+                crate::link::resolve_name(path, &name, "extent", &crate::OpenOptions::default())?;
             let f = PathFile::open(&flat, true)?;
             let base = d.extents[0].offset_sectors.saturating_mul(512);
             match format {
@@ -308,19 +334,20 @@ fn update_geometry(d: &mut crate::descriptor::Descriptor, capacity: u64) {
     d.set_ddb("ddb.geometry.cylinders", cylinders.to_string());
 }
 
-/// Replace the disk at `path` by a converted copy made per `spec` (same name afterwards).
+/// Replace the disk at `path` by a converted copy made per `spec` (same name afterwards):
+/// the copy is built under a staged name and swapped in under a journal, so a crash
+/// leaves the old disk or the new one (see [`crate::replace`]).
 fn rewrite_as(path: &Path, spec: &CreateSpec, progress: &mut dyn Progress) -> Result<()> {
-    let (dir, stem) = split_name(path)?;
-    let tmp = dir.join(format!("{stem}-vcbtmp.vmdk"));
-    if tmp.exists() {
-        delete(&tmp)?;
+    let staged = crate::replace::staged_name(path)?;
+    let built = Disk::open(path, &OpenOptions::read_only())
+        .and_then(|mut src| crate::convert::convert(&mut src, &staged, spec, progress));
+    if let Err(e) = built {
+        if staged.symlink_metadata().is_ok() {
+            let _ = delete(&staged);
+        }
+        return Err(e);
     }
-    {
-        let mut src = Disk::open(path, &OpenOptions::read_only())?;
-        crate::convert::convert(&mut src, &tmp, spec, progress)?;
-    }
-    delete(path)?;
-    rename(&tmp, path)
+    crate::replace::replace(path, &staged)
 }
 
 /// Turn a thin disk into an eagerzeroedthick one: every hole is written with zeros.
@@ -429,7 +456,7 @@ fn open_flat_extents(path: &Path, d: &crate::descriptor::Descriptor) -> Result<V
         let len = e.sectors * 512;
         let name = e.file.clone().unwrap_or_default();
         let file = PathFile::open(
-            &crate::link::resolve_name(path, &name, "extent", false)?,
+            &crate::link::resolve_name(path, &name, "extent", &crate::OpenOptions::default())?,
             true,
         )?;
         out.push(FlatFile {

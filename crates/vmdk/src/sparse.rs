@@ -71,7 +71,10 @@ pub use create::{
 };
 pub use header::SparseHeader;
 
-pub(crate) use create::{directory_bytes, plan};
+pub(crate) use create::{
+    directory_bytes, header_capacity_bytes_of, plan, read_embedded_descriptor_of,
+};
+pub(crate) use gt_cache::DEFAULT_MAX_TABLES;
 
 pub(crate) use header::{le_u32, le_u64, GT_BYTES, GT_SECTORS, HEADER_BYTES};
 
@@ -157,7 +160,23 @@ impl SparseExtent {
     /// [`Error::Corrupt`] for a stream file without footer or grain directory ("incomplete
     /// stream") and for a writable open whose primary grain directory is unusable.
     pub fn open(path: &Path, len_bytes: u64, writable: bool) -> Result<Self> {
-        let file = PathFile::open(path, writable)?;
+        SparseExtent::from_file(
+            PathFile::open(path, writable)?,
+            len_bytes,
+            gt_cache::DEFAULT_MAX_TABLES,
+        )
+    }
+
+    /// The extent over the open `file` (writable when the file was opened so), caching
+    /// at most `gt_cache_tables` grain tables. Only the part of the grain directory that
+    /// covers `len_bytes` is read: a descriptor naming a huge sparse file for a small
+    /// extent costs little memory.
+    ///
+    /// # Errors
+    /// As for [`SparseExtent::open`].
+    pub fn from_file(file: PathFile, len_bytes: u64, gt_cache_tables: usize) -> Result<Self> {
+        let writable = file.writable();
+        let path = &file.path().to_path_buf();
         let file_len = file.len()?;
         let mut hb = [0u8; HEADER_BYTES];
         file.read_exact_at(&mut hb, 0, "sparse extent header")?;
@@ -176,7 +195,7 @@ impl SparseExtent {
                 file_len,
             });
         }
-        let dirs = lookup::load_directories(&file, &header, file_len)?;
+        let dirs = lookup::load_directories(&file, &header, file_len, len_bytes)?;
         if dirs.fallback && writable {
             let reason = "primary grain directory unusable (reading the redundant one); repair with check before writing";
             return Err(Error::corrupt(path, reason));
@@ -191,7 +210,7 @@ impl SparseExtent {
             rgd: dirs.rgd,
             gd_offset_bytes: dirs.gd_offset_bytes,
             rgd_offset_bytes: dirs.rgd_offset_bytes,
-            cache: gt_cache::GtCache::new(gd_len, gt_cache::DEFAULT_MAX_TABLES),
+            cache: gt_cache::GtCache::new(gd_len, gt_cache_tables.min(gd_len.max(1))),
             compressed: header
                 .is_compressed()
                 .then(|| Box::new(compressed::Inflater::new(&header))),

@@ -10,17 +10,24 @@ use vmdk::{AdapterType, CreateSpec, Disk, DiskFormat, OpenOptions};
 /// Options shared by every disk command.
 #[derive(Args, Debug, Clone, Default)]
 pub struct Common {
-    /// Permit descriptor file names (extents, parents) outside the disk's folder.
-    #[arg(long, global = true)]
-    pub allow_outside_paths: bool,
+    /// Permit descriptor file names (extents, parents) outside the disk's folder (and
+    /// outside the host's datastores). Only for descriptors you trust.
+    #[arg(long, global = true, alias = "allow-outside-paths")]
+    pub allow_outside_extents: bool,
 }
 
 impl Common {
     fn open_options(&self, writable: bool) -> OpenOptions {
+        let confinement = if self.allow_outside_extents {
+            vmdk::Confinement::Anywhere
+        } else {
+            vmdk::Confinement::Folder
+        };
         OpenOptions {
             writable,
-            allow_outside_paths: self.allow_outside_paths,
+            ..OpenOptions::default()
         }
+        .confined(confinement)
     }
 }
 

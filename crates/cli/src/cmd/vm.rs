@@ -101,6 +101,10 @@ struct CreateArgs {
     /// the --disk disks.
     #[arg(long = "disk-from", value_name = "SRC")]
     disks_from: Vec<PathBuf>,
+    /// Let a --disk-from descriptor name extent or parent files outside its own folder
+    /// (refused otherwise: a descriptor can name any file of this machine).
+    #[arg(long)]
+    allow_outside_extents: bool,
     /// A raw device mapping (virtual compatibility; `DEVICE:physical` for pass-through);
     /// attached last.
     #[arg(long = "rdm", value_name = "DEVICE[:physical]")]
@@ -198,6 +202,7 @@ fn create(h: &mut Host, c: CreateArgs) -> Result<()> {
     spec.memory_mb = c.memory;
     spec.cpus = c.cpus;
     spec.ip = c.ip;
+    spec.allow_outside_extents = c.allow_outside_extents;
     for size in &c.disks {
         let capacity_bytes = vmdk::parse_size(size).with_context(|| format!("--disk {size}"))?;
         spec.disks.push(DiskSource::New { capacity_bytes });

@@ -66,9 +66,10 @@ struct Args {
     /// Verbosity level.
     #[arg(short = 'v', long = "verbose", value_name = "LEVEL")]
     verbose: Option<u32>,
-    /// Permit descriptor file names outside the disk's folder.
-    #[arg(long)]
-    allow_outside_paths: bool,
+    /// Permit descriptor file names outside the disk's folder (only for descriptors
+    /// you trust).
+    #[arg(long, alias = "allow-outside-paths")]
+    allow_outside_extents: bool,
     /// The target disk (destination, new name, or disk to act on).
     target: Option<PathBuf>,
 }
@@ -81,7 +82,7 @@ pub fn main() -> ExitCode {
 
 fn run(a: Args) -> Result<()> {
     let common = Common {
-        allow_outside_paths: a.allow_outside_paths,
+        allow_outside_extents: a.allow_outside_extents,
     };
     let actions = [
         a.create.is_some(),

@@ -204,10 +204,7 @@ impl LockedVm<'_> {
                 // still overrides everything the commit copied.
                 adopt_parent_cid(&j.child, &j.parent)?;
             }
-            let opts = vmdk::OpenOptions {
-                writable: false,
-                allow_outside_paths: self.allow_outside,
-            };
+            let opts = self.confined.disk_options(false);
             vmdk::commit(&j.child, j.above.as_deref(), &opts, progress)
                 .map_err(|e| Error::disk(format!("commit {}", j.child.display()), e))?;
         } else if let Some(stem) = j.child.to_str().and_then(|s| s.strip_suffix(".vmdk")) {

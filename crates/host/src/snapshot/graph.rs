@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::Host;
+use crate::Confined;
 
 /// The disk file tree. Paths are canonical.
 #[derive(Debug, Default)]
@@ -26,25 +26,20 @@ impl DiskGraph {
     /// [`Error::Disk`] when a referenced chain does not open (missing parent, CID
     /// mismatch, loop...); [`Error::OutsideDatastores`] for a link outside the host's
     /// datastores.
-    pub(crate) fn build(
-        host: &Host,
-        vm_dir: &Path,
-        refs: &[PathBuf],
-        allow_outside: bool,
-    ) -> Result<DiskGraph> {
+    pub(crate) fn build(confined: &Confined, vm_dir: &Path, refs: &[PathBuf]) -> Result<DiskGraph> {
         let mut g = DiskGraph::default();
         for r in refs {
             if g.parent.contains_key(r) {
                 continue;
             }
-            let chain = open_chain(host, r, allow_outside)?;
+            let chain = open_chain(confined, r)?;
             g.insert_chain(&chain)?;
         }
         for candidate in redo_logs_in(vm_dir)? {
             if g.parent.contains_key(&candidate) {
                 continue;
             }
-            match open_chain(host, &candidate, allow_outside) {
+            match open_chain(confined, &candidate) {
                 Ok(chain) if chain.iter().any(|p| g.parent.contains_key(p)) => {
                     for p in chain.iter().take_while(|p| !g.parent.contains_key(*p)) {
                         g.strays.insert(p.clone());
@@ -110,19 +105,17 @@ impl DiskGraph {
 
 /// Opens the chain at `path` read-only and returns its links, top first, canonical, each
 /// checked to lie inside a datastore.
-pub(crate) fn open_chain(host: &Host, path: &Path, allow_outside: bool) -> Result<Vec<PathBuf>> {
-    let opts = vmdk::OpenOptions {
-        writable: false,
-        allow_outside_paths: allow_outside,
-    };
+pub(crate) fn open_chain(confined: &Confined, path: &Path) -> Result<Vec<PathBuf>> {
+    let opts = confined.disk_options(false);
     let disk = vmdk::Disk::open(path, &opts).map_err(|e| Error::disk("open disk chain", e))?;
     let mut out = Vec::new();
     for link in disk.links() {
         let canon = crate::fsutil::canonical(link.path(), "disk")?;
-        if !host.in_datastore(&canon) {
+        if !confined.contains(&canon) {
             return Err(Error::OutsideDatastores {
                 file: path.to_path_buf(),
                 name: link.path().display().to_string(),
+                reason: format!("{} lies outside the host's datastores", canon.display()),
             });
         }
         out.push(canon);

@@ -98,10 +98,14 @@ impl LockedVm<'_> {
             if named == *top {
                 continue;
             }
-            if !self.host.in_datastore(top) {
+            if !self.confined.contains(top) {
                 return Err(Error::OutsideDatastores {
                     file: self.vm.vmx_path.clone(),
                     name: top.display().to_string(),
+                    reason: format!(
+                        "QEMU writes {}, outside the host's datastores",
+                        top.display()
+                    ),
                 });
             }
             let name = self.vm.ref_name(self.host, top);

@@ -82,8 +82,8 @@ pub struct LockedVm<'h> {
     host: &'h Host,
     vm: Vm,
     db: SnapshotDb,
-    /// Disks may lie outside the VM folder (the .vmx or .vmsd names one there).
-    allow_outside: bool,
+    /// The host's confinement rule, read when the lock was taken.
+    confined: crate::Confined,
     /// Every disk a reference named since the lock was taken: the tree is built from
     /// these too, so that what an operation stops referencing is cleaned up by it rather
     /// than taken for a leftover of an interrupted run.
@@ -113,15 +113,15 @@ impl Host {
             host: self,
             vm,
             db,
-            allow_outside: false,
+            confined: self.confined(),
             seen: BTreeSet::new(),
             pending_offline_merge: false,
             _lock: lock,
         };
-        locked.allow_outside = locked.names_outside_folder()?;
+        // Every name the .vmx and .vmsd hold must pass the confinement rule before
+        // anything acts on them.
+        locked.references()?;
         locked.recover()?;
-        // Recovery may have pointed the .vmx at QEMU's redo logs.
-        locked.allow_outside |= locked.names_outside_folder()?;
         Ok(locked)
     }
 }
@@ -175,12 +175,7 @@ impl LockedVm<'_> {
         self.vm
             .disks(self.host)?
             .into_iter()
-            .map(|d| {
-                Ok((
-                    d.node,
-                    graph::open_chain(self.host, &d.path, self.allow_outside)?,
-                ))
-            })
+            .map(|d| Ok((d.node, graph::open_chain(&self.confined, &d.path)?)))
             .collect()
     }
 
@@ -205,25 +200,19 @@ impl LockedVm<'_> {
             .filter(|p| pinned.contains(*p) || p.exists())
             .cloned()
             .collect();
-        let g = graph::DiskGraph::build(self.host, &self.vm.dir, &roots, self.allow_outside)?;
+        let g = graph::DiskGraph::build(&self.confined, &self.vm.dir, &roots)?;
         Ok((pinned, g))
     }
 
-    /// True when the VM's disks may lie outside its folder: open its disks with
-    /// `vmdk::OpenOptions::allow_outside_paths` set to this.
-    pub fn allow_outside_paths(&self) -> bool {
-        self.allow_outside
+    /// Options that open this VM's disk chains under the host's confinement rule.
+    pub fn disk_options(&self, writable: bool) -> vmdk::OpenOptions {
+        self.confined.disk_options(writable)
     }
 
     /// Every file any reference names: (owner, node, canonical path). Owner `None` is
     /// the .vmx, `Some(uid)` a snapshot.
     fn references(&self) -> Result<Vec<(Option<u64>, DiskNode, PathBuf)>> {
         references(self.host, &self.vm, &self.db)
-    }
-
-    /// True if a reference names a disk outside the VM folder.
-    fn names_outside_folder(&self) -> Result<bool> {
-        Ok(names_outside(&self.vm, &self.references()?))
     }
 
     /// Writes the .vmx atomically.
@@ -307,13 +296,6 @@ fn references(
     Ok(refs)
 }
 
-/// True if one of `refs` lies outside the VM folder: disk chains are then opened with
-/// `allow_outside_paths` (every link is still checked to lie inside a datastore).
-fn names_outside(vm: &Vm, refs: &[(Option<u64>, DiskNode, PathBuf)]) -> bool {
-    refs.iter()
-        .any(|(_, _, p)| crate::fsutil::parent_dir(p) != vm.dir)
-}
-
 impl Vm {
     /// Each disk's chain, top first, read without the VM lock (a concurrent change may
     /// make it fail; retry or lock with [`Host::lock_vm`] for a stable view).
@@ -321,11 +303,10 @@ impl Vm {
     /// # Errors
     /// As for [`Vm::disks`] and [`read_vmsd`]; [`Error::Disk`] when a chain does not open.
     pub fn disk_chains(&self, host: &Host) -> Result<Vec<(DiskNode, Vec<PathBuf>)>> {
-        let db = read_vmsd(&self.vmsd_path())?;
-        let outside = names_outside(self, &references(host, self, &db)?);
+        let confined = host.confined();
         self.disks(host)?
             .into_iter()
-            .map(|d| Ok((d.node, graph::open_chain(host, &d.path, outside)?)))
+            .map(|d| Ok((d.node, graph::open_chain(&confined, &d.path)?)))
             .collect()
     }
 }

@@ -52,7 +52,16 @@ impl CowdExtent {
     /// lies past EOF; [`Error::BadHeader`] as for [`CowdHeader::parse`]; [`Error::Corrupt`]
     /// if `len_bytes` exceeds the header's capacity.
     pub fn open(path: &Path, len_bytes: u64, writable: bool) -> Result<Self> {
-        let file = PathFile::open(path, writable)?;
+        CowdExtent::from_file(PathFile::open(path, writable)?, len_bytes)
+    }
+
+    /// The extent over the open `file` (writable when the file was opened so).
+    ///
+    /// # Errors
+    /// As for [`CowdExtent::open`].
+    pub fn from_file(file: PathFile, len_bytes: u64) -> Result<Self> {
+        let writable = file.writable();
+        let path = &file.path().to_path_buf();
         let file_len_bytes = file.len()?;
         let mut raw = vec![0u8; small(COWD_HEADER_BYTES)];
         file.read_exact_at(&mut raw, 0, "COWD header")?;
@@ -68,7 +77,17 @@ impl CowdExtent {
         }
         let gran_sectors = u64::from(header.granularity_sectors);
         let gd_offset_bytes = u64::from(header.gd_offset_sectors) * SECTOR;
-        let mut gd_raw = vec![0u8; small(u64::from(header.num_gd_entries) * 4)];
+        let gd_bytes = u64::from(header.num_gd_entries) * 4;
+        if gd_offset_bytes.saturating_add(gd_bytes) > file_len_bytes {
+            // Checked before allocating: the header is untrusted.
+            return Err(Error::Truncated {
+                path: path.clone(),
+                what: "COWD grain directory",
+                offset: gd_offset_bytes,
+                file_len: file_len_bytes,
+            });
+        }
+        let mut gd_raw = vec![0u8; small(gd_bytes)];
         file.read_exact_at(&mut gd_raw, gd_offset_bytes, "COWD grain directory")?;
         let gd: Vec<u32> = gd_raw
             .chunks_exact(4)

@@ -202,9 +202,14 @@ fn descriptor_area(file: &PathFile, h: &SparseHeader) -> Result<Option<(u64, u64
 /// [`Error::BadHeader`] (also for a descriptor space above 64 KiB), [`Error::Truncated`],
 /// [`Error::BadDescriptor`] when the text is not UTF-8, [`Error::Io`].
 pub fn read_embedded_descriptor(path: &Path) -> Result<Option<String>> {
-    let file = PathFile::open(path, false)?;
-    let h = read_header(&file)?;
-    let Some((offset, size)) = descriptor_area(&file, &h)? else {
+    read_embedded_descriptor_of(&PathFile::open(path, false)?)
+}
+
+/// [`read_embedded_descriptor`] of an open file.
+pub(crate) fn read_embedded_descriptor_of(file: &PathFile) -> Result<Option<String>> {
+    let path = file.path();
+    let h = read_header(file)?;
+    let Some((offset, size)) = descriptor_area(file, &h)? else {
         return Ok(None);
     };
     let mut buf = vec![0u8; usize::try_from(size).unwrap_or(0)];
@@ -278,6 +283,10 @@ pub fn is_sparse_file(path: &Path) -> Result<bool> {
 /// # Errors
 /// As [`SparseHeader::parse`], plus [`Error::Io`] / [`Error::Truncated`] reading it.
 pub fn header_capacity_bytes(path: &Path) -> Result<u64> {
-    let file = PathFile::open(path, false)?;
-    Ok(read_header(&file)?.capacity_bytes())
+    header_capacity_bytes_of(&PathFile::open(path, false)?)
+}
+
+/// [`header_capacity_bytes`] of an open file.
+pub(crate) fn header_capacity_bytes_of(file: &PathFile) -> Result<u64> {
+    Ok(read_header(file)?.capacity_bytes())
 }

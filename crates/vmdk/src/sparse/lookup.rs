@@ -57,8 +57,11 @@ pub(crate) fn load_directories(
     file: &PathFile,
     h: &SparseHeader,
     file_len: u64,
+    len_bytes: u64,
 ) -> Result<Directories> {
-    let n = h.gd_entries();
+    // Only the tables covering the extent's own length (the descriptor's) are needed.
+    let table_bytes = h.grain_bytes().saturating_mul(KDMV_GTES_PER_GT).max(1);
+    let n = h.gd_entries().min(len_bytes.div_ceil(table_bytes).max(1));
     let gd_offset_bytes = h.gd_offset_sectors.saturating_mul(SECTOR);
     let rgd_offset_bytes = h.rgd_offset_sectors.saturating_mul(SECTOR);
     let primary = read_directory(file, h.gd_offset_sectors, n, file_len, "grain directory");
