@@ -133,6 +133,14 @@ pub enum Error {
         /// The existing file or VM.
         what: String,
     },
+    /// The registered VM a restore would replace runs or is suspended.
+    #[error("{vm} is {state}: a restore never replaces a running or suspended VM (power it off first, or pass --power-off)")]
+    TargetRunning {
+        /// The VM.
+        vm: String,
+        /// Its power state.
+        state: String,
+    },
     /// A catalog entry names something the target host does not have or is inconsistent.
     #[error("{location}: catalog: {reason}")]
     BadCatalog {

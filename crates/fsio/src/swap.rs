@@ -173,6 +173,106 @@ pub fn pending_targets(journal: &Path) -> Result<Vec<PathBuf>> {
         .unwrap_or_default())
 }
 
+/// A record, written before staged files are made, of the hidden name prefixes they
+/// will have: if the process dies while staging, [`recover_staging`] removes them (the
+/// swap journal does not exist yet then).
+#[derive(Debug)]
+pub struct Staging {
+    record: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StagingRecord {
+    version: u32,
+    prefixes: Vec<PathBuf>,
+}
+
+impl Staging {
+    /// Records that files named `<prefix>...` (each prefix a hidden name in some
+    /// folder) are about to be staged.
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub fn begin(record: &Path, prefixes: &[PathBuf]) -> Result<Staging> {
+        let r = StagingRecord {
+            version: VERSION,
+            prefixes: prefixes.to_vec(),
+        };
+        let text = serde_json::to_vec_pretty(&r).map_err(|e| Error::BadJournal {
+            path: record.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        write_private(record, &text)?;
+        Ok(Staging {
+            record: record.to_path_buf(),
+        })
+    }
+
+    /// The staged files were swapped in (or removed): forget the record.
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub fn done(self) -> Result<()> {
+        remove_journal(&self.record)
+    }
+}
+
+/// Removes the files a killed process was staging under `record`'s prefixes, then the
+/// record. Prefixes must be hidden names whose folders `accept` allows.
+///
+/// # Errors
+/// [`Error::BadJournal`] for a record that cannot be read or is refused; [`Error::Io`].
+pub fn recover_staging(record: &Path, accept: &dyn Fn(&Path) -> bool) -> Result<usize> {
+    let bad = |reason: String| Error::BadJournal {
+        path: record.to_path_buf(),
+        reason,
+    };
+    let Some(text) = read_bounded(record)? else {
+        return Ok(0);
+    };
+    let r: StagingRecord = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
+    if r.version != VERSION {
+        return Err(bad(format!("unknown version {}", r.version)));
+    }
+    let mut removed = 0;
+    for prefix in &r.prefixes {
+        let (Some(dir), Some(stem)) =
+            (prefix.parent(), prefix.file_name().and_then(|n| n.to_str()))
+        else {
+            return Err(bad(format!(
+                "{} is not a file name prefix",
+                prefix.display()
+            )));
+        };
+        if !stem.starts_with('.') || stem.len() < 8 || !accept(dir) {
+            return Err(bad(format!(
+                "{} is not a prefix it may remove",
+                prefix.display()
+            )));
+        }
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in rd.flatten() {
+            if entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(stem))
+            {
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io(entry.path(), "remove staged file", e)),
+                }
+            }
+        }
+        sync_dir(dir)?;
+    }
+    remove_journal(record)?;
+    Ok(removed)
+}
+
 fn move_in(j: &Journal) -> Result<()> {
     for e in j.entries.iter().filter(|e| e.had_old) {
         crash_point()?;
@@ -308,6 +408,19 @@ fn write_journal(path: &Path, j: &Journal) -> Result<()> {
 }
 
 fn read_journal(path: &Path) -> Result<Option<Journal>> {
+    let Some(text) = read_bounded(path)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&text)
+        .map(Some)
+        .map_err(|e| Error::BadJournal {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+}
+
+/// A journal's bytes (bounded), or `None` when it does not exist.
+fn read_bounded(path: &Path) -> Result<Option<Vec<u8>>> {
     let file = match crate::open_regular(path, crate::OpenKind::Read) {
         Ok(f) => f,
         Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
@@ -326,12 +439,7 @@ fn read_journal(path: &Path) -> Result<Option<Journal>> {
             reason: "too large".into(),
         });
     }
-    serde_json::from_slice(&text)
-        .map(Some)
-        .map_err(|e| Error::BadJournal {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })
+    Ok(Some(text))
 }
 
 fn remove_journal(path: &Path) -> Result<()> {

@@ -99,3 +99,24 @@ fn recovery_refuses_foreign_paths() {
         Err(Error::BadJournal { .. })
     ));
 }
+
+#[test]
+fn staging_records_remove_what_a_killed_stager_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("keep.vmdk"), "x").unwrap();
+    let record = d.join(".stage.json");
+    let st = Staging::begin(&record, &[d.join(".vm.vcb-new-1234")]).unwrap();
+    std::fs::write(d.join(".vm.vcb-new-1234.vmdk"), "staged").unwrap();
+    std::fs::write(d.join(".vm.vcb-new-1234-flat.vmdk"), "staged").unwrap();
+    drop(st); // killed: done() never ran
+    assert_eq!(recover_staging(&record, &|p| p.starts_with(d)).unwrap(), 2);
+    assert_eq!(contents(d), pairs(&[("keep.vmdk", "x")]));
+    assert_eq!(recover_staging(&record, &|_| true).unwrap(), 0);
+    // A prefix that is not hidden, or in a folder not accepted, is refused.
+    Staging::begin(&record, &[d.join("keep")]).unwrap();
+    assert!(recover_staging(&record, &|_| true).is_err());
+    assert!(d.join("keep.vmdk").exists());
+    Staging::begin(&record, &[d.join(".vm.vcb-new-9")]).unwrap();
+    assert!(recover_staging(&record, &|_| false).is_err());
+}

@@ -91,15 +91,15 @@ impl Confined {
     /// A one-line reason: unknown datastore, or a path leaving it through a link.
     pub fn datastore_path(&self, dp: &DatastorePath) -> Result<PathBuf, String> {
         let path = self.join(dp)?;
-        let resolved = self.check(&path, &dp.to_string())?;
         // A datastore path stays in its own datastore, not just in some datastore.
         let own = self
             .datastores
             .get(dp.datastore())
             .and_then(|p| std::fs::canonicalize(p).ok());
+        let resolved = resolve_existing(&path);
         match own {
-            Some(root) if resolved.starts_with(&root) => Ok(resolved),
-            _ => Err(format!("{dp} leaves datastore {}", dp.datastore())),
+            Some(root) if resolved.starts_with(&root) => self.check(&path, &dp.to_string()),
+            _ => Err(format!("leaves datastore {}", dp.datastore())),
         }
     }
 

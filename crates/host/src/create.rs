@@ -13,7 +13,6 @@ use vmx::{Bus, Dict, DiskNode, Style, Uuid, VmConfig};
 use crate::config::ContainerKind;
 use crate::error::{Error, Result};
 use crate::fsutil::{sync_dir, write_atomic};
-use crate::inventory::{Inventory, InventoryEntry};
 use crate::vm::{Vm, VmRef};
 use crate::Host;
 
@@ -163,12 +162,7 @@ impl Host {
                 e => e.into(),
             })?;
             sync_dir(&ds.path)?;
-            inventory.vms.push(InventoryEntry {
-                vmx: dp.to_string(),
-                folder,
-                pool,
-            });
-            Ok(VmRef(Inventory::moref_of(inventory.vms.len() - 1)))
+            Ok(VmRef(inventory.add(dp.to_string(), folder, pool)))
         })?;
         staging.keep = true;
         self.vm(moref)

@@ -78,12 +78,14 @@ impl Host {
         let root = absolute(root)?;
         let (config, inventory) = load(&root)?;
         let name_cache = root.join(DEFAULT_NAME_CACHE);
-        Ok(Host {
+        let host = Host {
             root,
             config,
             inventory,
             name_cache,
-        })
+        };
+        host.recover_swaps_if_idle();
+        Ok(host)
     }
 
     /// Re-reads `host.toml` and `inventory.toml`.
@@ -125,18 +127,23 @@ impl Host {
         self.name_cache = path.to_path_buf();
     }
 
-    /// Takes the host lock (inventory and configuration changes).
-    pub(crate) fn lock(&self) -> Result<FileLock> {
-        FileLock::acquire(&self.root.join(LOCK_FILE_NAME), LockMode::Wait)
-    }
-
     /// Runs `change` on freshly read configuration and inventory under the host lock, then
     /// writes back whichever of the two changed.
     pub(crate) fn update<T>(
         &mut self,
         change: impl FnOnce(&mut HostConfig, &mut Inventory) -> Result<T>,
     ) -> Result<T> {
-        let _lock = self.lock()?;
+        let lock = self.lock_host(LockMode::Wait)?;
+        self.update_locked(&lock, change)
+    }
+
+    /// [`Host::update`] with the host lock already held.
+    pub(crate) fn update_locked<T>(
+        &mut self,
+        lock: &crate::HostLock,
+        change: impl FnOnce(&mut HostConfig, &mut Inventory) -> Result<T>,
+    ) -> Result<T> {
+        self.check_lock(lock)?;
         let (old_config, old_inventory) = load(&self.root)?;
         let (mut config, mut inventory) = (old_config.clone(), old_inventory.clone());
         let value = change(&mut config, &mut inventory)?;

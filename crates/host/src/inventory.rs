@@ -3,13 +3,18 @@
 //! ```toml
 //! version = 1
 //!
+//! next_moref = 18
+//!
 //! [[vm]]
 //! vmx = "[datastore1] vm37/vm37.vmx"
 //! folder = "/Production"
 //! pool = "/"
+//! moref = 16
 //! ```
-//! MoRefs are not stored: they are numbers handed out in file order when the inventory
-//! is loaded, starting at [`FIRST_MOREF`], and may change when VMs are unregistered.
+//! Each VM keeps the moref it was registered with; `next_moref` only grows, so a moref
+//! is never handed to another VM, even after its VM was unregistered (scripts that
+//! looked a VM up must never act on a different one). Inventories written before morefs
+//! were stored get them by position from [`FIRST_MOREF`] when loaded.
 
 use std::path::Path;
 
@@ -33,6 +38,9 @@ pub struct InventoryEntry {
     /// The resource pool (normalised; `/` is the root pool).
     #[serde(default = "root_container")]
     pub pool: String,
+    /// The VM's moref, assigned at registration and never reused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moref: Option<u32>,
 }
 
 fn root_container() -> String {
@@ -45,7 +53,10 @@ fn root_container() -> String {
 pub struct Inventory {
     /// File format version.
     pub version: u32,
-    /// The VMs, in moref order.
+    /// The moref the next registered VM gets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_moref: Option<u32>,
+    /// The VMs, in registration order.
     #[serde(default, rename = "vm")]
     pub vms: Vec<InventoryEntry>,
 }
@@ -54,6 +65,7 @@ impl Default for Inventory {
     fn default() -> Self {
         Inventory {
             version: CONFIG_VERSION,
+            next_moref: None,
             vms: Vec::new(),
         }
     }
@@ -66,7 +78,7 @@ impl Inventory {
     /// # Errors
     /// [`Error::BadFile`], [`Error::UnsupportedVersion`].
     pub fn parse(text: &str, path: &Path) -> Result<Inventory> {
-        let inv: Inventory =
+        let mut inv: Inventory =
             toml::from_str(text).map_err(|e| Error::bad_file(path, one_line(&e.to_string())))?;
         if inv.version != CONFIG_VERSION {
             return Err(Error::UnsupportedVersion {
@@ -88,7 +100,66 @@ impl Inventory {
                 return Err(Error::bad_file(path, format!("{} is listed twice", e.vmx)));
             }
         }
+        inv.assign_morefs(path)?;
         Ok(inv)
+    }
+
+    /// Gives entries without a moref one (by position when none has one: files written
+    /// before morefs were stored) and checks that morefs are unique.
+    fn assign_morefs(&mut self, path: &Path) -> Result<()> {
+        if self.vms.iter().all(|e| e.moref.is_none()) {
+            for (i, e) in self.vms.iter_mut().enumerate() {
+                e.moref = Some(FIRST_MOREF.saturating_add(u32::try_from(i).unwrap_or(u32::MAX)));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..self.vms.len() {
+            let moref = match self.vms[i].moref {
+                Some(m) => m,
+                None => {
+                    let m = self.take_moref();
+                    self.vms[i].moref = Some(m);
+                    m
+                }
+            };
+            if !seen.insert(moref) {
+                return Err(Error::bad_file(
+                    path,
+                    format!("moref {moref} is used twice"),
+                ));
+            }
+        }
+        let floor = self.floor();
+        self.next_moref = Some(self.next_moref.unwrap_or(floor).max(floor));
+        Ok(())
+    }
+
+    /// One past the highest moref in use (at least [`FIRST_MOREF`]).
+    fn floor(&self) -> u32 {
+        self.vms
+            .iter()
+            .filter_map(|e| e.moref)
+            .max()
+            .map_or(FIRST_MOREF, |m| m.saturating_add(1))
+    }
+
+    /// Hands out the next moref.
+    fn take_moref(&mut self) -> u32 {
+        let m = self.next_moref.unwrap_or(FIRST_MOREF).max(self.floor());
+        self.next_moref = Some(m.saturating_add(1));
+        m
+    }
+
+    /// Adds a VM and returns its new moref.
+    pub fn add(&mut self, vmx: String, folder: String, pool: String) -> u32 {
+        let moref = self.take_moref();
+        self.vms.push(InventoryEntry {
+            vmx,
+            folder,
+            pool,
+            moref: Some(moref),
+        });
+        moref
     }
 
     /// The TOML text.
@@ -97,15 +168,17 @@ impl Inventory {
         toml::to_string_pretty(self).unwrap_or_default()
     }
 
-    /// The moref of the entry at `index`.
-    pub fn moref_of(index: usize) -> u32 {
-        FIRST_MOREF.saturating_add(u32::try_from(index).unwrap_or(u32::MAX))
+    /// The moref of the entry at `index` (every loaded entry has one).
+    pub fn moref_at(&self, index: usize) -> u32 {
+        self.vms
+            .get(index)
+            .and_then(|e| e.moref)
+            .unwrap_or(u32::MAX)
     }
 
     /// The index of the entry with `moref`.
     pub fn index_of(&self, moref: u32) -> Option<usize> {
-        let i = usize::try_from(moref.checked_sub(FIRST_MOREF)?).ok()?;
-        (i < self.vms.len()).then_some(i)
+        self.vms.iter().position(|e| e.moref == Some(moref))
     }
 }
 
@@ -122,17 +195,20 @@ mod tests {
                     vmx: "[ds] a/a.vmx".into(),
                     folder: "/".into(),
                     pool: "/".into(),
+                    moref: Some(16),
                 },
                 InventoryEntry {
                     vmx: "[ds] b/b.vmx".into(),
                     folder: "/P".into(),
                     pool: "/G".into(),
+                    moref: Some(17),
                 },
             ],
+            next_moref: Some(18),
         };
         let back = Inventory::parse(&inv.to_toml(), Path::new("i.toml")).unwrap();
         assert_eq!(back, inv);
-        assert_eq!(Inventory::moref_of(1), 17);
+        assert_eq!(back.moref_at(1), 17);
         assert_eq!(back.index_of(17), Some(1));
         assert_eq!(back.index_of(18), None);
         assert_eq!(back.index_of(3), None);
@@ -142,6 +218,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(minimal.vms[0].folder, "/");
+        assert_eq!(minimal.moref_at(0), FIRST_MOREF);
+    }
+
+    #[test]
+    fn issue_10_morefs_are_never_reused() {
+        let mut inv = Inventory::default();
+        let a = inv.add("[ds] a/a.vmx".into(), "/".into(), "/".into());
+        let b = inv.add("[ds] b/b.vmx".into(), "/".into(), "/".into());
+        inv.vms.retain(|e| e.moref != Some(a));
+        let back = Inventory::parse(&inv.to_toml(), Path::new("i")).unwrap();
+        assert_eq!(back.index_of(b), Some(0), "b keeps its moref");
+        let mut back = back;
+        let c = back.add("[ds] c/c.vmx".into(), "/".into(), "/".into());
+        assert!(c > b && c != a, "{a} {b} {c}");
+        // Even after the highest one goes, its number is not handed out again.
+        back.vms.retain(|e| e.moref != Some(c));
+        let mut again = Inventory::parse(&back.to_toml(), Path::new("i")).unwrap();
+        assert!(again.add("[ds] d/d.vmx".into(), "/".into(), "/".into()) > c);
+        let dup = "version = 1\n[[vm]]\nvmx = \"[ds] a/a.vmx\"\nmoref = 20\n[[vm]]\nvmx = \"[ds] b/b.vmx\"\nmoref = 20\n";
+        assert!(Inventory::parse(dup, Path::new("i")).is_err());
     }
 
     #[test]

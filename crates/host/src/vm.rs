@@ -8,7 +8,6 @@ use vmx::{DatastorePath, DiskNode, Uuid, VmConfig};
 
 use crate::error::{Error, Result};
 use crate::fsutil::{canonical, parent_dir, read_text};
-use crate::inventory::Inventory;
 use crate::lock::{FileLock, LockMode, LOCK_FILE_NAME};
 use crate::Host;
 
@@ -384,7 +383,7 @@ impl Host {
             .vms
             .iter()
             .enumerate()
-            .map(|(i, e)| (VmRef(Inventory::moref_of(i)), e))
+            .map(|(i, e)| (VmRef(self.inventory.moref_at(i)), e))
             .collect()
     }
 

@@ -111,14 +111,14 @@ fn register_unregister_and_destroy() {
         host.register_vm(&a.vmx, None, None),
         Err(Error::AlreadyRegistered { moref: 16, .. })
     ));
-    host.unregister_vm(a.moref).unwrap();
+    host.unregister_vm(a.moref, LockMode::NoWait).unwrap();
     assert_eq!(
         host.find_vm("b").unwrap().moref,
-        VmRef(16),
-        "morefs are positions"
+        VmRef(17),
+        "issue 10: morefs stay when another VM is unregistered"
     );
     let again = host.register_vm(&a.vmx, None, Some("/")).unwrap();
-    assert_eq!(again.moref, VmRef(17));
+    assert_eq!(again.moref, VmRef(18), "and are never reused");
     assert!(matches!(
         host.register_vm(&a.vmx, Some("/nope"), None),
         Err(Error::UnknownContainer { .. })
@@ -137,7 +137,7 @@ fn register_unregister_and_destroy() {
 fn register_refuses_hostile_vmx() {
     let (_d, mut host) = host();
     let vm = host.create_vm(&spec("h", None), &mut ()).unwrap();
-    host.unregister_vm(vm.moref).unwrap();
+    host.unregister_vm(vm.moref, LockMode::NoWait).unwrap();
     let text = std::fs::read_to_string(&vm.vmx_path).unwrap();
     std::fs::write(&vm.vmx_path, text.replace("\"h.vmdk\"", "\"/etc/shadow\"")).unwrap();
     let e = host.register_vm(&vm.vmx, None, None).unwrap_err();

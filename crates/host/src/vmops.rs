@@ -8,7 +8,6 @@ use vmx::DatastorePath;
 use crate::config::ContainerKind;
 use crate::error::{Error, Result};
 use crate::fsutil::{remove_file_if_exists, sync_dir};
-use crate::inventory::{Inventory, InventoryEntry};
 use crate::lock::LockMode;
 use crate::vm::{PowerState, Vm, VmRef};
 use crate::Host;
@@ -37,6 +36,21 @@ impl Host {
         folder: Option<&str>,
         pool: Option<&str>,
     ) -> Result<Vm> {
+        let lock = self.lock_host(LockMode::Wait)?;
+        self.register_vm_locked(&lock, vmx, folder, pool)
+    }
+
+    /// [`Host::register_vm`] with the host lock already held.
+    ///
+    /// # Errors
+    /// As for [`Host::register_vm`].
+    pub fn register_vm_locked(
+        &mut self,
+        lock: &crate::HostLock,
+        vmx: &DatastorePath,
+        folder: Option<&str>,
+        pool: Option<&str>,
+    ) -> Result<Vm> {
         let folder = self.container(ContainerKind::Folder, folder.unwrap_or("/"))?;
         let pool = self.container(ContainerKind::Pool, pool.unwrap_or("/"))?;
         let probe = Vm::load(self, VmRef(0), vmx, &folder, &pool)?;
@@ -47,7 +61,7 @@ impl Host {
             probe.resolve_name(self, nvram)?;
         }
         let me = self.clone();
-        let moref = self.update(|_, inventory| {
+        let moref = self.update_locked(lock, |_, inventory| {
             for (i, e) in inventory.vms.iter().enumerate() {
                 let same = e
                     .vmx
@@ -59,38 +73,39 @@ impl Host {
                 if same {
                     return Err(Error::AlreadyRegistered {
                         vmx: e.vmx.clone(),
-                        moref: Inventory::moref_of(i),
+                        moref: inventory.moref_at(i),
                     });
                 }
             }
-            inventory.vms.push(InventoryEntry {
-                vmx: vmx.to_string(),
-                folder,
-                pool,
-            });
-            Ok(VmRef(Inventory::moref_of(inventory.vms.len() - 1)))
+            Ok(VmRef(inventory.add(vmx.to_string(), folder, pool)))
         })?;
         self.vm(moref)
     }
 
-    /// Removes the VM from the inventory; its files stay.
+    /// Removes the VM from the inventory; its files stay. Takes the host lock, then the
+    /// VM's lock (`mode` says whether to wait for it), so it never races a backup or a
+    /// snapshot operation on the VM.
+    ///
+    /// # Errors
+    /// [`Error::NotRegistered`], [`Error::Busy`].
+    pub fn unregister_vm(&mut self, moref: VmRef, mode: LockMode) -> Result<()> {
+        let lock = self.lock_host(LockMode::Wait)?;
+        let vm = self.vm(moref)?;
+        let _vm_lock = vm.lock(mode)?;
+        self.unregister_vm_locked(&lock, moref)
+    }
+
+    /// Removes the VM from the inventory with the host lock held; the caller holds the
+    /// VM's lock too.
     ///
     /// # Errors
     /// [`Error::NotRegistered`].
-    pub fn unregister_vm(&mut self, moref: VmRef) -> Result<()> {
-        // Look the entry up by its .vmx: morefs are positions, and the file may have
-        // changed since this host was loaded.
-        let i = self
-            .inventory
-            .index_of(moref.0)
-            .ok_or(Error::NotRegistered { moref: moref.0 })?;
-        let vmx = self.inventory.vms[i].vmx.clone();
-        self.update(|_, inventory| {
-            let before = inventory.vms.len();
-            inventory.vms.retain(|e| e.vmx != vmx);
-            if inventory.vms.len() == before {
-                return Err(Error::NotRegistered { moref: moref.0 });
-            }
+    pub fn unregister_vm_locked(&mut self, lock: &crate::HostLock, moref: VmRef) -> Result<()> {
+        self.update_locked(lock, |_, inventory| {
+            let i = inventory
+                .index_of(moref.0)
+                .ok_or(Error::NotRegistered { moref: moref.0 })?;
+            inventory.vms.remove(i);
             Ok(())
         })
     }
@@ -103,7 +118,10 @@ impl Host {
     /// # Errors
     /// [`Error::WrongPowerState`] for a running VM, [`Error::Busy`], and file errors.
     pub fn destroy_vm(&mut self, moref: VmRef, mode: LockMode) -> Result<Destroyed> {
-        let mut locked = self.lock_vm(moref, mode)?;
+        // Host lock, then VM lock: the order every other path takes them in.
+        let host_lock = self.lock_host(LockMode::Wait)?;
+        let me = self.clone();
+        let mut locked = me.lock_vm(moref, mode)?;
         let vm = locked.vm().clone();
         let state = vm.power_state(self);
         if state == PowerState::PoweredOn {
@@ -129,15 +147,13 @@ impl Host {
             let links = vmdk::link_files(&disk).map_err(|e| Error::disk("list disk files", e))?;
             files.extend(links);
         }
-        drop(locked);
         let mut out = Destroyed::default();
         let vm_dir = vm.dir.clone();
         let in_folder = |p: &PathBuf| crate::fsutil::parent_dir(p) == vm_dir;
         let (inside, outside): (Vec<PathBuf>, Vec<PathBuf>) =
             files.into_iter().partition(in_folder);
         out.left.extend(outside);
-        let lock = vm.lock(mode)?;
-        self.unregister_vm(moref)?;
+        self.unregister_vm_locked(&host_lock, moref)?;
         for f in inside {
             if !out.deleted.contains(&f) && remove_file_if_exists(&f)? {
                 out.deleted.push(f);
@@ -146,7 +162,8 @@ impl Host {
         for name in [crate::lock::LOCK_FILE_NAME, crate::snapshot::JOURNAL_FILE] {
             remove_file_if_exists(&vm_dir.join(name))?;
         }
-        drop(lock);
+        drop(locked);
+        drop(host_lock);
         let is_datastore_root = self
             .datastores()
             .iter()

@@ -1,86 +1,86 @@
-//! Writing a decided restore: disks, files, the .vmx last, then registration.
+//! Writing a decided restore: every file staged beside its target under a hidden name,
+//! then all of them swapped in under one journal, then the registration.
+//!
+//! The swap ([`fsio::swap`]) moves every old file aside, every staged file in, passes
+//! its commit point and removes the old files; a process killed anywhere leaves either
+//! the old VM or the new one once the next holder of the host lock recovers the journal
+//! ([`host::Host::lock_host`]). A staging record written first lets that recovery also
+//! remove what a restore killed while staging had written.
 
 use super::plan::{Item, Plan};
+use super::verify::VerifiedFiles;
 use super::RestoreReport;
-use crate::dest::Destination;
 use crate::error::{Error, Result};
 use crate::observer::{Event, Observer};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-/// Carry out `plan`.
+/// Carry out `plan` with the host lock `lock` held. `replaced` are the files of the VM
+/// being overwritten (they go in the same swap when nothing new takes their name).
 pub(super) fn apply(
     host: &mut host::Host,
-    src: &dyn Destination,
+    lock: &host::HostLock,
+    files: &Arc<VerifiedFiles>,
     plan: &Plan,
+    replaced: &[PathBuf],
     obs: &mut dyn Observer,
 ) -> Result<RestoreReport> {
-    let Some(src_dir) = src.local_dir().map(Path::to_path_buf) else {
-        return Err(Error::UnsupportedDestination {
-            spec: src.location(),
-            reason: "disks can only be restored from a local folder in this build".into(),
-        });
-    };
+    for device in &plan.rdm_devices {
+        obs.event(&Event::Warning(format!(
+            "the restored VM will map raw device {} (--allow-rdm)",
+            device.display()
+        )));
+    }
     for note in &plan.notes {
         obs.event(&Event::Warning(note.clone()));
     }
     for dir in &plan.dirs {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create folder", e))?;
     }
+    let (journal, record) = host.swap_journal(lock)?;
+    let staged = stage_names(plan)?;
+    let prefixes: Vec<PathBuf> = staged.iter().flatten().map(|s| prefix_of(s)).collect();
+    let staging = fsio::swap::Staging::begin(&record, &prefixes)?;
+    let mut swap = fsio::swap::Swap::new(&journal);
+    let mut leftovers = Vec::new();
     let mut written = Vec::new();
     let mut kept = Vec::new();
-    for (item, conflict) in &plan.items {
-        if plan.kept(*conflict) {
+    for ((item, conflict), staged) in plan.items.iter().zip(&staged) {
+        let Some(staged) = staged else {
             kept.push(
                 conflict
                     .map(|c| plan.conflicts[c].what.clone())
                     .unwrap_or_default(),
             );
             continue;
-        }
+        };
+        stage(item, staged, files, obs)?;
         match item {
-            Item::Disk {
-                from,
-                target,
-                format,
-                ..
-            } => {
-                restore_disk(&src_dir.join(from), target, format, obs)?;
-                written.push(target.clone());
+            Item::Disk { target, .. } | Item::Rdm { target, .. } => {
+                leftovers.extend(vmdk::replace::add_to_swap(&mut swap, target, staged)?);
             }
-            Item::Rdm { device, target, .. } => {
-                replace_disk(target, |tmp| {
-                    let spec =
-                        vmdk::CreateSpec::new(0, vmdk::DiskFormat::RdmPassthrough(device.clone()));
-                    Ok(vmdk::create(tmp, &spec)?)
-                })?;
-                obs.event(&Event::RdmRecreated {
-                    path: target.clone(),
-                    device: device.clone(),
-                });
-                written.push(target.clone());
-            }
-            Item::File {
-                from,
-                target,
-                strip_snapshots,
-            } => {
-                let size_bytes = copy_file(src, from, target, *strip_snapshots)?;
-                obs.event(&Event::FileCopied {
-                    name: from.clone(),
-                    size_bytes,
-                });
-                written.push(target.clone());
+            Item::File { target, .. } => {
+                swap.replace(target, staged);
             }
         }
+        written.push(item.target().to_path_buf());
     }
     if plan.kept(plan.vmx_conflict) {
         kept.push(format!("file {}", plan.vmx_path.display()));
     } else {
-        crate::fsutil::write_atomic(&plan.vmx_path, plan.vmx_text.as_bytes())?;
+        let staged = fsio::temp_name(&plan.vmx_path, "vcb-new");
+        write_new(&staged, plan.vmx_text.as_bytes())?;
+        swap.replace(&plan.vmx_path, &staged);
         written.push(plan.vmx_path.clone());
     }
-    let moref = register(host, plan, &mut kept)?;
+    remove_replaced(&mut swap, plan, replaced, &written);
+    swap.commit()?;
+    for f in leftovers {
+        remove_if_exists(&f)?;
+    }
+    staging.done()?;
+    let moref = register(host, lock, plan, &mut kept)?;
     Ok(RestoreReport {
         vm: plan.vm_name.clone(),
         vmx: plan.vmx.clone(),
@@ -91,30 +91,85 @@ pub(super) fn apply(
     })
 }
 
-fn register(
-    host: &mut host::Host,
-    plan: &Plan,
-    kept: &mut Vec<String>,
-) -> Result<Option<host::VmRef>> {
-    if let Some((moref, c)) = plan.registered {
-        if plan.conflicts[c].keep {
-            kept.push(plan.conflicts[c].what.clone());
-            return Ok(None);
-        }
-        host.unregister_vm(moref)?;
-    }
-    let vm = host.register_vm(&plan.vmx, Some(&plan.folder), Some(&plan.pool))?;
-    Ok(Some(vm.moref))
+/// A staged name per item (`None` for a kept one), chosen before anything is written.
+fn stage_names(plan: &Plan) -> Result<Vec<Option<PathBuf>>> {
+    plan.items
+        .iter()
+        .map(|(item, conflict)| {
+            if plan.kept(*conflict) {
+                return Ok(None);
+            }
+            Ok(Some(match item {
+                Item::Disk { target, .. } | Item::Rdm { target, .. } => {
+                    vmdk::replace::staged_name(target)?
+                }
+                Item::File { target, .. } => fsio::temp_name(target, "vcb-new"),
+            }))
+        })
+        .collect()
 }
 
-/// Convert the backup disk `from` into `target` with `format`, under a temporary name.
-fn restore_disk(
-    from: &Path,
+/// The staged name without its extension: a disk's extents share it.
+fn prefix_of(staged: &Path) -> PathBuf {
+    let name = staged
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    staged.with_file_name(name.strip_suffix(".vmdk").unwrap_or(name))
+}
+
+/// Writes `item` under its staged name.
+fn stage(
+    item: &Item,
+    staged: &Path,
+    files: &Arc<VerifiedFiles>,
+    obs: &mut dyn Observer,
+) -> Result<()> {
+    match item {
+        Item::Disk {
+            from,
+            target,
+            format,
+        } => stage_disk(files, from, staged, target, format, obs),
+        Item::Rdm { device, target } => {
+            let spec = vmdk::CreateSpec::new(0, vmdk::DiskFormat::RdmPassthrough(device.clone()));
+            vmdk::create(staged, &spec)?;
+            obs.event(&Event::RdmRecreated {
+                path: target.clone(),
+                device: device.clone(),
+            });
+            Ok(())
+        }
+        Item::File {
+            from,
+            strip_snapshots,
+            ..
+        } => {
+            let size_bytes = copy_file(files, from, staged, *strip_snapshots)?;
+            obs.event(&Event::FileCopied {
+                name: from.clone(),
+                size_bytes,
+            });
+            Ok(())
+        }
+    }
+}
+
+/// Converts the backup disk `from` (read only through the verified files) into
+/// `staged` with `format`.
+fn stage_disk(
+    files: &Arc<VerifiedFiles>,
+    from: &str,
+    staged: &Path,
     target: &Path,
     format: &vmdk::DiskFormat,
     obs: &mut dyn Observer,
 ) -> Result<()> {
-    let mut src = vmdk::Disk::open(from, &vmdk::OpenOptions::read_only())?;
+    let opts = vmdk::OpenOptions {
+        source: Some(files.clone()),
+        ..vmdk::OpenOptions::read_only()
+    };
+    let mut src = vmdk::Disk::open(&files.path_of(from), &opts)?;
     let adapter = src.links()[0]
         .descriptor()
         .ddb_value("ddb.adapterType")
@@ -124,87 +179,100 @@ fn restore_disk(
         adapter,
         ..vmdk::CreateSpec::new(0, format.clone())
     };
-    replace_disk(target, |tmp| {
-        crate::export::convert_observed(&mut src, tmp, target, &spec, obs, &format.name())
-    })
+    crate::export::convert_observed(&mut src, staged, target, &spec, obs, &format.name())
 }
 
-/// Make a disk at a temporary name beside `target` with `make`, then put it in place of
-/// whatever disk is at `target`.
-fn replace_disk(target: &Path, make: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let tmp = temp_disk_name(target)?;
-    remove_disk(&tmp)?;
-    if let Err(e) = make(&tmp) {
-        let _ = remove_disk(&tmp);
-        return Err(e);
+/// The old VM's files that nothing restored replaces (redo logs, snapshot state, a
+/// .vmsd the backup has none of) leave with the swap.
+fn remove_replaced(
+    swap: &mut fsio::swap::Swap,
+    plan: &Plan,
+    replaced: &[PathBuf],
+    written: &[PathBuf],
+) {
+    let kept_any = plan.conflicts.iter().any(|c| c.keep);
+    if kept_any {
+        return;
     }
-    remove_disk(target)?;
-    vmdk::rename(&tmp, target)?;
-    Ok(())
-}
-
-/// `.<stem>.vcb-restore.vmdk` beside `target`: hidden, and its extents are renamed with it.
-fn temp_disk_name(target: &Path) -> Result<PathBuf> {
-    let name = target
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default();
-    let stem = name.strip_suffix(".vmdk").unwrap_or(name);
-    Ok(target.with_file_name(format!(".{stem}.vcb-restore.vmdk")))
-}
-
-/// Remove a disk and its extents; a broken descriptor still has its file and the
-/// conventional flat extent removed.
-fn remove_disk(path: &Path) -> Result<()> {
-    if path.symlink_metadata().is_err() {
-        return Ok(());
-    }
-    if vmdk::delete(path).is_ok() {
-        return Ok(());
-    }
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default();
-    let stem = name.strip_suffix(".vmdk").unwrap_or(name);
-    for f in [
-        path.to_path_buf(),
-        path.with_file_name(format!("{stem}-flat.vmdk")),
-    ] {
-        match std::fs::remove_file(&f) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(&f, "remove", e)),
+    for f in replaced {
+        let taken = written.iter().any(|w| w == f || same_disk(w, f));
+        if !taken && f.symlink_metadata().is_ok() {
+            swap.remove(f);
         }
     }
-    Ok(())
 }
 
-/// Copy the backup file `from` to `target` atomically, streaming it (a suspended state
-/// can be gigabytes); a .vmsd loses its snapshots. Returns the bytes written.
+/// True when `f` is one of the files of the disk restored at `target` (the swap of that
+/// disk already takes care of it).
+fn same_disk(target: &Path, f: &Path) -> bool {
+    vmdk::link_files(target).is_ok_and(|files| files.iter().any(|x| x == f))
+}
+
+fn register(
+    host: &mut host::Host,
+    lock: &host::HostLock,
+    plan: &Plan,
+    kept: &mut Vec<String>,
+) -> Result<Option<host::VmRef>> {
+    if let Some((moref, c)) = plan.registered {
+        if plan.conflicts[c].keep {
+            kept.push(plan.conflicts[c].what.clone());
+            return Ok(None);
+        }
+        host.unregister_vm_locked(lock, moref)?;
+    }
+    let vm = host.register_vm_locked(lock, &plan.vmx, Some(&plan.folder), Some(&plan.pool))?;
+    Ok(Some(vm.moref))
+}
+
+/// Creates `path` (which must not exist) with `data`, synced.
+fn write_new(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| Error::io(path, "create", e))?;
+    f.write_all(data).map_err(|e| Error::io(path, "write", e))?;
+    f.sync_all().map_err(|e| Error::io(path, "fsync", e))
+}
+
+fn remove_if_exists(p: &Path) -> Result<()> {
+    match std::fs::remove_file(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(p, "remove", e)),
+    }
+}
+
+/// Copies the verified backup file `from` to the new file `staged`, streaming it (a
+/// suspended state can be gigabytes); a .vmsd loses its snapshots. Returns the bytes
+/// written.
 fn copy_file(
-    src: &dyn Destination,
+    files: &VerifiedFiles,
     from: &str,
-    target: &Path,
+    staged: &Path,
     strip_snapshots: bool,
 ) -> Result<u64> {
-    let mut reader = src.get(from)?;
-    let what = format!("{}/{from}", src.location());
+    let mut reader = files.reader(from)?;
+    let what = files.path_of(from);
     if strip_snapshots {
         let mut data = Vec::new();
-        reader
+        (&mut reader)
             .take(u64::try_from(vmx::MAX_INPUT_BYTES).unwrap_or(u64::MAX))
             .read_to_end(&mut data)
             .map_err(|e| Error::io(&what, "read", e))?;
-        let data = without_snapshots(&data, target)?;
-        crate::fsutil::write_atomic(target, &data)?;
+        let data = without_snapshots(&data, staged)?;
+        write_new(staged, &data)?;
         return Ok(data.len() as u64);
     }
-    let mut copied = 0;
-    crate::fsutil::write_atomic_with(target, false, |file| {
-        copied = std::io::copy(&mut reader, file).map_err(|e| Error::io(&what, "copy", e))?;
-        Ok(())
-    })?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(staged)
+        .map_err(|e| Error::io(staged, "create", e))?;
+    let copied = std::io::copy(&mut reader, &mut f).map_err(|e| Error::io(&what, "copy", e))?;
+    f.sync_all().map_err(|e| Error::io(staged, "fsync", e))?;
     Ok(copied)
 }
 

@@ -1,30 +1,38 @@
 //! Full-VM restore (vcbRestore, `vcb restore`).
 //!
 //! 1. Refuse an incomplete backup; read its catalog.
-//! 2. Verify every file's size and SHA-256 against the catalog ([`verify`]).
-//! 3. Plan: where each file and disk goes, from the catalog or an alternate catalog
-//!    (`-a`: datastore paths of `config.vmx`, `config.suspenddir`, `config.logdir`,
-//!    `disk.*.diskname`; folder; pool; a changed display name is ignored). Every path is
-//!    untrusted: names that would leave the backup folder, the target datastore or the
-//!    VM folder are refused here, before anything is written.
-//! 4. Resolve conflicts (existing files, an already registered VM) by the
+//! 2. Verify every file's size and SHA-256 against the catalog, keeping each verified
+//!    file open ([`verify_open`]): what is restored is what was checked, and a disk
+//!    descriptor in the backup can reach no other file.
+//! 3. Take the host lock (recovering a restore a killed process left), re-read the
+//!    inventory, and plan: where each file and disk goes, from the catalog or an
+//!    alternate catalog (`-a`). Every path is untrusted (see the `plan` module): names
+//!    leaving their datastore, reaching another registered VM's files, reserved names
+//!    and unlisted disks are refused here, before anything is written.
+//! 4. A registered VM being replaced is locked (its own lock, after the host lock) and
+//!    must be powered off and not suspended (`power_off` powers it off first).
+//! 5. Resolve conflicts (existing files, an already registered VM) by the
 //!    [`ConflictPolicy`]; `abort` and an unanswerable `prompt` stop here.
-//! 5. Write: disks converted back to their recorded provisioning and small files, each
-//!    under a temporary name renamed into place; the .vmx last; then register the VM in
-//!    its folder and resource pool. An interrupted restore leaves temporary files, never
-//!    a half-written VM under its real name.
+//! 6. Stage every file beside its target under a hidden name, swap all of them in
+//!    under one journal, then register the VM (see the `apply` module): a restore
+//!    killed at any instant leaves the old VM or the new one, never a mix.
 
 mod apply;
+mod guard;
 mod plan;
+mod plan_disks;
 mod verify;
 mod vmxedit;
 
-pub use verify::{parse_catalog, read_catalog, verify};
+pub use verify::{
+    parse_catalog, read_catalog, verify, verify_open, PositionalReader, VerifiedFiles,
+};
 
 use crate::dest::Destination;
 use crate::error::{Error, Result};
 use crate::observer::{Event, Observer};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// What to do when a file to restore exists or the VM is registered already.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -66,6 +74,15 @@ pub struct RestoreOptions {
     /// Provisioning for every restored disk instead of the catalog's (thin,
     /// zeroedthick, eagerzeroedthick).
     pub disk_format: Option<vmdk::DiskFormat>,
+    /// Recreate raw device mappings the catalog names (`--allow-rdm`); without it they
+    /// are listed and left out.
+    pub allow_rdm: bool,
+    /// Power off (or discard the suspended state of) a registered VM being replaced,
+    /// instead of refusing it.
+    pub power_off: bool,
+    /// Wait for a backup or snapshot operation holding the replaced VM's lock instead
+    /// of refusing at once.
+    pub wait: bool,
 }
 
 /// What a restore did.
@@ -90,8 +107,8 @@ pub struct RestoreReport {
 /// # Errors
 /// [`Error::IncompleteBackup`], [`Error::Tampered`], [`Error::MissingFile`],
 /// [`Error::UnsafePath`], [`Error::BadCatalog`], [`Error::ConflictAbort`],
-/// [`Error::CannotPrompt`], host, disk and file errors. Everything up to the conflict
-/// decisions happens before anything is written.
+/// [`Error::CannotPrompt`], [`Error::TargetRunning`], host, disk and file errors.
+/// Everything up to the conflict decisions happens before anything is written.
 pub fn restore_vm(
     host: &mut host::Host,
     src: &dyn Destination,
@@ -99,11 +116,84 @@ pub fn restore_vm(
     obs: &mut dyn Observer,
 ) -> Result<RestoreReport> {
     let catalog = read_catalog(src)?;
-    let files = verify(src, &catalog)?;
-    obs.event(&Event::Verified { files });
-    let mut plan = plan::plan(host, src, &catalog, opts)?;
+    let files = Arc::new(verify_open(src, &catalog)?);
+    obs.event(&Event::Verified { files: files.len() });
+    let lock = host.lock_host(host::LockMode::Wait)?;
+    host.reload()?;
+    let mut plan = plan::plan(host, &files, &catalog, opts)?;
+    // The VM being replaced stays locked until it is registered again.
+    let me = host.clone();
+    let mut target = match plan.registered {
+        Some((moref, _)) => Some(lock_target(&me, moref, opts, obs)?),
+        None => None,
+    };
+    let replaced = match target.as_mut() {
+        Some(locked) => replaced_files(&me, locked, &plan)?,
+        None => Vec::new(),
+    };
     decide(&mut plan, opts.policy, obs)?;
-    apply::apply(host, src, &plan, obs)
+    let report = apply::apply(host, &lock, &files, &plan, &replaced, obs);
+    drop(target);
+    report
+}
+
+/// Locks the registered VM a restore replaces and makes sure it is not running.
+fn lock_target<'h>(
+    host: &'h host::Host,
+    moref: host::VmRef,
+    opts: &RestoreOptions,
+    obs: &mut dyn Observer,
+) -> Result<host::LockedVm<'h>> {
+    let mode = if opts.wait {
+        host::LockMode::Wait
+    } else {
+        host::LockMode::NoWait
+    };
+    let mut locked = host.lock_vm(moref, mode)?;
+    let state = locked.vm().power_state(host);
+    if state == host::PowerState::PoweredOff {
+        return Ok(locked);
+    }
+    if !opts.power_off {
+        return Err(Error::TargetRunning {
+            vm: locked.vm().name(),
+            state: state.to_string(),
+        });
+    }
+    locked.power_off_or_discard()?;
+    obs.event(&Event::Warning(format!(
+        "{} was {state}: powered off for the restore",
+        locked.vm().name()
+    )));
+    Ok(locked)
+}
+
+/// The files of the VM being replaced that lie in its own folder and that no other VM
+/// owns: they go when the restore swaps its files in.
+fn replaced_files(
+    host: &host::Host,
+    locked: &mut host::LockedVm<'_>,
+    plan: &plan::Plan,
+) -> Result<Vec<PathBuf>> {
+    let vm = locked.vm().clone();
+    let mut files = vm.config_files(host)?;
+    files.extend(vm.suspend_file(host));
+    for disk in locked.disk_files()? {
+        files.extend(vmdk::link_files(&disk).unwrap_or_default());
+    }
+    let uids: Vec<u64> = locked
+        .snapshots()
+        .snapshots()
+        .iter()
+        .map(|s| s.uid)
+        .collect();
+    files.extend(uids.iter().filter_map(|u| locked.snapshot_memory_file(*u)));
+    files.sort();
+    files.dedup();
+    Ok(files
+        .into_iter()
+        .filter(|f| f.parent() == Some(vm.dir.as_path()) && plan.owned.owner(f).is_none())
+        .collect())
 }
 
 /// Settle every conflict of `plan` by `policy`, asking `obs` for `prompt`.

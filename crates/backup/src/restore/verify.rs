@@ -4,8 +4,10 @@
 use crate::dest::{Destination, CATALOG_NAME};
 use crate::error::{Error, Result};
 use crate::hash::{hash_reader, to_hex};
+use std::collections::BTreeMap;
+use std::fs::File;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Largest catalog accepted (a catalog is a few kilobytes).
 const MAX_CATALOG_BYTES: u64 = 4 << 20;
@@ -44,10 +46,114 @@ pub fn parse_catalog(bytes: &[u8], path: &Path) -> Result<vmx::Catalog> {
 /// SHA-256, and that every backed-up disk's file is listed. Returns the number of files.
 ///
 /// # Errors
-/// [`Error::MissingFile`], [`Error::Tampered`] naming the file, [`Error::BadCatalog`].
+/// As for [`verify_open`].
 pub fn verify(src: &dyn Destination, catalog: &vmx::Catalog) -> Result<usize> {
+    Ok(verify_open(src, catalog)?.len())
+}
+
+/// The files of a backup that passed verification, each held open: a restore reads
+/// exactly the bytes that were checked (no check-then-reopen), and disk descriptors can
+/// reach no other file (it is the [`vmdk::FileSource`] of the restore's disk reads).
+#[derive(Debug)]
+pub struct VerifiedFiles {
+    /// The backup folder (canonical).
+    dir: PathBuf,
+    /// Name in the catalog → the open file.
+    files: BTreeMap<String, File>,
+}
+
+impl VerifiedFiles {
+    /// How many files were verified.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// True when the catalog listed no file.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// The path the file `name` has in the backup folder (for disk opens).
+    pub fn path_of(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// A reader of the verified file `name` from its start.
+    ///
+    /// # Errors
+    /// [`Error::MissingFile`] for a name that was not verified.
+    pub fn reader(&self, name: &str) -> Result<PositionalReader> {
+        let file = self.files.get(name).ok_or_else(|| Error::MissingFile {
+            location: self.dir.display().to_string(),
+            name: name.to_owned(),
+        })?;
+        let file = file
+            .try_clone()
+            .map_err(|e| Error::io(self.dir.join(name), "reopen", e))?;
+        Ok(PositionalReader { file, pos: 0 })
+    }
+}
+
+impl vmdk::FileSource for VerifiedFiles {
+    fn open(&self, path: &Path, writable: bool) -> std::io::Result<File> {
+        let refused = |why: &str| {
+            std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("{why} (a backup's disks may only name verified catalog files)"),
+            )
+        };
+        if writable {
+            return Err(refused("a backup file opened for writing"));
+        }
+        let canon = std::fs::canonicalize(path)?;
+        let name = canon
+            .strip_prefix(&self.dir)
+            .ok()
+            .and_then(|r| r.to_str())
+            .ok_or_else(|| refused("outside the backup folder"))?;
+        self.files
+            .get(name)
+            .ok_or_else(|| refused("not a verified catalog file"))?
+            .try_clone()
+    }
+}
+
+/// Reads a shared open file from its own position (clones of one descriptor share the
+/// file offset, so reads are positional).
+#[derive(Debug)]
+pub struct PositionalReader {
+    file: File,
+    pos: u64,
+}
+
+impl Read for PositionalReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// [`verify`], keeping every verified file open: each catalog file is opened once,
+/// without following a symbolic link and only if it is a regular file (a FIFO or device
+/// planted in a backup folder is refused, never read), then hashed from that descriptor.
+///
+/// # Errors
+/// [`Error::MissingFile`], [`Error::Tampered`] naming the file, [`Error::BadCatalog`],
+/// [`Error::UnsafePath`] for a file that is not a regular file or a reserved name;
+/// [`Error::UnsupportedDestination`] for a source that is not a local folder.
+pub fn verify_open(src: &dyn Destination, catalog: &vmx::Catalog) -> Result<VerifiedFiles> {
     let location = src.location();
-    let present = src.list()?;
+    let dir = src
+        .local_dir()
+        .ok_or_else(|| Error::UnsupportedDestination {
+            spec: location.clone(),
+            reason:
+                "only a local folder can be verified in place (remote backups are downloaded first)"
+                    .into(),
+        })?;
+    let dir = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, "open backup folder", e))?;
     for disk in catalog.disks.iter().filter(|d| d.backed_up) {
         let Some(name) = disk.filename.as_deref() else {
             return Err(Error::BadCatalog {
@@ -62,12 +168,28 @@ pub fn verify(src: &dyn Destination, catalog: &vmx::Catalog) -> Result<usize> {
             });
         }
     }
+    let mut files = BTreeMap::new();
     for file in &catalog.files {
-        let Some(entry) = present.iter().find(|e| e.name == file.name) else {
-            return Err(Error::MissingFile {
-                location: location.clone(),
-                name: file.name.clone(),
-            });
+        crate::restore::plan::check_reserved(&file.name)?;
+        let path = dir.join(&file.name);
+        let f = match fsio::open_regular(&path, fsio::OpenKind::Read) {
+            Ok(f) => f,
+            Err(fsio::Error::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Err(Error::MissingFile {
+                    location: location.clone(),
+                    name: file.name.clone(),
+                })
+            }
+            Err(fsio::Error::NotRegular { kind, .. }) => {
+                return Err(Error::unsafe_path(
+                    "backup file",
+                    file.name.clone(),
+                    format!("is a {kind}, not a regular file (refused, never read)"),
+                ))
+            }
+            Err(e) => return Err(e.into()),
         };
         let tampered = |what, expected: String, found: String| Error::Tampered {
             location: location.clone(),
@@ -76,15 +198,13 @@ pub fn verify(src: &dyn Destination, catalog: &vmx::Catalog) -> Result<usize> {
             expected,
             found,
         };
-        if entry.size_bytes != file.size_bytes {
-            return Err(tampered(
-                "size",
-                file.size_bytes.to_string(),
-                entry.size_bytes.to_string(),
-            ));
-        }
-        let mut r = src.get(&file.name)?;
-        let (size, sum) = hash_reader(&mut r, Path::new(&format!("{location}/{}", file.name)))?;
+        let mut r = PositionalReader {
+            file: f.try_clone().map_err(|e| Error::io(&path, "reopen", e))?,
+            pos: 0,
+        };
+        // Bounded by the recorded size: a file growing under us cannot stall the check.
+        let mut limited = (&mut r).take(file.size_bytes.saturating_add(1));
+        let (size, sum) = hash_reader(&mut limited, &path)?;
         if size != file.size_bytes {
             return Err(tampered(
                 "size",
@@ -95,8 +215,9 @@ pub fn verify(src: &dyn Destination, catalog: &vmx::Catalog) -> Result<usize> {
         if sum != file.sha256 {
             return Err(tampered("sha256", file.sha256_hex(), to_hex(&sum)));
         }
+        files.insert(file.name.clone(), f);
     }
-    Ok(catalog.files.len())
+    Ok(VerifiedFiles { dir, files })
 }
 
 #[cfg(test)]
@@ -127,6 +248,31 @@ mod tests {
         let d = backup(t.path());
         let c = read_catalog(&d).unwrap();
         assert_eq!(verify(&d, &c).unwrap(), 1);
+    }
+
+    #[test]
+    fn issue_10_fifos_symlinks_and_reserved_names_are_refused_unread() {
+        let t = tempfile::tempdir().unwrap();
+        let d = backup(t.path());
+        let c = read_catalog(&d).unwrap();
+        let a = d.dir().join("a.txt");
+        // A symlink to a file with the right content is still refused.
+        let elsewhere = t.path().join("copy");
+        std::fs::write(&elsewhere, b"hello").unwrap();
+        std::fs::remove_file(&a).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &a).unwrap();
+        let e = verify(&d, &c).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        // A FIFO would block a reader: it is refused without being opened for reading.
+        std::fs::remove_file(&a).unwrap();
+        let cs = std::ffi::CString::new(a.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(cs.as_ptr(), 0o600) }, 0);
+        let e = verify(&d, &c).unwrap_err();
+        assert!(e.to_string().contains("FIFO"), "{e}");
+        let mut c2 = c.clone();
+        c2.files[0].name = ".vcb-journal".into();
+        assert!(matches!(verify(&d, &c2), Err(Error::UnsafePath { .. })));
     }
 
     #[test]

@@ -1,16 +1,17 @@
 //! The restored .vmx: the backup's .vmx with disk, NVRAM and suspend folder names
 //! pointing at where things are restored.
 
-use crate::dest::Destination;
+use super::verify::VerifiedFiles;
 use crate::error::{Error, Result};
 use std::io::Read;
 use vmx::DiskNode;
 
-/// The .vmx of the backup, as a [`VmxEdit`].
-pub(super) fn read_vmx(src: &dyn Destination, name: &str) -> Result<VmxEdit> {
+/// The .vmx of the backup (as verified), as a [`VmxEdit`].
+pub(super) fn read_vmx(files: &VerifiedFiles, name: &str) -> Result<VmxEdit> {
     let mut bytes = Vec::new();
-    let what = format!("{}/{name}", src.location());
-    src.get(name)?
+    let what = files.path_of(name).display().to_string();
+    files
+        .reader(name)?
         .take(u64::try_from(vmx::MAX_INPUT_BYTES).unwrap_or(u64::MAX) + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| Error::io(&what, "read", e))?;
@@ -31,6 +32,27 @@ impl VmxEdit {
     }
     pub(super) fn nvram(&self) -> Option<&str> {
         self.config.nvram()
+    }
+    /// The disks the .vmx attaches.
+    pub(super) fn disks(&self) -> &[vmx::VmDisk] {
+        self.config.disks()
+    }
+    /// Every key and value.
+    pub(super) fn entries(&self) -> Vec<(String, String)> {
+        self.config
+            .dict()
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+    /// Removes `key`.
+    pub(super) fn remove(&mut self, key: &str) {
+        let mut dict = self.config.dict().clone();
+        dict.remove(key);
+        // Removing a key cannot make a valid configuration invalid.
+        if let Ok(c) = vmx::VmConfig::from_dict(&dict) {
+            self.config = c;
+        }
     }
     /// A raw .vmx value.
     pub(super) fn get(&self, key: &str) -> Option<&str> {

@@ -98,12 +98,43 @@ pub struct RestoreArgs {
     /// zeroedthick, eagerzeroedthick).
     #[arg(long, value_name = "FORMAT")]
     pub disk_format: Option<String>,
+    /// Raw device mappings, a running target, a busy target.
+    #[command(flatten)]
+    pub safety: RestoreSafety,
     /// Host root and configuration file.
     #[command(flatten)]
     pub host: HostArgs,
     /// SSH key and host-key policy for remote backups.
     #[command(flatten)]
     pub remote: RemoteArgs,
+}
+
+/// What a restore may do beyond writing the VM's own files (vcbRestore and `vcb restore`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RestoreSafety {
+    /// Recreate the raw device mappings the backup names (they give the VM a host
+    /// device: without this they are listed and left out).
+    #[arg(long)]
+    pub allow_rdm: bool,
+    /// Power off a running (or discard the suspended state of a suspended) registered
+    /// VM that the restore replaces, instead of refusing.
+    #[arg(long)]
+    pub power_off: bool,
+    /// Wait for a backup or snapshot operation holding the replaced VM's lock.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+impl RestoreSafety {
+    /// Restore options with these settings and the rest from `base`.
+    pub fn apply(&self, base: RestoreOptions) -> RestoreOptions {
+        RestoreOptions {
+            allow_rdm: self.allow_rdm,
+            power_off: self.power_off,
+            wait: self.wait,
+            ..base
+        }
+    }
 }
 
 /// The host root: `--root`, else `$VCB_ROOT`, else the per-user default.
@@ -147,28 +178,35 @@ pub fn backup_options(
     skip_physical_rdm: bool,
     conf: &ToolConf,
 ) -> BackupOptions {
-    // Test hooks: let the crash tests kill a backup right after its snapshot
-    // (VCB_TEST_PAUSE_AFTER_SNAPSHOT) or while the guest is frozen
-    // (VCB_TEST_PAUSE_WHILE_FROZEN), in seconds.
-    let pause = std::env::var("VCB_TEST_PAUSE_AFTER_SNAPSHOT")
-        .ok()
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s > 0.0)
-        .map(std::time::Duration::from_secs_f64);
     BackupOptions {
         format,
         skip_physical_rdm,
         name_cache: conf.vmnamecache.clone(),
         tool_version: format!("vcb {}", env!("CARGO_PKG_VERSION")),
-        pause_after_snapshot: pause,
-        pause_while_frozen: std::env::var("VCB_TEST_PAUSE_WHILE_FROZEN")
-            .ok()
-            .and_then(|s| s.trim().parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s > 0.0)
-            .map(std::time::Duration::from_secs_f64),
+        pause_after_snapshot: test_pause("VCB_TEST_PAUSE_AFTER_SNAPSHOT"),
+        pause_while_frozen: test_pause("VCB_TEST_PAUSE_WHILE_FROZEN"),
         no_quiesce: false,
         quiesce_timeout: None,
     }
+}
+
+/// Test hooks: let the crash tests kill a backup right after its snapshot
+/// (`VCB_TEST_PAUSE_AFTER_SNAPSHOT`) or while the guest is frozen
+/// (`VCB_TEST_PAUSE_WHILE_FROZEN`), in seconds. Debug builds only: a release binary
+/// never reads them.
+#[cfg(debug_assertions)]
+fn test_pause(var: &str) -> Option<std::time::Duration> {
+    std::env::var(var)
+        .ok()
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map(std::time::Duration::from_secs_f64)
+}
+
+/// Release builds have no test hooks.
+#[cfg(not(debug_assertions))]
+fn test_pause(_var: &str) -> Option<std::time::Duration> {
+    None
 }
 
 /// How a running guest is quiesced for its backup snapshot (every backup tool).
@@ -281,7 +319,7 @@ pub fn backup(a: BackupArgs) -> Result<()> {
 pub fn restore(a: RestoreArgs) -> Result<()> {
     let (mut host, conf) = open_host(&a.host, &Overrides::default())?;
     let remote = a.remote.options(&conf);
-    let opts = RestoreOptions {
+    let opts = a.safety.apply(RestoreOptions {
         alternate_catalog: a
             .catalog
             .as_deref()
@@ -293,6 +331,7 @@ pub fn restore(a: RestoreArgs) -> Result<()> {
             .as_deref()
             .map(parse_restore_format)
             .transpose()?,
-    };
+        ..RestoreOptions::default()
+    });
     run_restore(&mut host, &a.src, &remote, &opts, &mut Render::new(3))
 }

@@ -39,6 +39,9 @@ enum VmCmd {
     Unregister {
         /// The VM: a display name or a specifier (name:, uuid:, moref:, ipaddr:).
         vm: String,
+        /// Wait for a backup or snapshot operation holding the VM's lock.
+        #[arg(long)]
+        wait: bool,
     },
     /// List the registered VMs.
     List {
@@ -148,9 +151,9 @@ pub fn run(a: VmArgs) -> Result<()> {
             );
             Ok(())
         }
-        VmCmd::Unregister { vm } => {
+        VmCmd::Unregister { vm, wait } => {
             let vm = h.find_vm(&vm)?;
-            h.unregister_vm(vm.moref)?;
+            h.unregister_vm(vm.moref, lock_mode(wait))?;
             println!("Unregistered {} ({}); its files stay", vm.name(), vm.vmx);
             Ok(())
         }

@@ -3,6 +3,7 @@
 //! ```text
 //! vcbRestore -s <backup directory | file://...> [-a <alternate catalog>]
 //!            [-l prompt|overwrite|keep|abort] [-b ...] [-i key] [--accept-new-host-key]
+//!            [--allow-rdm] [--power-off] [--wait]
 //!            [-h -u -p -L]
 //! ```
 
@@ -38,6 +39,8 @@ struct Args {
     #[arg(long, value_name = "FORMAT")]
     disk_format: Option<String>,
     #[command(flatten)]
+    safety: crate::cmd::backup::RestoreSafety,
+    #[command(flatten)]
     tool: ToolArgs,
     /// SSH key (-i KEY, $VCB_SSH_KEY) and host-key policy for scp:// destinations.
     #[command(flatten)]
@@ -55,7 +58,7 @@ fn run(a: Args) -> Result<()> {
     }
     let (mut host, conf) = open_host(&a.tool.host_args, &a.tool.overrides(None))?;
     let remote = a.remote.options(&conf);
-    let opts = RestoreOptions {
+    let opts = a.safety.apply(RestoreOptions {
         alternate_catalog: a
             .catalog
             .as_deref()
@@ -67,7 +70,8 @@ fn run(a: Args) -> Result<()> {
             .as_deref()
             .map(parse_restore_format)
             .transpose()?,
-    };
+        ..RestoreOptions::default()
+    });
     run_restore(
         &mut host,
         &a.src,

@@ -219,7 +219,16 @@ fn physical_rdm_stops_the_backup_unless_skipped_and_restore_recreates_it() {
     );
 
     destroy(&env, "db");
-    env.ok("vcbRestore", &["-s", dest.to_str().unwrap(), "-l", "abort"]);
+    // Issue 10: a catalog naming a device maps it only when asked to.
+    let out = env.ok_all("vcbRestore", &["-s", dest.to_str().unwrap(), "-l", "abort"]);
+    assert!(out.contains("--allow-rdm"), "{out}");
+    assert!(!env.root.join("volumes/datastore1/db/db_1.vmdk").exists());
+    destroy(&env, "db");
+    let out = env.ok_all(
+        "vcbRestore",
+        &["-s", dest.to_str().unwrap(), "-l", "abort", "--allow-rdm"],
+    );
+    assert!(out.contains(device.to_str().unwrap()), "{out}");
     let (mode, target) =
         vmdk::rdm_target(&env.root.join("volumes/datastore1/db/db_1.vmdk")).unwrap();
     assert_eq!((mode, target), (vmdk::RdmMode::Physical, device));

@@ -94,6 +94,20 @@ impl Env {
         text(&out.stdout)
     }
 
+    /// Run and require success; returns stdout and stderr together.
+    pub fn ok_all(&self, tool: &str, args: &[&str]) -> String {
+        let out = self.run(tool, args);
+        if !out.status.success() {
+            self.dump();
+            panic!(
+                "{tool} {args:?} failed: {}\n{}",
+                out.status,
+                text(&out.stderr)
+            );
+        }
+        format!("{}{}", text(&out.stdout), text(&out.stderr))
+    }
+
     /// Run and require failure; returns stderr.
     pub fn fails(&self, tool: &str, args: &[&str]) -> String {
         let out = self.run(tool, args);

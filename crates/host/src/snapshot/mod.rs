@@ -311,6 +311,37 @@ impl Vm {
     }
 }
 
+impl Vm {
+    /// The files this VM owns, as far as they can be read: the .vmx, .vmsd, NVRAM,
+    /// suspend state, and each link of every disk chain its .vmx and .vmsd name (a
+    /// linked clone owns its shared base too). Best effort: a name that does not
+    /// resolve or a chain that does not open is skipped; callers treat the VM's folder
+    /// as owned anyway.
+    pub fn owned_files(&self, host: &Host) -> Vec<PathBuf> {
+        let confined = host.confined();
+        let mut out: BTreeSet<PathBuf> = BTreeSet::new();
+        out.insert(self.vmx_path.clone());
+        out.insert(self.vmsd_path());
+        out.extend(self.config_files(host).unwrap_or_default());
+        out.extend(self.suspend_file(host));
+        let db = read_vmsd(&self.vmsd_path()).unwrap_or_default();
+        for (_, _, path) in references(host, self, &db).unwrap_or_default() {
+            match graph::open_chain(&confined, &path) {
+                Ok(chain) => {
+                    for link in chain {
+                        out.extend(vmdk::link_files(&link).unwrap_or_default());
+                        out.insert(link);
+                    }
+                }
+                Err(_) => {
+                    out.insert(path);
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+}
+
 /// Reads a .vmsd; a missing file is an empty database.
 ///
 /// # Errors

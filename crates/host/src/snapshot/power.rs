@@ -48,6 +48,26 @@ impl LockedVm<'_> {
         self.after_power_off()
     }
 
+    /// Brings the VM to powered off whatever its state: a running VM is powered off
+    /// hard, a suspended one loses its suspended state (the .vmss is deleted, as
+    /// "power off" of a suspended VM does in vSphere). Used when the VM's files are
+    /// about to be replaced.
+    ///
+    /// # Errors
+    /// [`Error::Runtime`]; [`Error::Io`] removing the state file.
+    pub fn power_off_or_discard(&mut self) -> Result<()> {
+        match self.power_state() {
+            PowerState::PoweredOn => self.power_off(),
+            PowerState::Suspended => {
+                if let Some(vmss) = self.vm.suspend_file(self.host) {
+                    crate::fsutil::remove_file_if_exists(&vmss)?;
+                }
+                Ok(())
+            }
+            PowerState::PoweredOff => Ok(()),
+        }
+    }
+
     /// Asks the guest to shut down (ACPI power button) and waits up to `timeout` for it.
     /// Returns how long the guest took.
     ///

@@ -83,7 +83,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
     let ropts = RestoreOptions {
         alternate_catalog: Some(super::read_alternate_catalog(&alt)?),
         policy: ConflictPolicy::Abort,
-        disk_format: None,
+        ..RestoreOptions::default()
     };
     run_restore(
         &mut host,
