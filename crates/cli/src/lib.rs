@@ -3,6 +3,7 @@
 //! progress rendering over the library crates. No storage logic lives here.
 
 pub mod cmd;
+pub mod logging;
 pub mod output;
 pub mod tools;
 
@@ -13,6 +14,12 @@ use std::process::ExitCode;
 #[derive(Parser, Debug)]
 #[command(name = "vcb", version, about, propagate_version = true)]
 pub struct Cli {
+    /// The host's root folder for every command (as each command's own --root).
+    #[arg(long, value_name = "DIR")]
+    root: Option<std::path::PathBuf>,
+    /// Log level 0..6: 4-6 add the libraries' diagnostics (info, debug, trace).
+    #[arg(short = 'L', value_name = "LEVEL", default_value_t = 3, value_parser = clap::value_parser!(u8).range(0..=6))]
+    level: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -43,6 +50,10 @@ enum Command {
 /// Entry point of the `vcb` binary.
 pub fn run_vcb() -> ExitCode {
     let cli = Cli::parse();
+    logging::init(cli.level);
+    if let Some(root) = cli.root {
+        cmd::backup::set_default_root(root);
+    }
     let result = match cli.command {
         Command::Disk(c) => cmd::disk::run(c),
         Command::Backup(a) => cmd::backup::backup(a),

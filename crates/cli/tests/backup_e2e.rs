@@ -8,6 +8,8 @@ mod util;
 mod conf;
 #[path = "backup_e2e/crash.rs"]
 mod crash;
+#[path = "backup_e2e/hostile.rs"]
+mod hostile;
 #[path = "backup_e2e/refuse.rs"]
 mod refuse;
 #[path = "backup_e2e/roundtrip.rs"]

@@ -116,6 +116,16 @@ pub enum Error {
         /// Why it is refused (see [`crate::Confined`]).
         reason: String,
     },
+    /// A disk that a chain uses as a parent would be written.
+    #[error("{disk}: it is the parent of {child} (VM {vm}): a parent with children is never written (refused)")]
+    SharedParent {
+        /// The disk.
+        disk: PathBuf,
+        /// The link whose parent it is.
+        child: PathBuf,
+        /// The VM whose chain it is.
+        vm: String,
+    },
     /// A file a VM needs does not exist.
     #[error("{path}: {what} is missing")]
     MissingFile {

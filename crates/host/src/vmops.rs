@@ -23,6 +23,63 @@ pub struct Destroyed {
 }
 
 impl Host {
+    /// Prepares a change to the disk at `disk` by a disk tool: when it lies in a
+    /// registered VM's folder, that VM's lock is taken (after finishing what an
+    /// interrupted operation left) and returned, to be held for the whole change. A disk
+    /// that a registered VM's chain uses as a parent (a linked clone's base, a snapshot's
+    /// redo log parent) is refused: a parent with children is never written. `child`,
+    /// when given, is the one link allowed to have `disk` as parent (a commit of it).
+    ///
+    /// # Errors
+    /// [`Error::Busy`] (with [`LockMode::NoWait`]); [`Error::SharedParent`].
+    pub fn lock_disk(
+        &self,
+        disk: &std::path::Path,
+        mode: LockMode,
+        child: Option<&std::path::Path>,
+    ) -> Result<Option<crate::FileLock>> {
+        self.check_shared_parent(disk, child)?;
+        let canon = crate::fsutil::canonical(disk, "disk")?;
+        let (vms, _) = self.vms();
+        match vms
+            .iter()
+            .find(|vm| canon.parent() == Some(vm.dir.as_path()))
+        {
+            Some(vm) => Ok(Some(self.lock_vm(vm.moref, mode)?.into_lock())),
+            None => Ok(None),
+        }
+    }
+
+    /// Refuses `disk` when a registered VM's chain uses it as the parent of a link
+    /// other than `child`.
+    ///
+    /// # Errors
+    /// [`Error::SharedParent`].
+    pub fn check_shared_parent(
+        &self,
+        disk: &std::path::Path,
+        child: Option<&std::path::Path>,
+    ) -> Result<()> {
+        let canon = crate::fsutil::canonical(disk, "disk")?;
+        let allowed = child.and_then(|c| std::fs::canonicalize(c).ok());
+        let (vms, _) = self.vms();
+        for vm in &vms {
+            for chain in vm.all_chains(self) {
+                let Some(i) = chain.iter().position(|l| *l == canon).filter(|&i| i > 0) else {
+                    continue;
+                };
+                if allowed.as_ref() != Some(&chain[i - 1]) {
+                    return Err(Error::SharedParent {
+                        disk: canon,
+                        child: chain[i - 1].clone(),
+                        vm: vm.name(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Registers the VM whose .vmx is `vmx`. The .vmx must parse and every file name in
     /// it must stay inside the host's datastores.
     ///

@@ -100,6 +100,23 @@ impl Disk {
         })
     }
 
+    /// [`Disk::open`] for writing by a user's request: refused (see
+    /// [`refuse_busy`](crate::refuse_busy)) while a running VM has the disk open or a
+    /// redo log has it as parent.
+    ///
+    /// # Errors
+    /// [`Error::DiskBusy`], and as for [`Disk::open`].
+    pub fn open_exclusive(path: &Path, opts: &OpenOptions) -> Result<Disk> {
+        crate::busy::refuse_busy(path, "write to")?;
+        Disk::open(
+            path,
+            &OpenOptions {
+                writable: true,
+                ..opts.clone()
+            },
+        )
+    }
+
     /// Open a raw image file (`.img`, `.raw`) as a one-link flat disk, read-only.
     pub fn open_raw(path: &Path) -> Result<Disk> {
         let len = crate::flat::device_size(path)?;

@@ -76,6 +76,14 @@ pub enum Error {
         /// The name found in the descriptor.
         name: String,
     },
+    /// The disk may not be changed now (open in a running VM, or a parent of redo logs).
+    #[error("{path}: {reason} (refused)")]
+    DiskBusy {
+        /// The disk.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// A grain table entry points past the end of the extent file.
     #[error("{path}: GT {gt} entry {index} points past EOF (sector {sector:#x})")]
     GrainPastEof {

@@ -111,6 +111,9 @@ pub fn chain_consistent(path: &Path, opts: &OpenOptions) -> Result<Vec<PathBuf>>
 /// own link), and the chain below it.
 pub fn check(path: &Path, repair: bool, opts: &OpenOptions) -> Result<CheckReport> {
     crate::replace::recover_folder(&crate::confine::canonical_dir(path)?)?;
+    if repair {
+        crate::busy::refuse_busy(path, "repair")?;
+    }
     let (d, store) = read_descriptor(path)?;
     let mut report = CheckReport::default();
     for e in &d.extents {

@@ -22,6 +22,7 @@
 #![deny(missing_docs)]
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod busy;
 pub mod check;
 pub mod confine;
 mod convert;
@@ -43,6 +44,7 @@ pub mod replace;
 pub mod sparse;
 pub mod stream;
 
+pub use busy::{children_in_folder, locked_file, refuse_busy};
 pub use check::CheckReport;
 pub use confine::{Confinement, FileSource};
 pub use convert::convert;

@@ -40,6 +40,28 @@ pub fn commit(
         )));
     };
     let parent_path = parent_link.path().to_path_buf();
+    if let Some(f) = crate::busy::locked_file(&parent_path)? {
+        return Err(Error::DiskBusy {
+            path: parent_path,
+            reason: format!(
+                "cannot commit into it: {} is open in a running VM",
+                f.display()
+            ),
+        });
+    }
+    let me = std::fs::canonicalize(child).map_err(|e| Error::io(child, "resolve", e))?;
+    if let Some(other) = crate::busy::children_in_folder(&parent_path)?
+        .into_iter()
+        .find(|c| std::fs::canonicalize(c).ok().as_ref() != Some(&me))
+    {
+        return Err(Error::DiskBusy {
+            path: parent_path,
+            reason: format!(
+                "cannot commit into it: {} is another child of it (a shared parent is never written)",
+                other.display()
+            ),
+        });
+    }
     let mut dst = Disk::open(
         &parent_path,
         &OpenOptions {
@@ -142,6 +164,7 @@ pub fn link_files(path: &Path) -> Result<Vec<PathBuf>> {
 /// Delete a disk: its descriptor and every extent file (never its parents; a device behind
 /// a mapping file is not touched, only the mapping).
 pub fn delete(path: &Path) -> Result<()> {
+    crate::busy::refuse_busy(path, "delete")?;
     remove_files(&link_files(path)?)
 }
 
@@ -154,6 +177,7 @@ pub fn delete(path: &Path) -> Result<()> {
 /// names go, so a crash leaves the disk under the old name or the new one, never half.
 /// A disk with separate extent files is renamed within its folder only.
 pub fn rename(old: &Path, new: &Path) -> Result<()> {
+    crate::busy::refuse_busy(old, "rename")?;
     let (old_dir, old_stem) = split_name(old)?;
     let (new_dir, new_stem) = split_name(new)?;
     if new.symlink_metadata().is_ok() {
@@ -237,6 +261,7 @@ fn refuse_children_and_chains(
 /// Grow a disk to `new_capacity` bytes (never shrink). Flat layouts grow in place; sparse
 /// ones are rewritten into a larger disk of the same format which then replaces the old.
 pub fn extend(path: &Path, new_capacity: u64, progress: &mut dyn Progress) -> Result<()> {
+    crate::busy::refuse_busy(path, "extend")?;
     let (mut d, store) = read_descriptor(path)?;
     refuse_children_and_chains(path, &d, "extend")?;
     let old = d.capacity_bytes();
@@ -352,6 +377,7 @@ fn rewrite_as(path: &Path, spec: &CreateSpec, progress: &mut dyn Progress) -> Re
 
 /// Turn a thin disk into an eagerzeroedthick one: every hole is written with zeros.
 pub fn inflate(path: &Path, progress: &mut dyn Progress) -> Result<()> {
+    crate::busy::refuse_busy(path, "inflate")?;
     let (mut d, store) = read_descriptor(path)?;
     let format = DiskFormat::of_descriptor(&d);
     if !matches!(
@@ -391,6 +417,7 @@ pub fn inflate(path: &Path, progress: &mut dyn Progress) -> Result<()> {
 /// Deallocate all-zero blocks. Flat files get holes punched (64 KiB granularity); a sparse
 /// disk without a parent is rewritten compacted. Returns the bytes freed on the host.
 pub fn punch_zero(path: &Path, progress: &mut dyn Progress) -> Result<u64> {
+    crate::busy::refuse_busy(path, "punch zeros in")?;
     let (d, _) = read_descriptor(path)?;
     refuse_children_and_chains(path, &d, "punch zeros in")?;
     let before = Disk::open(path, &OpenOptions::read_only())?.links()[0].allocated_file_bytes();

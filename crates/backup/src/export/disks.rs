@@ -87,8 +87,14 @@ impl DiskPlan {
 }
 
 /// Classify a disk whose top link is `top`. A physical RDM is not opened (its device may
-/// be in use); everything else is opened read-only to find the chain's base.
-pub fn plan_disk(node: DiskNode, top: &Path, independent: bool) -> Result<DiskPlan> {
+/// be in use); everything else is opened with `opts` (read-only, the host's confinement)
+/// to find the chain's base.
+pub fn plan_disk(
+    node: DiskNode,
+    top: &Path,
+    independent: bool,
+    opts: &vmdk::OpenOptions,
+) -> Result<DiskPlan> {
     let plan = |base: PathBuf, kind, capacity_bytes| DiskPlan {
         node,
         top: top.to_path_buf(),
@@ -102,7 +108,7 @@ pub fn plan_disk(node: DiskNode, top: &Path, independent: bool) -> Result<DiskPl
             return Ok(plan(top.to_path_buf(), DiskKind::PhysicalRdm { device }, 0));
         }
     }
-    let disk = vmdk::Disk::open(top, &vmdk::OpenOptions::read_only())?;
+    let disk = vmdk::Disk::open(top, opts)?;
     let capacity = disk.capacity();
     let base = disk
         .links()
@@ -122,11 +128,12 @@ pub fn plan_disk(node: DiskNode, top: &Path, independent: bool) -> Result<DiskPl
 /// Returns the files written (descriptor and extents).
 pub fn export_disk(
     source: &Path,
+    opts: &vmdk::OpenOptions,
     dst: &Path,
     format: ExportFormat,
     obs: &mut dyn Observer,
 ) -> Result<Vec<PathBuf>> {
-    let mut disk = vmdk::Disk::open(source, &vmdk::OpenOptions::read_only())?;
+    let mut disk = vmdk::Disk::open(source, opts)?;
     let spec = vmdk::CreateSpec {
         adapter: adapter_of(&disk),
         ..vmdk::CreateSpec::new(0, format.disk_format())
@@ -141,12 +148,13 @@ pub fn export_disk(
 /// order (the descriptor last).
 pub fn stream_disk(
     source: &Path,
+    opts: &vmdk::OpenOptions,
     name: &str,
     format: ExportFormat,
     dest: &dyn Destination,
     obs: &mut dyn Observer,
 ) -> Result<Vec<CatalogFile>> {
-    let mut disk = vmdk::Disk::open(source, &vmdk::OpenOptions::read_only())?;
+    let mut disk = vmdk::Disk::open(source, opts)?;
     let spec = vmdk::CreateSpec {
         adapter: adapter_of(&disk),
         ..vmdk::CreateSpec::new(0, format.disk_format())
@@ -176,8 +184,8 @@ pub fn stream_disk(
 
 /// Bytes the chain whose top is `source` holds as data (allocated, zeros included): an
 /// upper bound of its compacted export, less its metadata.
-pub fn allocated_bytes(source: &Path) -> Result<u64> {
-    let mut disk = vmdk::Disk::open(source, &vmdk::OpenOptions::read_only())?;
+pub fn allocated_bytes(source: &Path, opts: &vmdk::OpenOptions) -> Result<u64> {
+    let mut disk = vmdk::Disk::open(source, opts)?;
     let capacity = disk.capacity();
     let (mut pos, mut data) = (0u64, 0u64);
     while pos < capacity {

@@ -60,7 +60,8 @@ pub(super) fn export_all(
 ) -> Result<Vec<CatalogFile>> {
     // Before anything is sent: whether the disks' data fits at all.
     let sources = disk_sources(created, plans, obs, warnings);
-    check_free_space(dest, plans, &sources, obs, warnings)?;
+    let read = host.confined().disk_options(false);
+    check_free_space(dest, plans, &sources, &read, obs, warnings)?;
     let mut out = Vec::new();
     let vmx_name = file_name(&vm.vmx_path)?;
     put(
@@ -113,6 +114,7 @@ pub(super) fn export_all(
             let name = plan.backup_name();
             streamed.extend(disks::stream_disk(
                 &source,
+                &read,
                 &name,
                 opts.format,
                 &*dest,
@@ -121,7 +123,7 @@ pub(super) fn export_all(
             continue;
         };
         let dst = dir.join(plan.backup_name());
-        for file in disks::export_disk(&source, &dst, opts.format, obs)? {
+        for file in disks::export_disk(&source, &read, &dst, opts.format, obs)? {
             let name = file
                 .strip_prefix(&dir)
                 .ok()
@@ -189,6 +191,7 @@ fn check_free_space(
     dest: &dyn Destination,
     plans: &[DiskPlan],
     sources: &[Option<PathBuf>],
+    read: &vmdk::OpenOptions,
     obs: &mut dyn Observer,
     warnings: &mut Vec<String>,
 ) -> Result<()> {
@@ -200,7 +203,7 @@ fn check_free_space(
             DiskKind::VirtualRdm { .. } | DiskKind::PhysicalRdm { .. } => true,
         };
         if !fully_allocated {
-            needed = needed.saturating_add(disks::allocated_bytes(source)?);
+            needed = needed.saturating_add(disks::allocated_bytes(source, read)?);
         }
     }
     if let Some(text) = dest.check_free_space(needed)? {

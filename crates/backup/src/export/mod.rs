@@ -105,18 +105,10 @@ pub fn backup_vm(
     obs: &mut dyn Observer,
 ) -> Result<BackupReport> {
     let vm = host.find_vm(vm)?;
+    // A first look, to refuse a physical RDM before anything is created; the disks are
+    // planned again under the lock, after leftovers are consolidated.
     let disks = plan_disks(host, &vm)?;
-    if !opts.skip_physical_rdm {
-        for d in &disks {
-            if let DiskKind::PhysicalRdm { device } = &d.kind {
-                return Err(Error::PhysicalRdm {
-                    vm: vm.name(),
-                    node: d.node.to_string(),
-                    device: device.clone(),
-                });
-            }
-        }
-    }
+    refuse_physical_rdm(&vm, &disks, opts)?;
     dest.create()?;
     // A staging folder (remote destinations) holds the converted disks until upload:
     // say up front when their full capacity might not fit.
@@ -128,7 +120,7 @@ pub fn backup_vm(
     if let Err(e) = dest.check_local_space(capacity) {
         obs.event(&Event::Warning(e.to_string()));
     }
-    let result = run(host, &vm, &disks, dest, opts, obs);
+    let result = run(host, &vm, dest, opts, obs);
     if result.is_err() {
         if let Err(e) = dest.discard() {
             obs.event(&Event::Warning(format!(
@@ -142,16 +134,34 @@ pub fn backup_vm(
 
 /// Classify every disk of `vm`.
 fn plan_disks(host: &host::Host, vm: &host::Vm) -> Result<Vec<DiskPlan>> {
+    let read = host.confined().disk_options(false);
     vm.disks(host)?
         .iter()
-        .map(|d| disks::plan_disk(d.node, &d.path, d.independent))
+        .map(|d| disks::plan_disk(d.node, &d.path, d.independent, &read))
         .collect()
+}
+
+/// Refuses a physical-compatibility RDM unless it may be skipped.
+fn refuse_physical_rdm(vm: &host::Vm, disks: &[DiskPlan], opts: &BackupOptions) -> Result<()> {
+    if opts.skip_physical_rdm {
+        return Ok(());
+    }
+    match disks.iter().find_map(|d| match &d.kind {
+        DiskKind::PhysicalRdm { device } => Some((d, device)),
+        _ => None,
+    }) {
+        Some((d, device)) => Err(Error::PhysicalRdm {
+            vm: vm.name(),
+            node: d.node.to_string(),
+            device: device.clone(),
+        }),
+        None => Ok(()),
+    }
 }
 
 fn run(
     host: &host::Host,
     vm: &host::Vm,
-    disks: &[DiskPlan],
     dest: &mut dyn Destination,
     opts: &BackupOptions,
     obs: &mut dyn Observer,
@@ -172,6 +182,11 @@ fn run(
     let mut locked = host.lock_vm(vm.moref, host::LockMode::Wait)?;
     let rt = locked.vm().runtime(host);
     consolidate_leftovers(&mut locked, &rt, obs)?;
+    // The VM as it is now, under the lock (another process may have changed it since
+    // the first look, and consolidation changed its chains).
+    let vm = &locked.vm().clone();
+    let disks = &plan_disks(host, vm)?;
+    refuse_physical_rdm(vm, disks, opts)?;
     // Read under the lock, before the snapshot changes them.
     let snapshot_view = files::ConfigSnapshot::read(host, locked.vm())?;
     let running = locked.vm().power_state(host) == host::PowerState::PoweredOn;

@@ -137,9 +137,18 @@ impl RestoreSafety {
     }
 }
 
-/// The host root: `--root`, else `$VCB_ROOT`, else the per-user default.
+/// `vcb --root DIR <command>`: the root when the command itself was given none.
+static DEFAULT_ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Sets the root `vcb --root DIR` names (before the subcommand).
+pub fn set_default_root(root: PathBuf) {
+    let _ = DEFAULT_ROOT.set(root);
+}
+
+/// The host root: the command's `--root`, else `vcb --root`, else `$VCB_ROOT`, else the
+/// per-user default.
 pub fn resolve_root(root: Option<&Path>) -> PathBuf {
-    if let Some(r) = root {
+    if let Some(r) = root.or(DEFAULT_ROOT.get().map(PathBuf::as_path)) {
         return r.to_path_buf();
     }
     if let Some(r) = std::env::var_os("VCB_ROOT").filter(|v| !v.is_empty()) {

@@ -7,6 +7,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use vmdk::{AdapterType, CreateSpec, Disk, DiskFormat, OpenOptions};
 
+mod guard;
+
 /// Options shared by every disk command.
 #[derive(Args, Debug, Clone, Default)]
 pub struct Common {
@@ -17,17 +19,8 @@ pub struct Common {
 }
 
 impl Common {
-    fn open_options(&self, writable: bool) -> OpenOptions {
-        let confinement = if self.allow_outside_extents {
-            vmdk::Confinement::Anywhere
-        } else {
-            vmdk::Confinement::Folder
-        };
-        OpenOptions {
-            writable,
-            ..OpenOptions::default()
-        }
-        .confined(confinement)
+    fn open_options(&self, disk: &Path, writable: bool) -> OpenOptions {
+        guard::open_options(disk, writable, self.allow_outside_extents)
     }
 }
 
@@ -214,13 +207,10 @@ pub fn run(cmd: DiskCmd) -> Result<()> {
             adapter,
             common,
         } => import(&src, &dst, &format, adapter.as_deref(), &common),
-        DiskCmd::Delete { disk } => Ok(vmdk::delete(&disk)?),
-        DiskCmd::Rename { old, new } => Ok(vmdk::rename(&old, &new)?),
+        DiskCmd::Delete { disk } => delete(&disk),
+        DiskCmd::Rename { old, new } => rename(&old, &new),
         DiskCmd::Extend { disk, size } => extend(&disk, &size),
-        DiskCmd::Inflate { disk } => Ok(vmdk::inflate(
-            &disk,
-            &mut Bar::new(format!("Inflating \"{}\"", disk.display())),
-        )?),
+        DiskCmd::Inflate { disk } => inflate(&disk),
         DiskCmd::PunchZero { disk } => punch_zero(&disk),
         DiskCmd::CreateRdm {
             device,
@@ -260,17 +250,59 @@ pub fn run(cmd: DiskCmd) -> Result<()> {
             };
             Ok(vmdk::create_child(&parent, &child, format)?)
         }
-        DiskCmd::Commit { child, common } => {
-            let parent = vmdk::commit(
-                &child,
-                None,
-                &common.open_options(false),
-                &mut Bar::new(format!("Committing \"{}\"", child.display())),
-            )?;
-            println!("committed {} into {}", child.display(), parent.display());
-            Ok(())
+        DiskCmd::Commit { child, common } => commit(&child, &common),
+    }
+}
+
+/// Delete a disk and its extents.
+pub fn delete(disk: &Path) -> Result<()> {
+    let _guard = guard::write_guard(disk, None)?;
+    Ok(vmdk::delete(disk)?)
+}
+
+/// Rename a disk and its extents.
+pub fn rename(old: &Path, new: &Path) -> Result<()> {
+    let _guard = guard::write_guard(old, None)?;
+    Ok(vmdk::rename(old, new)?)
+}
+
+/// Write every hole of a thin disk with zeros.
+pub fn inflate(disk: &Path) -> Result<()> {
+    let _guard = guard::write_guard(disk, None)?;
+    Ok(vmdk::inflate(
+        disk,
+        &mut Bar::new(format!("Inflating \"{}\"", disk.display())),
+    )?)
+}
+
+/// Commit a redo log into its parent (which no other chain may use).
+pub fn commit(child: &Path, common: &Common) -> Result<()> {
+    let opts = common.open_options(child, false);
+    let chain = vmdk::chain_consistent(child, &opts)?;
+    let Some(parent) = chain.get(1) else {
+        bail!("{}: has no parent to commit into", child.display());
+    };
+    let _child_guard = guard::write_guard(child, None)?;
+    let same_vm = parent.parent() == child.parent();
+    let _parent_guard = if same_vm {
+        None
+    } else {
+        Some(guard::write_guard(parent, Some(child))?)
+    };
+    if same_vm {
+        // Still refuse a parent other chains use, under the lock already held.
+        if let Some(h) = guard::local_host() {
+            h.check_shared_parent(parent, Some(child))?;
         }
     }
+    let parent = vmdk::commit(
+        child,
+        None,
+        &opts,
+        &mut Bar::new(format!("Committing \"{}\"", child.display())),
+    )?;
+    println!("committed {} into {}", child.display(), parent.display());
+    Ok(())
 }
 
 /// Create a disk of `size` in `format`.
@@ -291,7 +323,7 @@ pub fn open_source(src: &Path, common: &Common) -> Result<Disk> {
     if matches!(ext.as_deref(), Some("img" | "raw" | "bin" | "iso")) {
         return Ok(Disk::open_raw(src)?);
     }
-    Ok(Disk::open(src, &common.open_options(false))?)
+    Ok(Disk::open(src, &common.open_options(src, false))?)
 }
 
 /// Copy/convert `src` into a new disk at `dst`.
@@ -330,6 +362,7 @@ pub fn import(
 /// Grow a disk.
 pub fn extend(disk: &Path, size: &str) -> Result<()> {
     let capacity = vmdk::parse_size(size)?;
+    let _guard = guard::write_guard(disk, None)?;
     vmdk::extend(
         disk,
         capacity,
@@ -340,6 +373,7 @@ pub fn extend(disk: &Path, size: &str) -> Result<()> {
 
 /// Deallocate zero blocks and say how much was freed.
 pub fn punch_zero(disk: &Path) -> Result<()> {
+    let _guard = guard::write_guard(disk, None)?;
     let freed = vmdk::punch_zero(
         disk,
         &mut Bar::new(format!("Punching zeros in \"{}\"", disk.display())),
@@ -374,7 +408,7 @@ pub fn query_rdm(map: &Path) -> Result<()> {
 
 /// Verify a chain and print its links.
 pub fn chain_check(disk: &Path, common: &Common) -> Result<()> {
-    let links = vmdk::chain_consistent(disk, &common.open_options(false))?;
+    let links = vmdk::chain_consistent(disk, &common.open_options(disk, false))?;
     println!(
         "Disk chain is consistent ({} link{}):",
         links.len(),
@@ -388,7 +422,12 @@ pub fn chain_check(disk: &Path, common: &Common) -> Result<()> {
 
 /// Check or repair; a problem left unrepaired is an error.
 pub fn check(disk: &Path, repair: bool, common: &Common) -> Result<()> {
-    let report = vmdk::check(disk, repair, &common.open_options(false))?;
+    let _guard = if repair {
+        Some(guard::write_guard(disk, None)?)
+    } else {
+        None
+    };
+    let report = vmdk::check(disk, repair, &common.open_options(disk, false))?;
     for p in &report.problems {
         println!("problem: {p}");
     }
@@ -409,7 +448,7 @@ pub fn check(disk: &Path, repair: bool, common: &Common) -> Result<()> {
 
 /// Print `info`.
 pub fn info(disk: &Path, json: bool, common: &Common) -> Result<()> {
-    let info = vmdk::info(disk, &common.open_options(false))?;
+    let info = vmdk::info(disk, &common.open_options(disk, false))?;
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer_pretty(&mut out, &info)?;
@@ -455,7 +494,7 @@ pub fn info(disk: &Path, json: bool, common: &Common) -> Result<()> {
 
 /// Print the allocation map.
 pub fn map(disk: &Path, json: bool, common: &Common) -> Result<()> {
-    let mut d = Disk::open(disk, &common.open_options(false))?;
+    let mut d = Disk::open(disk, &common.open_options(disk, false))?;
     let runs = d.allocation()?;
     let mut out = std::io::stdout().lock();
     if json {
@@ -479,7 +518,8 @@ pub fn write(disk: &Path, offset: &str, file: &Path, common: &Common) -> Result<
     } else {
         std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?
     };
-    let mut d = Disk::open(disk, &common.open_options(true))?;
+    let _guard = guard::write_guard(disk, None)?;
+    let mut d = Disk::open_exclusive(disk, &common.open_options(disk, true))?;
     d.write_at(offset, &data)?;
     d.close()?;
     Ok(())
@@ -489,7 +529,7 @@ pub fn write(disk: &Path, offset: &str, file: &Path, common: &Common) -> Result<
 pub fn read(disk: &Path, offset: &str, length: &str, common: &Common) -> Result<()> {
     let offset = vmdk::parse_size(offset)?;
     let length = vmdk::parse_size(length)?;
-    let mut d = Disk::open(disk, &common.open_options(false))?;
+    let mut d = Disk::open(disk, &common.open_options(disk, false))?;
     let mut out = std::io::stdout().lock();
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = 0;

@@ -60,6 +60,7 @@ pub fn main() -> ExitCode {
 }
 
 fn run(a: Args) -> Result<()> {
+    crate::logging::init(a.tool.level);
     if a.unmount.is_some() {
         bail!(FILE_MODE);
     }

@@ -53,6 +53,7 @@ pub fn main() -> ExitCode {
 }
 
 fn run(a: Args) -> Result<()> {
+    crate::logging::init(a.tool.level);
     if a.src.is_empty() {
         bail!("-s <backup directory> is required");
     }

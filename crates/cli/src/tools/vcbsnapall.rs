@@ -49,6 +49,7 @@ pub fn main() -> ExitCode {
 }
 
 fn run(a: Args) -> Result<()> {
+    crate::logging::init(a.tool.level);
     let (host, conf) = open_host(&a.tool.host_args, &a.tool.overrides(a.cache.clone()))?;
     let format = if a.monolithic == "1" {
         ExportFormat::Monolithic

@@ -45,6 +45,7 @@ pub fn main() -> ExitCode {
 }
 
 fn run(a: Args) -> Result<()> {
+    crate::logging::init(a.tool.level);
     let (host, _) = open_host(&a.tool.host_args, &a.tool.overrides(None))?;
     let containers = |kind| -> Vec<String> {
         host.containers(kind)

@@ -44,6 +44,7 @@ pub fn main() -> ExitCode {
 }
 
 fn run(a: Args) -> Result<()> {
+    crate::logging::init(a.tool.level);
     let spec = Specifier::parse(&a.spec)?;
     let (host, _) = open_host(&a.tool.host_args, &a.tool.overrides(a.cache.clone()))?;
     let found = spec.find(&host)?;

@@ -131,20 +131,17 @@ fn run(a: Args) -> Result<()> {
     }
     if let Some(d) = &a.delete {
         no_target("-U")?;
-        return Ok(vmdk::delete(d)?);
+        return disk::delete(d);
     }
     if let Some(old) = &a.rename {
-        return Ok(vmdk::rename(old, &target()?)?);
+        return disk::rename(old, &target()?);
     }
     if let Some(size) = &a.extend {
         return disk::extend(&target()?, size);
     }
     if let Some(d) = &a.inflate {
         no_target("-j")?;
-        return Ok(vmdk::inflate(
-            d,
-            &mut crate::output::Bar::new(format!("Inflating \"{}\"", d.display())),
-        )?);
+        return disk::inflate(d);
     }
     if let Some(d) = &a.punch {
         no_target("-K")?;

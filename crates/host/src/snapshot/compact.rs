@@ -99,16 +99,19 @@ impl LockedVm<'_> {
         progress: &mut dyn vmdk::Progress,
     ) -> Result<Cleanup> {
         let mut out = Cleanup::default();
+        // Links other registered VMs' chains use (linked clones share bases): never
+        // written, never deleted.
+        let foreign = self.foreign_links();
         loop {
             let live = self.live_view()?;
             let busy = |f: &Path| live.as_ref().is_some_and(|v| v.busy.contains(f));
             let (pinned, g) = self.graph()?;
-            let in_folder = |f: &Path| parent_dir(f) == self.vm.dir;
+            let own = |f: &Path| parent_dir(f) == self.vm.dir && !foreign.contains(f);
             let garbage = g.files().find(|f| {
                 !pinned.contains(*f)
                     && g.children_of(f).is_empty()
                     && g.parent_of(f).is_some()
-                    && in_folder(f)
+                    && own(f)
                     && !busy(f)
                     && (delete_strays || !g.is_stray(f))
             });
@@ -122,7 +125,7 @@ impl LockedVm<'_> {
             // deferred now may become a live commit after another one (its child
             // becomes the active top).
             let mut deferred = Vec::new();
-            for (child, parent, above) in find_merges(&g, &pinned, &in_folder) {
+            for (child, parent, above) in find_merges(&g, &pinned, &own) {
                 let files = [Some(&child), Some(&parent), above.as_ref()];
                 let touches_qemu = files.iter().flatten().any(|f| busy(f));
                 let live_top = live.as_ref().and_then(|v| {
@@ -165,6 +168,16 @@ impl LockedVm<'_> {
             break;
         }
         Ok(out)
+    }
+
+    /// Every link of the chains of the other registered VMs.
+    fn foreign_links(&self) -> BTreeSet<PathBuf> {
+        let (vms, _) = self.host.vms();
+        vms.iter()
+            .filter(|vm| vm.moref != self.vm.moref)
+            .flat_map(|vm| vm.all_chains(self.host))
+            .flatten()
+            .collect()
     }
 
     /// Commits `child` into `parent` under a journal.
@@ -290,15 +303,16 @@ fn adopt_parent_cid(child: &Path, parent: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Every unpinned file F with exactly one child C (in the VM folder, not a leftover),
-/// where C has at most one child X: (C, F, X).
+/// Every unpinned file F of this VM's own (in its folder, used by no other VM's chain)
+/// with exactly one child C (its own too, not a leftover), where C has at most one
+/// child X: (C, F, X). A parent anywhere else is pinned: it is never written.
 fn find_merges(
     g: &DiskGraph,
     pinned: &BTreeSet<PathBuf>,
     in_folder: &dyn Fn(&Path) -> bool,
 ) -> Vec<(PathBuf, PathBuf, Option<PathBuf>)> {
     g.files()
-        .filter(|f| !pinned.contains(*f))
+        .filter(|f| !pinned.contains(*f) && in_folder(f))
         .filter_map(|f| {
             let kids = g.children_of(f);
             let [c] = kids.as_slice() else {

@@ -127,6 +127,12 @@ impl Host {
 }
 
 impl LockedVm<'_> {
+    /// Gives up the view and keeps only the lock (for callers that change the VM's
+    /// files themselves, such as disk tools).
+    pub fn into_lock(self) -> FileLock {
+        self._lock
+    }
+
     /// The VM as read under the lock.
     pub fn vm(&self) -> &Vm {
         &self.vm
@@ -318,27 +324,30 @@ impl Vm {
     /// resolve or a chain that does not open is skipped; callers treat the VM's folder
     /// as owned anyway.
     pub fn owned_files(&self, host: &Host) -> Vec<PathBuf> {
-        let confined = host.confined();
         let mut out: BTreeSet<PathBuf> = BTreeSet::new();
         out.insert(self.vmx_path.clone());
         out.insert(self.vmsd_path());
         out.extend(self.config_files(host).unwrap_or_default());
         out.extend(self.suspend_file(host));
-        let db = read_vmsd(&self.vmsd_path()).unwrap_or_default();
-        for (_, _, path) in references(host, self, &db).unwrap_or_default() {
-            match graph::open_chain(&confined, &path) {
-                Ok(chain) => {
-                    for link in chain {
-                        out.extend(vmdk::link_files(&link).unwrap_or_default());
-                        out.insert(link);
-                    }
-                }
-                Err(_) => {
-                    out.insert(path);
-                }
+        for chain in self.all_chains(host) {
+            for link in chain {
+                out.extend(vmdk::link_files(&link).unwrap_or_default());
+                out.insert(link);
             }
         }
         out.into_iter().collect()
+    }
+
+    /// The chain (top first, canonical) of every disk the .vmx and .vmsd name, as far as
+    /// they open (a chain that does not open is its named file alone).
+    pub fn all_chains(&self, host: &Host) -> Vec<Vec<PathBuf>> {
+        let confined = host.confined();
+        let db = read_vmsd(&self.vmsd_path()).unwrap_or_default();
+        references(host, self, &db)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(_, _, path)| graph::open_chain(&confined, &path).unwrap_or_else(|_| vec![path]))
+            .collect()
     }
 }
 
