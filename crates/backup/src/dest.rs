@@ -271,7 +271,12 @@ impl Destination for LocalDir {
                 path: self.dir.clone(),
             });
         }
-        if let Err(e) = std::fs::create_dir(&self.dir) {
+        // 0700: a backup holds a whole VM, for its owner's eyes only.
+        let made = {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().mode(0o700).create(&self.dir)
+        };
+        if let Err(e) = made {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
                 let hint = if self.dir.join(INCOMPLETE_MARKER).exists() {
                     " (an incomplete backup left by an interrupted run: remove it or choose another destination)"
@@ -287,7 +292,7 @@ impl Destination for LocalDir {
         }
         self.created = true;
         let note = b"This backup is incomplete: it is being written or was interrupted. Do not restore from it.\n";
-        crate::fsutil::write_atomic(&self.dir.join(INCOMPLETE_MARKER), note)?;
+        fsio::write_private(&self.dir.join(INCOMPLETE_MARKER), note)?;
         crate::fsutil::sync_dir(parent)
     }
 

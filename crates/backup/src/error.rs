@@ -133,6 +133,14 @@ pub enum Error {
         /// The existing file or VM.
         what: String,
     },
+    /// The guest could not be thawed after the backup snapshot.
+    #[error("{vm}: COULD NOT THAW THE GUEST ({reason}): the backup failed; the next vcb command that locks the VM retries the thaw, or thaw it by hand")]
+    ThawFailed {
+        /// The VM.
+        vm: String,
+        /// Both thaw errors.
+        reason: String,
+    },
     /// The registered VM a restore would replace runs or is suspended.
     #[error("{vm} is {state}: a restore never replaces a running or suspended VM (power it off first, or pass --power-off)")]
     TargetRunning {

@@ -4,11 +4,6 @@ use crate::error::Result;
 use std::fs::File;
 use std::path::Path;
 
-/// Write `path` atomically from `contents`, keeping the mode of a file it replaces.
-pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
-    Ok(fsio::write_atomic(path, contents)?)
-}
-
 /// Write `path` atomically: `fill` writes the content into a unique temporary file which
 /// is then synced and renamed over `path`. `private` files get mode 0600 (backup files:
 /// they hold whole VMs).

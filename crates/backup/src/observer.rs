@@ -142,6 +142,13 @@ pub trait Observer {
     fn ask(&mut self, _what: &str) -> Option<Answer> {
         None
     }
+
+    /// True once the user asked to stop (SIGINT, SIGTERM): the work stops at the next
+    /// step with [`crate::Error::Cancelled`], after undoing what must be undone (thaw,
+    /// remove the snapshot, leave the destination incomplete).
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 impl Observer for () {}

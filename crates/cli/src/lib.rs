@@ -5,6 +5,7 @@
 pub mod cmd;
 pub mod logging;
 pub mod output;
+pub mod signals;
 pub mod tools;
 
 use clap::{Parser, Subcommand};

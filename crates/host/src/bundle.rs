@@ -108,7 +108,8 @@ pub fn backup_config(root: &Path, out: &Path) -> Result<BundleReport> {
         files,
     };
     let text = toml::to_string_pretty(&bundle).map_err(|e| Error::bad_file(out, e.to_string()))?;
-    write_atomic(out, text.as_bytes())?;
+    // 0600: the bundle holds backuptools.conf, whose PASSWORD is a secret.
+    fsio::write_private(out, text.as_bytes())?;
     Ok(report)
 }
 
@@ -184,7 +185,11 @@ pub fn restore_config(root: &Path, bundle: &Path) -> Result<BundleReport> {
             (INVENTORY_FILE, None) => inventory.to_toml(),
             _ => continue,
         };
-        write_atomic(&root.join(name), text.as_bytes())?;
+        if name == crate::BACKUPTOOLS_CONF {
+            fsio::write_private(&root.join(name), text.as_bytes())?;
+        } else {
+            write_atomic(&root.join(name), text.as_bytes())?;
+        }
         report.files.push(name.to_owned());
     }
     for folder in config

@@ -331,8 +331,9 @@ impl Vm {
             .collect()
     }
 
-    /// The configuration files that exist: .vmx, .vmsd, .vmxf, NVRAM, snapshot state
-    /// files (.vmsn) and logs (`vmware*.log`) in the VM folder.
+    /// The configuration files that exist: .vmx, .vmsd, .vmxf, NVRAM, the EFI variable
+    /// store (`<stem>.efivars.fd`), snapshot state files (.vmsn) and logs
+    /// (`vmware*.log`) in the VM folder.
     ///
     /// # Errors
     /// As for [`Vm::resolve_name`] (for the NVRAM name).
@@ -354,6 +355,7 @@ impl Vm {
                 let n = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
                 n == format!("{stem}.vmsd")
                     || n == format!("{stem}.vmxf")
+                    || n == format!("{stem}.efivars.fd")
                     || n.ends_with(".vmsn")
                     || (n.starts_with("vmware") && n.ends_with(".log"))
             })

@@ -72,6 +72,9 @@ impl Shared {
         }
         *state = State::Thawed { by_watchdog };
         self.changed.notify_all();
+        // The agent call may take its whole timeout: the watchdog (or the caller) must
+        // see the new state meanwhile instead of waiting for this lock.
+        drop(state);
         let result = match lock(&self.agent).as_mut() {
             Some(agent) => agent
                 .execute("guest-fsfreeze-thaw", Value::Null, Duration::from_secs(30))

@@ -82,7 +82,9 @@ impl JsonLines {
     }
 
     /// Reads bytes up to and including `delim`, keeping a partial read for the next call
-    /// when the deadline passes.
+    /// when the deadline passes. Reads at most one buffer at a time, so the deadline and
+    /// the size cap hold within a message: an endless line from a hostile peer neither
+    /// exhausts memory nor outlives the deadline.
     fn read_until(&mut self, delim: u8, deadline: Instant, what: &str) -> Result<Vec<u8>> {
         loop {
             let left = remaining(deadline, &self.socket, what)?;
@@ -90,21 +92,28 @@ impl JsonLines {
                 .get_ref()
                 .set_read_timeout(Some(left))
                 .map_err(|e| Error::io(&self.socket, "set timeout", e))?;
-            match self.reader.read_until(delim, &mut self.pending) {
-                Ok(0) => {
-                    return Err(Error::Protocol {
-                        socket: self.socket.clone(),
-                        reason: format!("connection closed while waiting for {what}"),
-                    })
-                }
-                Ok(_) if self.pending.last() == Some(&delim) => {
-                    return Ok(std::mem::take(&mut self.pending))
-                }
-                Ok(_) => {}
-                Err(e) if is_timeout(&e) => {}
+            let buf = match self.reader.fill_buf() {
+                Ok(buf) => buf,
+                Err(e) if is_timeout(&e) => continue,
                 Err(e) => return Err(Error::io(&self.socket, "read", e)),
+            };
+            if buf.is_empty() {
+                return Err(Error::Protocol {
+                    socket: self.socket.clone(),
+                    reason: format!("connection closed while waiting for {what}"),
+                });
+            }
+            let (take, done) = match buf.iter().position(|&b| b == delim) {
+                Some(i) => (i + 1, true),
+                None => (buf.len(), false),
+            };
+            self.pending.extend_from_slice(&buf[..take]);
+            self.reader.consume(take);
+            if done {
+                return Ok(std::mem::take(&mut self.pending));
             }
             if self.pending.len() > MAX_MESSAGE_BYTES {
+                self.pending.clear();
                 return Err(Error::Protocol {
                     socket: self.socket.clone(),
                     reason: format!("message longer than {MAX_MESSAGE_BYTES} bytes"),
@@ -198,6 +207,42 @@ mod tests {
         drop(dir_file);
         assert!(path.exists());
         connect(&path).unwrap();
+    }
+
+    #[test]
+    fn issue_10_an_endless_line_is_bounded_in_memory_and_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let listener = UnixListener::bind(&path).unwrap();
+        // A flood without a newline: refused at the size cap, not read on forever.
+        let mut client = JsonLines::new(connect(&path).unwrap(), &path).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let flood = std::thread::spawn(move || {
+            let chunk = vec![b'x'; 1 << 20];
+            while server.write_all(&chunk).is_ok() {}
+        });
+        let err = client
+            .recv(Instant::now() + Duration::from_secs(600), "reply")
+            .unwrap_err();
+        assert!(err.to_string().contains("longer than"), "{err}");
+        assert!(client.pending.capacity() <= 2 * MAX_MESSAGE_BYTES);
+        drop(client);
+        flood.join().unwrap();
+        // An endless slow drip: the deadline holds although bytes keep coming (a read
+        // that waited for the line to end would never return).
+        let mut client = JsonLines::new(connect(&path).unwrap(), &path).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let drip = std::thread::spawn(move || {
+            while server.write_all(b"y").is_ok() {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        let err = client
+            .recv(Instant::now() + Duration::from_millis(300), "reply")
+            .unwrap_err();
+        assert!(matches!(err, Error::Timeout { .. }), "{err}");
+        drop(client);
+        drip.join().unwrap();
     }
 
     #[test]

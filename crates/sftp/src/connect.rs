@@ -102,7 +102,10 @@ pub(crate) fn resolve(url: &RemoteUrl, opts: &ConnectOptions) -> Result<Resolved
 /// The russh event handler: checks the host key and keeps the verdict for the caller.
 pub(crate) struct Client {
     target: Target,
+    /// The user's known_hosts file (where new keys are recorded).
     known_hosts: Option<PathBuf>,
+    /// Every known_hosts file consulted (the user's, then the system-wide one).
+    all_known_hosts: Vec<PathBuf>,
     accept_new: bool,
     /// Why the host key was refused, for [`Error`] instead of russh's generic one.
     pub refusal: Arc<Mutex<Option<Error>>>,
@@ -113,6 +116,7 @@ impl Client {
         Client {
             target: target.clone(),
             known_hosts: opts.known_hosts_path(),
+            all_known_hosts: opts.known_hosts_files(),
             accept_new: opts.accept_new_host_key,
             refusal: Arc::new(Mutex::new(None)),
         }
@@ -126,18 +130,24 @@ impl Client {
             .known_hosts
             .clone()
             .unwrap_or_else(|| PathBuf::from("~/.ssh/known_hosts"));
-        let verdict = match &self.known_hosts {
-            Some(path) => known_hosts::check(path, host, *port, key)?,
-            None => Verdict::Unknown,
-        };
+        let (verdict, file) = known_hosts::check_all(&self.all_known_hosts, host, *port, key)?;
+        let file = file.unwrap_or_else(|| path.clone());
         match verdict {
             Verdict::Known => Ok(()),
+            Verdict::Revoked { line } => Err(Error::HostKeyRevoked {
+                host: host.clone(),
+                port: *port,
+                algorithm,
+                fingerprint,
+                known_hosts: file,
+                line,
+            }),
             Verdict::Changed { line } => Err(Error::HostKeyChanged {
                 host: host.clone(),
                 port: *port,
                 algorithm,
                 fingerprint,
-                known_hosts: path,
+                known_hosts: file,
                 line,
             }),
             Verdict::Unknown if self.accept_new && self.known_hosts.is_some() => {
@@ -183,10 +193,22 @@ impl russh::client::Handler for Client {
 }
 
 /// The russh client configuration: AES-GCM first (hardware AES makes it the fastest on
-/// loopback and LAN), keepalives, no inactivity timeout (SFTP requests have their own).
-pub(crate) fn ssh_config() -> russh::client::Config {
+/// loopback and LAN), the host key algorithms known_hosts records for the server first
+/// (`known`), keepalives, no inactivity timeout (SFTP requests have their own).
+pub(crate) fn ssh_config(known: &[Algorithm]) -> russh::client::Config {
     use russh::cipher;
     let mut config = russh::client::Config::default();
+    if !known.is_empty() {
+        let mut keys: Vec<Algorithm> = config
+            .preferred
+            .key
+            .iter()
+            .filter(|a| known.contains(a))
+            .cloned()
+            .collect();
+        keys.extend(config.preferred.key.iter().filter(|a| !known.contains(a)).cloned());
+        config.preferred.key = std::borrow::Cow::Owned(keys);
+    }
     config.preferred.cipher = std::borrow::Cow::Owned(vec![
         cipher::AES_128_GCM,
         cipher::AES_256_GCM,
@@ -273,10 +295,21 @@ pub(crate) async fn authenticate(
     })
 }
 
-/// `Ok(None)` when the file does not exist; `Err(reason)` when it cannot be used.
+/// `Ok(None)` when the file does not exist; `Err(reason)` when it cannot be used. A key
+/// the user owns that others may read is refused, as ssh refuses it ("UNPROTECTED
+/// PRIVATE KEY FILE").
 fn load_key(path: &std::path::Path) -> std::result::Result<Option<PrivateKey>, String> {
-    if !path.exists() {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(path) else {
         return Ok(None);
+    };
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let me = unsafe { libc::getuid() };
+    if meta.uid() == me && meta.mode() & 0o077 != 0 {
+        return Err(format!(
+            "permissions {:04o} are too open: a private key must not be accessible by others (chmod 600 it)",
+            meta.mode() & 0o7777
+        ));
     }
     match russh::keys::load_secret_key(path, None) {
         Ok(key) => Ok(Some(key)),

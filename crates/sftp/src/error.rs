@@ -111,6 +111,25 @@ pub enum Error {
         /// 1-based line of the recorded key.
         line: usize,
     },
+    /// The server's key is listed as revoked.
+    #[error(
+        "{host}:{port}: the server's host key {algorithm} {fingerprint} is REVOKED ({}:{line}); refusing to connect",
+        known_hosts.display()
+    )]
+    HostKeyRevoked {
+        /// Host name.
+        host: String,
+        /// TCP port.
+        port: u16,
+        /// Key algorithm offered by the server.
+        algorithm: String,
+        /// `SHA256:` fingerprint of the offered key.
+        fingerprint: String,
+        /// The known_hosts file holding the revocation.
+        known_hosts: PathBuf,
+        /// 1-based line of the revocation.
+        line: usize,
+    },
     /// No key was accepted by the server.
     #[error("{user}@{host}:{port}: key authentication failed (tried: {tried})")]
     AuthFailed {

@@ -10,7 +10,7 @@
 use crate::error::{Error, Result};
 use crate::session::Session;
 use russh_sftp::client::error::Error as SftpError;
-use russh_sftp::protocol::{FileAttributes, OpenFlags};
+use russh_sftp::protocol::OpenFlags;
 use std::collections::VecDeque;
 
 type WriteTask = tokio::task::JoinHandle<std::result::Result<(), SftpError>>;
@@ -51,7 +51,7 @@ impl Session {
         let op = "create";
         let flags = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE;
         let handle = self
-            .block_on(self.sftp.open(path, flags, FileAttributes::empty()))
+            .block_on(self.sftp.open(path, flags, crate::types::private_file()))
             .map_err(|e| self.creation_err(op, path, self.remote_err(op, path, e), false))?
             .handle;
         Ok(RemoteFile {

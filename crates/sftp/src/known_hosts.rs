@@ -7,10 +7,12 @@
 //! as `HashKnownHosts yes` writes them. The name looked up is `host` on port 22 and
 //! `[host]:port` otherwise, as OpenSSH does.
 //!
-//! Lines with a marker (`@cert-authority`, `@revoked`) are skipped: host certificates
-//! and revocation are not supported. A key of a different algorithm recorded for the
-//! same host does not make the offered key "changed" (OpenSSH also asks first in that
-//! case); it is unknown.
+//! `@revoked` lines are honoured: a key they list is refused for every host their
+//! patterns match, whatever else the files say. `@cert-authority` lines are skipped
+//! (host certificates are not supported). A key of a different algorithm recorded for
+//! the same host does not make the offered key "changed" (OpenSSH also asks first in
+//! that case); it is unknown. Several files are consulted in order (the user's, then
+//! the system-wide `/etc/ssh/ssh_known_hosts`), as OpenSSH does.
 
 use crate::error::{Error, Result};
 use crate::ssh_config::wildcard_match;
@@ -31,6 +33,11 @@ pub(crate) enum Verdict {
     /// Another key of the same algorithm is recorded for this host, at this 1-based line.
     Changed {
         /// Line of the recorded key.
+        line: usize,
+    },
+    /// An `@revoked` line lists this key, at this 1-based line.
+    Revoked {
+        /// Line of the revocation.
         line: usize,
     },
 }
@@ -54,28 +61,95 @@ pub(crate) fn fingerprint(key: &PublicKey) -> String {
 /// # Errors
 /// [`Error::LocalIo`] when the file exists but cannot be read.
 pub(crate) fn check(path: &Path, host: &str, port: u16, key: &PublicKey) -> Result<Verdict> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Verdict::Unknown),
-        Err(source) => {
-            return Err(Error::LocalIo {
-                path: path.to_owned(),
-                op: "read known_hosts",
-                source,
-            })
+    Ok(match read(path)? {
+        Some(text) => check_text(&text, &lookup_name(host, port), key),
+        None => Verdict::Unknown,
+    })
+}
+
+/// Check `key` against every file of `paths` (in order): a revocation anywhere wins,
+/// then a file that knows the key, then the first file recording another key.
+///
+/// # Errors
+/// [`Error::LocalIo`] when a file exists but cannot be read.
+pub(crate) fn check_all(
+    paths: &[std::path::PathBuf],
+    host: &str,
+    port: u16,
+    key: &PublicKey,
+) -> Result<(Verdict, Option<std::path::PathBuf>)> {
+    let mut best: (Verdict, Option<std::path::PathBuf>) = (Verdict::Unknown, None);
+    for path in paths {
+        let v = check(path, host, port, key)?;
+        let rank = |v: &Verdict| match v {
+            Verdict::Revoked { .. } => 3,
+            Verdict::Known => 2,
+            Verdict::Changed { .. } => 1,
+            Verdict::Unknown => 0,
+        };
+        if rank(&v) > rank(&best.0) {
+            best = (v, Some(path.clone()));
         }
-    };
-    Ok(check_text(&text, &lookup_name(host, port), key))
+    }
+    Ok(best)
+}
+
+/// The key algorithms the files record for `host:port`, in file order: the client
+/// offers them first, so a server known by its ECDSA key is not called unknown because
+/// another algorithm was negotiated.
+pub(crate) fn known_algorithms(paths: &[std::path::PathBuf], host: &str, port: u16) -> Vec<russh::keys::Algorithm> {
+    let name = lookup_name(host, port);
+    let mut out = Vec::new();
+    for path in paths {
+        let Ok(Some(text)) = read(path) else { continue };
+        for line in text.lines() {
+            let mut fields = line.split_whitespace();
+            let Some(patterns) = fields.next() else { continue };
+            if patterns.starts_with('#') || patterns.starts_with('@') || !patterns_match(patterns, &name) {
+                continue;
+            }
+            let (Some(key_type), Some(blob)) = (fields.next(), fields.next()) else { continue };
+            if let Ok(k) = PublicKey::from_openssh(&format!("{key_type} {blob}")) {
+                if !out.contains(&k.algorithm()) {
+                    out.push(k.algorithm());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The file's text, or `None` when it does not exist.
+fn read(path: &Path) -> Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(Error::LocalIo {
+            path: path.to_owned(),
+            op: "read known_hosts",
+            source,
+        }),
+    }
 }
 
 fn check_text(text: &str, name: &str, key: &PublicKey) -> Verdict {
     let mut changed = None;
+    let mut known = false;
     for (index, line) in text.lines().enumerate() {
         let mut fields = line.split_whitespace();
-        let Some(patterns) = fields.next() else {
+        let Some(mut patterns) = fields.next() else {
             continue;
         };
-        if patterns.starts_with('#') || patterns.starts_with('@') {
+        if patterns.starts_with('#') {
+            continue;
+        }
+        let revoked = patterns == "@revoked";
+        if revoked {
+            match fields.next() {
+                Some(p) => patterns = p,
+                None => continue,
+            }
+        } else if patterns.starts_with('@') {
             continue;
         }
         let (Some(key_type), Some(blob)) = (fields.next(), fields.next()) else {
@@ -91,16 +165,23 @@ fn check_text(text: &str, name: &str, key: &PublicKey) -> Verdict {
                 continue;
             }
         };
-        if recorded.key_data() == key.key_data() {
-            return Verdict::Known;
+        let same = recorded.key_data() == key.key_data();
+        if revoked {
+            if same {
+                return Verdict::Revoked { line: index + 1 };
+            }
+            continue;
         }
-        if recorded.algorithm() == key.algorithm() && changed.is_none() {
+        if same {
+            known = true;
+        } else if recorded.algorithm() == key.algorithm() && changed.is_none() {
             changed = Some(index + 1);
         }
     }
-    match changed {
-        Some(line) => Verdict::Changed { line },
-        None => Verdict::Unknown,
+    match (known, changed) {
+        (true, _) => Verdict::Known,
+        (false, Some(line)) => Verdict::Changed { line },
+        (false, None) => Verdict::Unknown,
     }
 }
 
@@ -265,6 +346,31 @@ mod tests {
         assert_eq!(check_text(&text, "nas.lan", &key(ED_A)), Verdict::Known);
         assert_eq!(check_text(&text, "bad.lan", &key(ED_A)), Verdict::Unknown);
         assert_eq!(check_text(&text, "h", &key(ED_A)), Verdict::Unknown);
+    }
+
+    #[test]
+    fn issue_10_revoked_keys_are_refused_whatever_else_the_file_says() {
+        let text = format!("nas {ED_A}
+@revoked * {ED_A}
+@revoked other {ED_B}
+");
+        assert_eq!(check_text(&text, "nas", &key(ED_A)), Verdict::Revoked { line: 2 });
+        assert_eq!(check_text(&text, "nas", &key(ED_B)), Verdict::Changed { line: 1 });
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (user, global) = (dir.path().join("user"), dir.path().join("global"));
+        let _ = std::fs::write(&user, format!("[h]:2222 {ED_B}
+"));
+        let _ = std::fs::write(&global, format!("[h]:2222 {ED_A}
+"));
+        let files = [user.clone(), global.clone()];
+        let (v, file) = check_all(&files, "h", 2222, &key(ED_A)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((v, file), (Verdict::Known, Some(global.clone())), "the global file counts");
+        let _ = std::fs::write(&global, format!("@revoked * {ED_B}
+"));
+        let (v, _) = check_all(&files, "h", 2222, &key(ED_B)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(v, Verdict::Revoked { line: 1 });
+        let algs = known_algorithms(&files, "h", 2222);
+        assert_eq!(algs.len(), 1, "{algs:?}");
     }
 
     #[test]

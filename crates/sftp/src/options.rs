@@ -88,6 +88,9 @@ pub struct ConnectOptions {
     pub use_agent: bool,
     /// The known_hosts file; `None` means `~/.ssh/known_hosts`.
     pub known_hosts: Option<PathBuf>,
+    /// The system-wide known_hosts file, consulted after the user's (never written);
+    /// `None` skips it. Default `/etc/ssh/ssh_known_hosts`.
+    pub global_known_hosts: Option<PathBuf>,
     /// Record an unknown host key in the known_hosts file instead of failing. A *changed*
     /// key is refused regardless.
     pub accept_new_host_key: bool,
@@ -114,6 +117,7 @@ impl ConnectOptions {
             use_default_keys: true,
             use_agent: true,
             known_hosts: None,
+            global_known_hosts: Some(PathBuf::from("/etc/ssh/ssh_known_hosts")),
             accept_new_host_key: false,
             ssh_config: None,
             use_ssh_config: true,
@@ -128,6 +132,14 @@ impl ConnectOptions {
         self.known_hosts
             .clone()
             .or_else(|| self.env.home.as_ref().map(|h| h.join(".ssh/known_hosts")))
+    }
+
+    /// Every known_hosts file consulted: the user's, then the system-wide one.
+    pub(crate) fn known_hosts_files(&self) -> Vec<PathBuf> {
+        self.known_hosts_path()
+            .into_iter()
+            .chain(self.global_known_hosts.clone())
+            .collect()
     }
 
     /// The ssh config file in effect, if there is one.

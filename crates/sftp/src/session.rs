@@ -117,8 +117,9 @@ async fn establish(resolved: &connect::Resolved, opts: &ConnectOptions) -> Resul
         })?;
     let client = Client::new(&resolved.target, opts);
     let refusal = client.refusal.clone();
+    let known = crate::known_hosts::known_algorithms(&opts.known_hosts_files(), host, *port);
     let mut handle =
-        match russh::client::connect_stream(Arc::new(connect::ssh_config()), tcp, client).await {
+        match russh::client::connect_stream(Arc::new(connect::ssh_config(&known)), tcp, client).await {
             Ok(handle) => handle,
             Err(e) => {
                 let refused = refusal.lock().ok().and_then(|mut slot| slot.take());
@@ -289,15 +290,15 @@ impl Session {
         }
     }
 
-    /// Create the folder `path` (mode 0755 before the server's umask). Its parent must
-    /// exist.
+    /// Create the folder `path`, mode 0700: what vcb stores remotely are whole VMs,
+    /// for the user's eyes only. Its parent must exist.
     ///
     /// # Errors
     /// [`Error::ParentMissing`], [`Error::Remote`] with [`RemoteErrorKind::AlreadyExists`]
     /// or `PermissionDenied`, transport errors.
     pub fn mkdir(&self, path: &str) -> Result<()> {
         let attrs = FileAttributes {
-            permissions: Some(0o755),
+            permissions: Some(0o700),
             ..FileAttributes::empty()
         };
         match self.block_on(self.sftp.mkdir(path, attrs)) {

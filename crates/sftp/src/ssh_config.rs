@@ -4,8 +4,12 @@
 //!
 //! As in OpenSSH, the first value obtained for a keyword wins, `IdentityFile` lines
 //! accumulate, options before the first `Host` apply to every host, and `Host` patterns
-//! may use `*`, `?` and `!negation`. `Match` blocks and `Include` are not evaluated (their
-//! options are ignored, with a debug log), nor are other keywords.
+//! may use `*`, `?` and `!negation`. `Include` is followed where it applies: relative
+//! names are relative to the including file's folder (`~/.ssh` for the user's config),
+//! `*` and `?` glob the last component, files are read in name order, a `Host` line in
+//! an included file holds to its end only, and nesting stops at 16 levels. `Match`
+//! blocks are not evaluated (their options are ignored, with a debug log), nor are
+//! other keywords.
 
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -26,12 +30,34 @@ pub(crate) struct HostConfig {
 /// Look `alias` up in the config file at `path`. A missing file is an empty config.
 ///
 /// # Errors
-/// [`Error::LocalIo`] when the file exists but cannot be read, [`Error::SshConfig`] for
-/// a bad `Port` or an unterminated quote in a block that applies to `alias`.
+/// [`Error::LocalIo`] when a file exists but cannot be read, [`Error::SshConfig`] for
+/// a bad `Port`, an unterminated quote in a block that applies to `alias`, or `Include`
+/// nested too deeply.
 pub(crate) fn lookup(path: &Path, alias: &str) -> Result<HostConfig> {
+    let mut config = HostConfig::default();
+    // `~` in an Include is the home folder: the one holding the user's `.ssh`.
+    let home = path
+        .parent()
+        .filter(|d| d.ends_with(".ssh"))
+        .and_then(Path::parent)
+        .map(Path::to_path_buf);
+    read_into(path, alias, home.as_deref(), &mut config, 0)?;
+    Ok(config)
+}
+
+/// Deepest `Include` nesting followed (OpenSSH's limit).
+const MAX_INCLUDE_DEPTH: usize = 16;
+
+fn read_into(
+    path: &Path,
+    alias: &str,
+    home: Option<&Path>,
+    config: &mut HostConfig,
+    depth: usize,
+) -> Result<()> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HostConfig::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(source) => {
             return Err(Error::LocalIo {
                 path: path.to_owned(),
@@ -40,15 +66,84 @@ pub(crate) fn lookup(path: &Path, alias: &str) -> Result<HostConfig> {
             })
         }
     };
-    parse(&text, alias).map_err(|(line, reason)| Error::SshConfig {
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut nested: Option<Error> = None;
+    let mut include = |line: usize, pattern: &str, config: &mut HostConfig| -> bool {
+        if depth >= MAX_INCLUDE_DEPTH {
+            nested = Some(Error::SshConfig {
+                path: path.to_owned(),
+                line,
+                reason: format!("Include nested more than {MAX_INCLUDE_DEPTH} levels"),
+            });
+            return false;
+        }
+        for file in expand_include(base, home, pattern) {
+            if let Err(e) = read_into(&file, alias, home, config, depth + 1) {
+                nested = Some(e);
+                return false;
+            }
+        }
+        true
+    };
+    let parsed = parse_into(&text, alias, config, &mut include);
+    if let Some(e) = nested {
+        return Err(e);
+    }
+    parsed.map_err(|(line, reason)| Error::SshConfig {
         path: path.to_owned(),
         line,
         reason,
     })
 }
 
+/// The files an `Include` argument names: `~/` is the home folder (none known: the
+/// include is skipped), relative names are relative to `base`, and `*`/`?` in the last
+/// component glob (sorted).
+fn expand_include(base: &Path, home: Option<&Path>, pattern: &str) -> Vec<PathBuf> {
+    let path = match (pattern.strip_prefix("~/"), home) {
+        (Some(rest), Some(home)) => home.join(rest),
+        (Some(_), None) => {
+            tracing::debug!("ssh config: Include {pattern}: no home folder known; skipped");
+            return Vec::new();
+        }
+        (None, _) => base.join(pattern),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !name.contains(['*', '?']) {
+        return vec![path];
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| wildcard_match(&name, &e.file_name().to_string_lossy()))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+#[cfg(test)]
 fn parse(text: &str, alias: &str) -> Result<HostConfig, (usize, String)> {
     let mut config = HostConfig::default();
+    parse_into(text, alias, &mut config, &mut |_, _, _| true)?;
+    Ok(config)
+}
+
+/// Applies `text` to `config`. An `Include` in an applying block is handed to
+/// `include` where it stands (its files are read inline, as OpenSSH does); `include`
+/// returns false to stop (it keeps its own error).
+fn parse_into(
+    text: &str,
+    alias: &str,
+    config: &mut HostConfig,
+    include: &mut dyn FnMut(usize, &str, &mut HostConfig) -> bool,
+) -> Result<(), (usize, String)> {
     let mut active = true;
     for (index, raw) in text.lines().enumerate() {
         let line_no = index + 1;
@@ -88,11 +183,17 @@ fn parse(text: &str, alias: &str) -> Result<HostConfig, (usize, String)> {
                 _ => return Err((line_no, format!("Port {first:?} is not 1 to 65535"))),
             },
             "identityfile" => config.identity_files.push(first.clone()),
-            "include" => tracing::debug!(line = line_no, "ssh config: Include is not followed"),
+            "include" => {
+                for a in &args {
+                    if !include(line_no, a, config) {
+                        return Ok(());
+                    }
+                }
+            }
             _ => {}
         }
     }
-    Ok(config)
+    Ok(())
 }
 
 /// `keyword rest`, where the separator is whitespace and/or one `=`.
@@ -306,6 +407,29 @@ Host *
     fn missing_file_is_empty() {
         let c = lookup(Path::new("/nonexistent/vcb/ssh_config"), "x");
         assert!(matches!(c, Ok(ref c) if *c == HostConfig::default()));
+    }
+
+    #[test]
+    fn issue_10_include_is_followed() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let ssh = dir.path().join(".ssh");
+        let _ = std::fs::create_dir_all(ssh.join("conf.d"));
+        let _ = std::fs::write(ssh.join("config"), "Include conf.d/*.conf\nHost *\n  User fallback\n");
+        let _ = std::fs::write(ssh.join("conf.d/10-nas.conf"), "Host nas\n  HostName 10.0.0.9\n  Port 2200\n  Include ~/.ssh/deeper\nHost *\n  Port 2300\n");
+        let _ = std::fs::write(ssh.join("deeper"), "IdentityFile ~/.ssh/deep_key\n");
+        let c = lookup(&ssh.join("config"), "nas").unwrap_or_default();
+        assert_eq!(c.hostname.as_deref(), Some("10.0.0.9"));
+        assert_eq!(c.port, Some(2200));
+        assert_eq!(c.user.as_deref(), Some("fallback"));
+        assert_eq!(c.identity_files, vec!["~/.ssh/deep_key".to_owned()]);
+        let c = lookup(&ssh.join("config"), "other").unwrap_or_default();
+        assert!(c.identity_files.is_empty() && c.hostname.is_none());
+        // Read inline: the included file's `Host *` held to its end only, and its value
+        // came before the including file's later lines.
+        assert_eq!(c.port, Some(2300));
+        let _ = std::fs::write(ssh.join("loop"), "Include loop\n");
+        let e = lookup(&ssh.join("loop"), "x");
+        assert!(matches!(e, Err(Error::SshConfig { ref reason, .. }) if reason.contains("nested")), "{e:?}");
     }
 
     #[test]

@@ -77,3 +77,11 @@ pub struct FsStat {
     /// Bytes available to the connected (unprivileged) user.
     pub available_bytes: u64,
 }
+
+/// Attributes of every file vcb creates on a server: mode 0600 (backups hold whole VMs).
+pub(crate) fn private_file() -> FileAttributes {
+    FileAttributes {
+        permissions: Some(0o600),
+        ..FileAttributes::empty()
+    }
+}

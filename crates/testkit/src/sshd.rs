@@ -74,6 +74,10 @@ impl Server {
             .expect("temp dir");
         let d = dir.path();
         keygen(&d.join("host_key"));
+        // A second host key of another algorithm: clients must pick the one they know.
+        run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ecdsa", "-N", "", "-C", "vcb-test", "-f"])
+            .arg(d.join("host_key_ecdsa")));
         keygen(&d.join("client_key"));
         std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys"))
             .expect("authorized_keys");
@@ -241,7 +245,7 @@ impl Drop for Server {
 
 fn config(d: &Path, port: u16, quirks: Quirks) -> String {
     format!(
-        "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
+        "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nHostKey {d}/host_key_ecdsa\nPidFile {d}/sshd.pid\n\
          AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\n\
          PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
          UsePAM no\nStrictModes no\nSubsystem sftp internal-sftp{ro}\nLogLevel VERBOSE\nMaxStartups 64\n",

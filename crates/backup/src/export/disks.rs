@@ -62,6 +62,8 @@ pub struct DiskPlan {
     pub independent: bool,
     /// Capacity in bytes (0 for a physical RDM, not opened).
     pub capacity_bytes: u64,
+    /// Why the disk is left out of this backup (an independent disk of a running VM).
+    pub skipped: Option<String>,
 }
 
 impl DiskPlan {
@@ -102,6 +104,7 @@ pub fn plan_disk(
         kind,
         independent,
         capacity_bytes,
+        skipped: None,
     };
     if let Ok((mode, device)) = vmdk::rdm_target(top) {
         if mode != vmdk::RdmMode::Virtual {
@@ -330,6 +333,7 @@ mod tests {
             },
             independent: false,
             capacity_bytes: 0,
+            skipped: None,
         };
         assert_eq!(p.backup_name(), "scsi0-1-0-vm_1.vmdk");
         assert_eq!(p.catalog_format(), "thin");

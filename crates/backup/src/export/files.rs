@@ -96,13 +96,14 @@ pub(super) fn export_all(
     let mut streamed = Vec::new();
     for (plan, source) in plans.iter().zip(sources) {
         let Some(source) = source else {
-            let DiskKind::PhysicalRdm { device } = &plan.kind else {
-                continue;
+            let reason = match (&plan.kind, &plan.skipped) {
+                (_, Some(why)) => why.clone(),
+                (DiskKind::PhysicalRdm { device }, None) => format!(
+                    "physical-compatibility RDM of {}: not backed up",
+                    device.display()
+                ),
+                _ => continue,
             };
-            let reason = format!(
-                "physical-compatibility RDM of {}: not backed up",
-                device.display()
-            );
             obs.event(&Event::DiskSkipped {
                 node: plan.node.to_string(),
                 reason,
@@ -124,6 +125,7 @@ pub(super) fn export_all(
         };
         let dst = dir.join(plan.backup_name());
         for file in disks::export_disk(&source, &read, &dst, opts.format, obs)? {
+            private(&file)?;
             let name = file
                 .strip_prefix(&dir)
                 .ok()
@@ -164,6 +166,7 @@ fn disk_sources(
     plans
         .iter()
         .map(|plan| match &plan.kind {
+            _ if plan.skipped.is_some() => None,
             DiskKind::PhysicalRdm { .. } => None,
             _ => match created.disks.iter().find(|d| d.node == plan.node) {
                 Some(d) => Some(d.base.clone()),
@@ -239,7 +242,7 @@ fn exported_vmx(view: &ConfigSnapshot, plans: &[DiskPlan]) -> Result<String> {
     let mut config = view.config.clone();
     for plan in plans
         .iter()
-        .filter(|p| !matches!(p.kind, DiskKind::PhysicalRdm { .. }))
+        .filter(|p| !matches!(p.kind, DiskKind::PhysicalRdm { .. }) && p.skipped.is_none())
     {
         config
             .set_disk_file(plan.node, &plan.backup_name())
@@ -261,6 +264,13 @@ fn other_files(host: &host::Host, vm: &host::Vm, view: &ConfigSnapshot) -> Resul
         files.push(vmss.clone());
     }
     Ok(files)
+}
+
+/// Makes an exported file readable by its owner only (backups hold whole VMs).
+fn private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::io(path, "chmod 0600", e))
 }
 
 fn file_name(path: &Path) -> Result<String> {
@@ -400,6 +410,12 @@ pub(super) fn build_catalog(
         let mut d = CatalogDisk::new(plan.node);
         d.diskname = host.datastore_path_of(&plan.base);
         d.format = Some(plan.catalog_format());
+        if let Some(why) = &plan.skipped {
+            d.backed_up = false;
+            d.reason = Some(why.clone());
+            c.disks.push(d);
+            continue;
+        }
         match &plan.kind {
             DiskKind::PhysicalRdm { device } => {
                 d.backed_up = false;

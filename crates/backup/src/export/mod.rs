@@ -24,6 +24,10 @@
 //! 10. Write the catalog (every file's size and SHA-256) last, remove the incomplete
 //!     marker, and record the VM in the name cache.
 //!
+//! A cancel ([`Observer::cancelled`]: SIGINT, SIGTERM) stops at the next step or
+//! inside a disk copy, thaws, removes the snapshot and leaves the destination marked
+//! incomplete; a thaw that fails makes the backup fail.
+//!
 //! If the process dies anywhere, the VM keeps every byte (its writes went to the redo
 //! logs), the next backup of the VM commits the leftover snapshot before anything else,
 //! and the destination keeps its incomplete marker, so restore refuses it.
@@ -38,7 +42,7 @@ use crate::dest::{Destination, CATALOG_NAME};
 use crate::error::{Error, Result};
 use crate::hooks::{self, HookEnv, Stage};
 use crate::observer::{Event, Observer};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// The display name of the snapshot a backup takes; a leftover one is an interrupted
@@ -172,6 +176,7 @@ fn run(
         vm_uuid: vm.uuid().map(|u| u.to_string()).unwrap_or_default(),
         vm_folder: vm.dir.clone(),
     };
+    check_cancel(obs)?;
     for hook in hooks::hooks_for(host.root(), &vm.dir, Stage::PreFreeze)? {
         hooks::run_hook(&hook, Stage::PreFreeze, &env)?;
         obs.event(&Event::HookRan {
@@ -180,8 +185,8 @@ fn run(
         });
     }
     let mut locked = host.lock_vm(vm.moref, host::LockMode::Wait)?;
-    let rt = locked.vm().runtime(host);
-    consolidate_leftovers(&mut locked, &rt, obs)?;
+    consolidate_leftovers(&mut locked, obs)?;
+    check_cancel(obs)?;
     // The VM as it is now, under the lock (another process may have changed it since
     // the first look, and consolidation changed its chains).
     let vm = &locked.vm().clone();
@@ -204,9 +209,9 @@ fn run(
         },
         quiesced: false,
     };
-    let marker = freeze_marker(locked.vm());
+    let disks = &mark_independent(disks, running, obs, &mut warnings);
     let quiesce = if running {
-        quiesce(&rt, &marker, &name, opts, obs, &mut warnings)
+        quiesce(&mut locked, &name, opts, obs, &mut warnings)
     } else {
         None
     };
@@ -227,16 +232,27 @@ fn run(
         });
     }
     // Thaw at once, also when the snapshot failed.
-    let quiesced = match quiesce {
-        Some(guard) => thaw(&rt, guard, &name, obs, &mut warnings),
-        None => false,
+    let thawed = match quiesce {
+        Some(guard) => thaw(&mut locked, guard, &name, obs, &mut warnings),
+        None => Ok(false),
     };
-    let _ = std::fs::remove_file(&marker);
     let live = LiveInfo {
-        quiesced: quiesced && created.is_ok(),
+        quiesced: matches!(thawed, Ok(true)) && created.is_ok(),
         ..live
     };
     let created = created?;
+    if let Err(e) = thawed.and_then(|_| check_cancel(obs)) {
+        // A guest that may still be frozen, or a cancel: the backup fails, and the
+        // snapshot goes (its redo logs are committed back).
+        if let Err(r) = locked.remove_snapshot(created.uid, &mut ()) {
+            warn(
+                obs,
+                &mut warnings,
+                format!("could not remove the backup snapshot (the next backup commits it): {r}"),
+            );
+        }
+        return Err(e);
+    }
     // From here on the snapshot exists: nothing may return before it is removed.
     let post_thaw = hooks::hooks_for(host.root(), &vm.dir, Stage::PostThaw).unwrap_or_else(|e| {
         warn(obs, &mut warnings, e.to_string());
@@ -308,13 +324,13 @@ fn run(
 }
 
 /// Commit what an interrupted backup left: its snapshot, and redo logs no snapshot owns.
-/// A running VM is thawed first: the backup that died may have died with its guest
-/// frozen (the freeze's watchdog died with it).
-fn consolidate_leftovers(
-    locked: &mut host::LockedVm<'_>,
-    rt: &runtime::Vm,
-    obs: &mut dyn Observer,
-) -> Result<()> {
+/// A guest it may have left frozen was thawed when the lock was taken.
+fn consolidate_leftovers(locked: &mut host::LockedVm<'_>, obs: &mut dyn Observer) -> Result<()> {
+    if locked.thawed_leftover() {
+        obs.event(&Event::ThawedLeftover {
+            vm: locked.vm().name(),
+        });
+    }
     let leftovers: Vec<u64> = locked
         .snapshots()
         .snapshots()
@@ -323,22 +339,6 @@ fn consolidate_leftovers(
         .map(|s| s.uid)
         .collect();
     let found = !leftovers.is_empty();
-    let marker = freeze_marker(locked.vm());
-    if (found || marker.exists())
-        && matches!(rt.status(), Ok(runtime::RuntimeState::Running { .. }))
-    {
-        match rt.thaw() {
-            Ok(Some(_)) => obs.event(&Event::ThawedLeftover {
-                vm: locked.vm().name(),
-            }),
-            Ok(None) => {}
-            Err(e) => obs.event(&Event::Warning(format!(
-                "could not thaw {} after an interrupted backup: {e}",
-                locked.vm().name()
-            ))),
-        }
-    }
-    let _ = std::fs::remove_file(&marker);
     for uid in leftovers {
         locked.remove_snapshot(uid, &mut ())?;
     }
@@ -351,13 +351,46 @@ fn consolidate_leftovers(
     Ok(())
 }
 
-/// The file that exists in the VM folder while a backup may have the guest frozen.
-fn freeze_marker(vm: &host::Vm) -> PathBuf {
-    vm.dir.join(FREEZE_MARKER)
+/// The marker file present while a backup may have the guest frozen (owned by the host
+/// layer: [`host::snapshot::FREEZE_MARKER`]).
+pub const FREEZE_MARKER: &str = host::snapshot::FREEZE_MARKER;
+
+/// Stops with [`Error::Cancelled`] once the user asked to.
+fn check_cancel(obs: &dyn Observer) -> Result<()> {
+    if obs.cancelled() {
+        Err(Error::Cancelled)
+    } else {
+        Ok(())
+    }
 }
 
-/// The name of [`freeze_marker`]'s file.
-pub const FREEZE_MARKER: &str = ".vcb-backup-frozen";
+/// An independent disk of a running VM is not snapshotted: the guest writes it during
+/// the copy, which would be torn. It is left out, with a warning the catalog records.
+fn mark_independent(
+    disks: &[DiskPlan],
+    running: bool,
+    obs: &mut dyn Observer,
+    warnings: &mut Vec<String>,
+) -> Vec<DiskPlan> {
+    disks
+        .iter()
+        .cloned()
+        .map(|mut d| {
+            if running && d.independent && d.skipped.is_none() {
+                let reason =
+                    "independent disk of a running VM: not snapshotted, a copy would be torn"
+                        .to_owned();
+                warn(
+                    obs,
+                    warnings,
+                    format!("{}: {reason}; not backed up", d.node),
+                );
+                d.skipped = Some(reason);
+            }
+            d
+        })
+        .collect()
+}
 
 /// What a backup learnt from the running VM, for the catalog and the name cache.
 #[derive(Debug, Clone, Default)]
@@ -371,8 +404,7 @@ pub(crate) struct LiveInfo {
 /// Freezes a running guest through its agent, unless turned off. `None` (with an event
 /// saying why) when nothing was frozen: the backup is then crash-consistent.
 fn quiesce(
-    rt: &runtime::Vm,
-    marker: &Path,
+    locked: &mut host::LockedVm<'_>,
     name: &str,
     opts: &BackupOptions,
     obs: &mut dyn Observer,
@@ -389,18 +421,7 @@ fn quiesce(
         return None;
     }
     let started = Instant::now();
-    // Says "a backup may have left this guest frozen" to the next backup, should this
-    // process die before the thaw (the freeze's watchdog dies with it).
-    if let Err(e) = std::fs::write(marker, b"") {
-        warn(
-            obs,
-            warnings,
-            format!("{}: {e} (not quiescing {name})", marker.display()),
-        );
-        not(obs, "cannot write the freeze marker".to_owned());
-        return None;
-    }
-    match rt.freeze(opts.quiesce_timeout.unwrap_or(DEFAULT_QUIESCE_TIMEOUT)) {
+    match locked.freeze(opts.quiesce_timeout.unwrap_or(DEFAULT_QUIESCE_TIMEOUT)) {
         Ok(runtime::Quiesce::Frozen(guard)) => {
             obs.event(&Event::Quiesced {
                 vm: name.to_owned(),
@@ -425,51 +446,54 @@ fn quiesce(
     }
 }
 
-/// Thaws the guest; true when it stayed frozen until now (the snapshot is quiesced).
+/// Thaws the guest; `Ok(true)` when it stayed frozen until now (the snapshot is
+/// quiesced). A thaw that fails twice is an error: the backup must not report success
+/// while the guest may still be frozen (the marker stays, so the next process that
+/// takes the VM's lock tries the thaw again).
 fn thaw(
-    rt: &runtime::Vm,
+    locked: &mut host::LockedVm<'_>,
     guard: runtime::FreezeGuard,
     name: &str,
     obs: &mut dyn Observer,
     warnings: &mut Vec<String>,
-) -> bool {
-    match guard.thaw() {
-        Ok(r) if r.by_watchdog => {
+) -> Result<bool> {
+    let report = match guard.thaw() {
+        Ok(r) => r,
+        Err(first) => {
+            // One more try on a fresh agent connection before giving up.
+            locked
+                .vm()
+                .runtime(locked.host())
+                .thaw()
+                .map_err(|second| Error::ThawFailed {
+                    vm: name.to_owned(),
+                    reason: format!("{first}; then {second}"),
+                })?;
             warn(
                 obs,
                 warnings,
-                format!(
-                    "{name}: the freeze timed out before the snapshot was taken; the backup is crash-consistent"
-                ),
+                format!("{name}: the first thaw failed ({first}); a second one succeeded"),
             );
-            obs.event(&Event::Thawed {
-                vm: name.to_owned(),
-                frozen_for: r.frozen_for,
-                by_watchdog: true,
-            });
-            false
-        }
-        Ok(r) => {
-            obs.event(&Event::Thawed {
-                vm: name.to_owned(),
-                frozen_for: r.frozen_for,
+            runtime::ThawReport {
+                frozen_for: Duration::ZERO,
                 by_watchdog: false,
-            });
-            true
+            }
         }
-        Err(e) => {
-            // One more try on a fresh agent connection before giving up.
-            let retry = rt.thaw();
-            let text = match retry {
-                Ok(_) => format!("{name}: the first thaw failed ({e}); a second one succeeded"),
-                Err(e2) => {
-                    format!("{name}: COULD NOT THAW THE GUEST ({e}; then {e2}); thaw it by hand")
-                }
-            };
-            warn(obs, warnings, text);
-            true
-        }
+    };
+    locked.freeze_ended()?;
+    if report.by_watchdog {
+        warn(
+            obs,
+            warnings,
+            format!("{name}: the freeze timed out before the snapshot was taken; the backup is crash-consistent"),
+        );
     }
+    obs.event(&Event::Thawed {
+        vm: name.to_owned(),
+        frozen_for: report.frozen_for,
+        by_watchdog: report.by_watchdog,
+    });
+    Ok(!report.by_watchdog)
 }
 
 fn warn(obs: &mut dyn Observer, warnings: &mut Vec<String>, text: String) {

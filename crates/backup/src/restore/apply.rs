@@ -43,10 +43,55 @@ pub(super) fn apply(
     let prefixes: Vec<PathBuf> = staged.iter().flatten().map(|s| prefix_of(s)).collect();
     let staging = fsio::swap::Staging::begin(&record, &prefixes)?;
     let mut swap = fsio::swap::Swap::new(&journal);
+    let staged_all = stage_all(plan, &staged, files, &mut swap, obs).inspect(|(_, written, _)| {
+        remove_replaced(&mut swap, plan, replaced, written);
+    });
+    let (leftovers, written, mut kept) = match staged_all {
+        Ok(done) => done,
+        Err(e) => {
+            // Nothing was swapped in: what was staged goes (the record lists it).
+            let accept = |_: &Path| true;
+            if let Err(c) = fsio::swap::recover_staging(&record, &accept) {
+                obs.event(&Event::Warning(format!("removing staged files: {c}")));
+            }
+            return Err(e);
+        }
+    };
+    swap.commit()?;
+    for f in leftovers {
+        remove_if_exists(&f)?;
+    }
+    staging.done()?;
+    let moref = register(host, lock, plan, &mut kept)?;
+    Ok(RestoreReport {
+        vm: plan.vm_name.clone(),
+        vmx: plan.vmx.clone(),
+        vmx_path: plan.vmx_path.clone(),
+        moref,
+        written,
+        kept,
+    })
+}
+
+/// What staging produced: staged descriptors to delete after the swap, the targets
+/// written, and the conflicts kept.
+type Staged = (Vec<PathBuf>, Vec<PathBuf>, Vec<String>);
+
+/// Writes every item under its staged name and adds it to `swap`; the .vmx last.
+fn stage_all(
+    plan: &Plan,
+    staged: &[Option<PathBuf>],
+    files: &Arc<VerifiedFiles>,
+    swap: &mut fsio::swap::Swap,
+    obs: &mut dyn Observer,
+) -> Result<Staged> {
     let mut leftovers = Vec::new();
     let mut written = Vec::new();
     let mut kept = Vec::new();
-    for ((item, conflict), staged) in plan.items.iter().zip(&staged) {
+    for ((item, conflict), staged) in plan.items.iter().zip(staged) {
+        if obs.cancelled() {
+            return Err(Error::Cancelled);
+        }
         let Some(staged) = staged else {
             kept.push(
                 conflict
@@ -58,7 +103,7 @@ pub(super) fn apply(
         stage(item, staged, files, obs)?;
         match item {
             Item::Disk { target, .. } | Item::Rdm { target, .. } => {
-                leftovers.extend(vmdk::replace::add_to_swap(&mut swap, target, staged)?);
+                leftovers.extend(vmdk::replace::add_to_swap(swap, target, staged)?);
             }
             Item::File { target, .. } => {
                 swap.replace(target, staged);
@@ -74,21 +119,7 @@ pub(super) fn apply(
         swap.replace(&plan.vmx_path, &staged);
         written.push(plan.vmx_path.clone());
     }
-    remove_replaced(&mut swap, plan, replaced, &written);
-    swap.commit()?;
-    for f in leftovers {
-        remove_if_exists(&f)?;
-    }
-    staging.done()?;
-    let moref = register(host, lock, plan, &mut kept)?;
-    Ok(RestoreReport {
-        vm: plan.vm_name.clone(),
-        vmx: plan.vmx.clone(),
-        vmx_path: plan.vmx_path.clone(),
-        moref,
-        written,
-        kept,
-    })
+    Ok((leftovers, written, kept))
 }
 
 /// A staged name per item (`None` for a kept one), chosen before anything is written.

@@ -326,6 +326,9 @@ fn plan_files(
         }
         let (target, strip) = if f.name == format!("{old_stem}.vmsd") {
             (vm_dir.join(format!("{new_stem}.vmsd")), true)
+        } else if f.name == format!("{old_stem}.efivars.fd") {
+            // The runtime finds the EFI variables by the .vmx's name.
+            (vm_dir.join(format!("{new_stem}.efivars.fd")), false)
         } else if f.name.ends_with(".vmss") {
             (
                 suspend_dir.join(suspend_target(

@@ -257,6 +257,7 @@ pub fn run(cmd: DiskCmd) -> Result<()> {
 /// Delete a disk and its extents.
 pub fn delete(disk: &Path) -> Result<()> {
     let _guard = guard::write_guard(disk, None)?;
+    vmdk::refuse_busy(disk, "delete")?;
     Ok(vmdk::delete(disk)?)
 }
 

@@ -55,6 +55,7 @@ mod live;
 mod memory;
 mod ops;
 mod power;
+mod quiesce;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -74,6 +75,7 @@ pub use compact::{Cleanup, JOURNAL_FILE};
 pub const BACKUP_SNAPSHOT_NAME: &str = "_vcb-backup_";
 pub use memory::{memory_file_name, SnapshotMemory};
 pub use ops::{SnapshotCreated, SnapshotDisk};
+pub use quiesce::FREEZE_MARKER;
 
 /// A VM whose folder lock this process holds, with its .vmx and .vmsd read under the
 /// lock. Snapshot operations live here; the lock is released when it is dropped.
@@ -91,6 +93,8 @@ pub struct LockedVm<'h> {
     /// An interrupted offline merge involves files the running VM has open: it is
     /// finished after power-off, and snapshot changes wait for it.
     pending_offline_merge: bool,
+    /// Taking the lock thawed a guest a killed process had left frozen.
+    thawed_leftover: bool,
     _lock: FileLock,
 }
 
@@ -116,11 +120,16 @@ impl Host {
             confined: self.confined(),
             seen: BTreeSet::new(),
             pending_offline_merge: false,
+            thawed_leftover: false,
             _lock: lock,
         };
         // Every name the .vmx and .vmsd hold must pass the confinement rule before
         // anything acts on them.
         locked.references()?;
+        // A guest a killed backup left frozen is thawed before anything else.
+        if let Err(e) = locked.thaw_leftover() {
+            tracing::warn!("{e}");
+        }
         locked.recover()?;
         Ok(locked)
     }
@@ -131,6 +140,11 @@ impl LockedVm<'_> {
     /// files themselves, such as disk tools).
     pub fn into_lock(self) -> FileLock {
         self._lock
+    }
+
+    /// The host the VM is registered on.
+    pub fn host(&self) -> &Host {
+        self.host
     }
 
     /// The VM as read under the lock.

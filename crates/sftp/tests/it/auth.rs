@@ -221,3 +221,105 @@ fn agent_keys_are_offered() {
     let _ = agent.wait();
     drop(result.expect("agent key accepted"));
 }
+
+/// A known_hosts file holding `line` for the server.
+fn known_hosts_with(server: &Server, name: &str, text: &str) -> std::path::PathBuf {
+    let path = server.dir.path().join(name);
+    std::fs::write(&path, text).expect("write known_hosts");
+    path
+}
+
+fn host_pub(server: &Server, file: &str) -> String {
+    std::fs::read_to_string(server.dir.path().join(file)).expect("host key")
+}
+
+#[test]
+fn issue_10_a_host_known_by_its_ecdsa_key_is_not_unknown() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let ecdsa = host_pub(&server, "host_key_ecdsa.pub");
+    let mut opts = server.options();
+    opts.known_hosts = Some(known_hosts_with(
+        &server,
+        "ecdsa_only",
+        &format!("[127.0.0.1]:{} {ecdsa}", server.port),
+    ));
+    drop(sftp::connect(&server.url(), &opts).expect("the known algorithm is negotiated"));
+}
+
+#[test]
+fn issue_10_revoked_host_keys_are_refused() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let ed = host_pub(&server, "host_key.pub");
+    let mut opts = server.options();
+    opts.known_hosts = Some(known_hosts_with(
+        &server,
+        "revoked",
+        &format!("[127.0.0.1]:{} {ed}@revoked * {ed}", server.port),
+    ));
+    opts.accept_new_host_key = true;
+    let err = sftp::connect(&server.url(), &opts).err().expect("revoked");
+    assert!(matches!(err, Error::HostKeyRevoked { line: 2, .. }), "{err}");
+    assert!(err.to_string().contains("REVOKED"), "{err}");
+}
+
+#[test]
+fn issue_10_the_system_known_hosts_file_is_read() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let ed = host_pub(&server, "host_key.pub");
+    let mut opts = server.options();
+    opts.known_hosts = Some(server.dir.path().join("empty_user_known_hosts"));
+    opts.global_known_hosts = Some(known_hosts_with(
+        &server,
+        "ssh_known_hosts",
+        &format!("[127.0.0.1]:{} {ed}", server.port),
+    ));
+    drop(sftp::connect(&server.url(), &opts).expect("known system-wide"));
+    assert!(!server.dir.path().join("empty_user_known_hosts").exists());
+}
+
+#[test]
+fn issue_10_a_private_key_others_can_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let key = server.dir.path().join("open_key");
+    std::fs::copy(&server.client_key, &key).expect("copy key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let mut opts = server.options();
+    opts.identity_file = Some(key.clone());
+    let err = sftp::connect(&server.url(), &opts).err().expect("refused");
+    assert!(
+        matches!(&err, Error::BadKey { reason, .. } if reason.contains("too open")),
+        "{err}"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    drop(sftp::connect(&server.url(), &opts).expect("0600 is fine"));
+}
+
+#[test]
+fn issue_10_ssh_config_include_names_the_host() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let home = server.dir.path().join("home");
+    let ssh = home.join(".ssh");
+    std::fs::create_dir_all(ssh.join("config.d")).expect("mkdir");
+    std::fs::write(ssh.join("config"), "Include config.d/*\n").expect("config");
+    std::fs::write(
+        ssh.join("config.d/backup-nas"),
+        format!("Host nas\n  HostName 127.0.0.1\n  Port {}\n", server.port),
+    )
+    .expect("included");
+    let mut opts = server.options();
+    opts.use_ssh_config = true;
+    opts.ssh_config = Some(ssh.join("config"));
+    let url = RemoteUrl::parse(&format!("sftp://{}@nas{}", server.user, server.root())).expect("url");
+    drop(sftp::connect(&url, &opts).expect("the alias from the included file"));
+}

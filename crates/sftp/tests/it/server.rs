@@ -32,6 +32,7 @@ impl SftpServer for Server {
         opts.use_agent = false;
         opts.use_ssh_config = false;
         opts.known_hosts = Some(self.known_hosts.clone());
+        opts.global_known_hosts = None;
         opts.timeout = Duration::from_secs(10);
         opts
     }

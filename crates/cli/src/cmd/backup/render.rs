@@ -14,8 +14,10 @@ pub struct Render {
 }
 
 impl Render {
-    /// A renderer at log level `level` (0..6).
+    /// A renderer at log level `level` (0..6). Backups and restores rendered by it stop
+    /// cleanly on SIGINT/SIGTERM (see [`crate::signals`]).
     pub fn new(level: u8) -> Render {
+        crate::signals::install();
         Render { level }
     }
 
@@ -95,15 +97,19 @@ impl Observer for Render {
 
     fn converting(&mut self, dest: &Path, note: &str) -> Box<dyn vmdk::Progress + '_> {
         let message = format!("Converting \"{}\" ({note}):", dest.display());
-        if self.level == 0 {
-            return Box::new(());
-        }
-        if std::io::stderr().is_terminal() {
+        let inner: Box<dyn vmdk::Progress> = if self.level == 0 {
+            Box::new(())
+        } else if std::io::stderr().is_terminal() {
             Box::new(crate::output::Bar::new(message))
         } else {
             println!("{message}");
             Box::new(Stars::default())
-        }
+        };
+        Box::new(crate::signals::Cancellable { inner })
+    }
+
+    fn cancelled(&self) -> bool {
+        crate::signals::cancelled()
     }
 
     fn ask(&mut self, what: &str) -> Option<Answer> {
