@@ -14,5 +14,7 @@ mod hostile;
 mod refuse;
 #[path = "backup_e2e/roundtrip.rs"]
 mod roundtrip;
+#[path = "backup_e2e/safety.rs"]
+mod safety;
 #[path = "backup_e2e/snapall.rs"]
 mod snapall;

@@ -10,11 +10,11 @@
 #[path = "backup_e2e/util.rs"]
 #[allow(dead_code, unused_imports)]
 mod e2e;
-#[path = "live_backup/restore.rs"]
-mod restore;
 #[path = "../../runtime/tests/it/util.rs"]
 #[allow(dead_code)]
 mod rt;
+#[path = "live_backup/safety.rs"]
+mod safety;
 
 use e2e::{catalog, registered, restore_with_catalog, retarget, text, Env};
 use rt::{check_point_in_time, disk_blocks, qemu_img_check, Layout, TestVm, BLOCKS};

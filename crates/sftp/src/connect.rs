@@ -206,7 +206,14 @@ pub(crate) fn ssh_config(known: &[Algorithm]) -> russh::client::Config {
             .filter(|a| known.contains(a))
             .cloned()
             .collect();
-        keys.extend(config.preferred.key.iter().filter(|a| !known.contains(a)).cloned());
+        keys.extend(
+            config
+                .preferred
+                .key
+                .iter()
+                .filter(|a| !known.contains(a))
+                .cloned(),
+        );
         config.preferred.key = std::borrow::Cow::Owned(keys);
     }
     config.preferred.cipher = std::borrow::Cow::Owned(vec![

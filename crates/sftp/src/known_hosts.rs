@@ -97,18 +97,29 @@ pub(crate) fn check_all(
 /// The key algorithms the files record for `host:port`, in file order: the client
 /// offers them first, so a server known by its ECDSA key is not called unknown because
 /// another algorithm was negotiated.
-pub(crate) fn known_algorithms(paths: &[std::path::PathBuf], host: &str, port: u16) -> Vec<russh::keys::Algorithm> {
+pub(crate) fn known_algorithms(
+    paths: &[std::path::PathBuf],
+    host: &str,
+    port: u16,
+) -> Vec<russh::keys::Algorithm> {
     let name = lookup_name(host, port);
     let mut out = Vec::new();
     for path in paths {
         let Ok(Some(text)) = read(path) else { continue };
         for line in text.lines() {
             let mut fields = line.split_whitespace();
-            let Some(patterns) = fields.next() else { continue };
-            if patterns.starts_with('#') || patterns.starts_with('@') || !patterns_match(patterns, &name) {
+            let Some(patterns) = fields.next() else {
+                continue;
+            };
+            if patterns.starts_with('#')
+                || patterns.starts_with('@')
+                || !patterns_match(patterns, &name)
+            {
                 continue;
             }
-            let (Some(key_type), Some(blob)) = (fields.next(), fields.next()) else { continue };
+            let (Some(key_type), Some(blob)) = (fields.next(), fields.next()) else {
+                continue;
+            };
             if let Ok(k) = PublicKey::from_openssh(&format!("{key_type} {blob}")) {
                 if !out.contains(&k.algorithm()) {
                     out.push(k.algorithm());
@@ -350,23 +361,50 @@ mod tests {
 
     #[test]
     fn issue_10_revoked_keys_are_refused_whatever_else_the_file_says() {
-        let text = format!("nas {ED_A}
+        let text = format!(
+            "nas {ED_A}
 @revoked * {ED_A}
 @revoked other {ED_B}
-");
-        assert_eq!(check_text(&text, "nas", &key(ED_A)), Verdict::Revoked { line: 2 });
-        assert_eq!(check_text(&text, "nas", &key(ED_B)), Verdict::Changed { line: 1 });
+"
+        );
+        assert_eq!(
+            check_text(&text, "nas", &key(ED_A)),
+            Verdict::Revoked { line: 2 }
+        );
+        assert_eq!(
+            check_text(&text, "nas", &key(ED_B)),
+            Verdict::Changed { line: 1 }
+        );
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let (user, global) = (dir.path().join("user"), dir.path().join("global"));
-        let _ = std::fs::write(&user, format!("[h]:2222 {ED_B}
-"));
-        let _ = std::fs::write(&global, format!("[h]:2222 {ED_A}
-"));
+        let _ = std::fs::write(
+            &user,
+            format!(
+                "[h]:2222 {ED_B}
+"
+            ),
+        );
+        let _ = std::fs::write(
+            &global,
+            format!(
+                "[h]:2222 {ED_A}
+"
+            ),
+        );
         let files = [user.clone(), global.clone()];
         let (v, file) = check_all(&files, "h", 2222, &key(ED_A)).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!((v, file), (Verdict::Known, Some(global.clone())), "the global file counts");
-        let _ = std::fs::write(&global, format!("@revoked * {ED_B}
-"));
+        assert_eq!(
+            (v, file),
+            (Verdict::Known, Some(global.clone())),
+            "the global file counts"
+        );
+        let _ = std::fs::write(
+            &global,
+            format!(
+                "@revoked * {ED_B}
+"
+            ),
+        );
         let (v, _) = check_all(&files, "h", 2222, &key(ED_B)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(v, Verdict::Revoked { line: 1 });
         let algs = known_algorithms(&files, "h", 2222);

@@ -119,7 +119,9 @@ async fn establish(resolved: &connect::Resolved, opts: &ConnectOptions) -> Resul
     let refusal = client.refusal.clone();
     let known = crate::known_hosts::known_algorithms(&opts.known_hosts_files(), host, *port);
     let mut handle =
-        match russh::client::connect_stream(Arc::new(connect::ssh_config(&known)), tcp, client).await {
+        match russh::client::connect_stream(Arc::new(connect::ssh_config(&known)), tcp, client)
+            .await
+        {
             Ok(handle) => handle,
             Err(e) => {
                 let refused = refusal.lock().ok().and_then(|mut slot| slot.take());

@@ -414,7 +414,10 @@ Host *
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let ssh = dir.path().join(".ssh");
         let _ = std::fs::create_dir_all(ssh.join("conf.d"));
-        let _ = std::fs::write(ssh.join("config"), "Include conf.d/*.conf\nHost *\n  User fallback\n");
+        let _ = std::fs::write(
+            ssh.join("config"),
+            "Include conf.d/*.conf\nHost *\n  User fallback\n",
+        );
         let _ = std::fs::write(ssh.join("conf.d/10-nas.conf"), "Host nas\n  HostName 10.0.0.9\n  Port 2200\n  Include ~/.ssh/deeper\nHost *\n  Port 2300\n");
         let _ = std::fs::write(ssh.join("deeper"), "IdentityFile ~/.ssh/deep_key\n");
         let c = lookup(&ssh.join("config"), "nas").unwrap_or_default();
@@ -429,7 +432,10 @@ Host *
         assert_eq!(c.port, Some(2300));
         let _ = std::fs::write(ssh.join("loop"), "Include loop\n");
         let e = lookup(&ssh.join("loop"), "x");
-        assert!(matches!(e, Err(Error::SshConfig { ref reason, .. }) if reason.contains("nested")), "{e:?}");
+        assert!(
+            matches!(e, Err(Error::SshConfig { ref reason, .. }) if reason.contains("nested")),
+            "{e:?}"
+        );
     }
 
     #[test]

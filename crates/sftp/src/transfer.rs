@@ -38,7 +38,10 @@ impl Session {
         let op = "upload";
         let flags = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE;
         let handle = self
-            .block_on(self.sftp.open(remote_path, flags, crate::types::private_file()))
+            .block_on(
+                self.sftp
+                    .open(remote_path, flags, crate::types::private_file()),
+            )
             .map_err(|e| {
                 self.creation_err(op, remote_path, self.remote_err(op, remote_path, e), false)
             })?

@@ -90,11 +90,17 @@ pub(super) fn export_all(
     }
     if let Some(pause) = opts.pause_after_snapshot {
         // Test hook: the configuration files are in the destination, the disks not yet.
-        std::thread::sleep(pause);
+        let until = std::time::Instant::now() + pause;
+        while std::time::Instant::now() < until && !obs.cancelled() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
     let mut hashing = Hashing::new();
     let mut streamed = Vec::new();
     for (plan, source) in plans.iter().zip(sources) {
+        if obs.cancelled() {
+            return Err(Error::Cancelled);
+        }
         let Some(source) = source else {
             let reason = match (&plan.kind, &plan.skipped) {
                 (_, Some(why)) => why.clone(),

@@ -262,7 +262,10 @@ fn issue_10_revoked_host_keys_are_refused() {
     ));
     opts.accept_new_host_key = true;
     let err = sftp::connect(&server.url(), &opts).err().expect("revoked");
-    assert!(matches!(err, Error::HostKeyRevoked { line: 2, .. }), "{err}");
+    assert!(
+        matches!(err, Error::HostKeyRevoked { line: 2, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("REVOKED"), "{err}");
 }
 
@@ -320,6 +323,7 @@ fn issue_10_ssh_config_include_names_the_host() {
     let mut opts = server.options();
     opts.use_ssh_config = true;
     opts.ssh_config = Some(ssh.join("config"));
-    let url = RemoteUrl::parse(&format!("sftp://{}@nas{}", server.user, server.root())).expect("url");
+    let url =
+        RemoteUrl::parse(&format!("sftp://{}@nas{}", server.user, server.root())).expect("url");
     drop(sftp::connect(&url, &opts).expect("the alias from the included file"));
 }
