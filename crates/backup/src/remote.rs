@@ -146,6 +146,12 @@ impl Sftp {
             return Ok(());
         }
         for e in self.session.list_dir(dir)? {
+            if out.len() > sftp::MAX_DIR_ENTRIES {
+                return Err(Error::UnsupportedDestination {
+                    spec: self.spec.clone(),
+                    reason: format!("more than {} files (refused)", sftp::MAX_DIR_ENTRIES),
+                });
+            }
             if e.name == "." || e.name == ".." {
                 continue;
             }
@@ -235,10 +241,18 @@ impl Destination for Sftp {
     }
 
     fn get(&self, name: &str) -> Result<Box<dyn Read + Send>> {
+        use std::io::Seek;
         let path = self.remote_of(name)?;
-        let mut buf = Vec::new();
-        self.session.download(&path, &mut buf, &mut ())?;
-        Ok(Box::new(std::io::Cursor::new(buf)))
+        // Spooled to an unnamed local file, not memory: a hostile server may send a lot,
+        // but never more than the size it states.
+        let size = self.session.stat(&path)?.size_bytes;
+        let mut spool = tempfile::tempfile().map_err(|e| Error::io(&path, "spool", e))?;
+        self.session
+            .download_at_most(&path, &mut spool, Some(size), &mut ())?;
+        spool
+            .rewind()
+            .map_err(|e| Error::io(&path, "rewind spool", e))?;
+        Ok(Box::new(spool))
     }
 
     fn list(&self) -> Result<Vec<Entry>> {
@@ -500,9 +514,11 @@ pub fn download_backup(spec: &str, opts: &RemoteOptions) -> Result<Downloaded> {
             std::fs::create_dir_all(p).map_err(|err| Error::io(p, "create folder", err))?;
         }
         let f = std::fs::File::create(&local).map_err(|err| Error::io(&local, "create", err))?;
-        remote.session.download(
+        // The listing stated the size: the server may not send more.
+        remote.session.download_at_most(
             &remote.url.join(&e.name),
             std::io::BufWriter::new(f),
+            Some(e.size_bytes),
             &mut (),
         )?;
     }

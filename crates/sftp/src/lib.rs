@@ -64,6 +64,6 @@ pub use error::{Error, RemoteErrorKind, Result};
 pub use file::RemoteFile;
 pub use options::{ConnectOptions, SshEnv};
 pub use progress::Progress;
-pub use session::{connect, Session};
+pub use session::{connect, Session, MAX_DIR_ENTRIES};
 pub use types::{DirEntry, Extensions, FileKind, FileStat, FsStat};
 pub use url::{RemoteUrl, Scheme};

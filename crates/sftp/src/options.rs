@@ -104,6 +104,9 @@ pub struct ConnectOptions {
     pub requests_in_flight: usize,
     /// Bytes per SFTP read or write request (capped by the server's limits).
     pub request_bytes: u32,
+    /// Most entries a folder listing may return (default
+    /// [`MAX_DIR_ENTRIES`](crate::MAX_DIR_ENTRIES)).
+    pub max_dir_entries: usize,
 }
 
 impl ConnectOptions {
@@ -124,6 +127,7 @@ impl ConnectOptions {
             timeout: Duration::from_secs(30),
             requests_in_flight: 64,
             request_bytes: 32 * 1024,
+            max_dir_entries: crate::MAX_DIR_ENTRIES,
         }
     }
 

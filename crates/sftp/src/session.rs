@@ -9,6 +9,9 @@ use crate::url::{parent_path, RemoteUrl};
 use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::client::RawSftpSession;
 use russh_sftp::protocol::{FileAttributes, StatusCode};
+
+/// Most entries one folder listing returns; a backup folder holds a few dozen files.
+pub const MAX_DIR_ENTRIES: usize = 100_000;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +23,7 @@ pub(crate) struct Tuning {
     pub write_bytes: u32,
     pub read_bytes: u32,
     pub timeout: Duration,
+    pub max_dir_entries: usize,
 }
 
 /// An open SFTP session. Every method blocks until the server answered; paths are
@@ -82,6 +86,7 @@ pub fn connect(url: &RemoteUrl, opts: &ConnectOptions) -> Result<Session> {
         write_bytes: cap(opts.request_bytes, limits.write_len),
         read_bytes: cap(opts.request_bytes, limits.read_len),
         timeout: opts.timeout,
+        max_dir_entries: opts.max_dir_entries,
     };
     tracing::debug!(location = %target.location(""), ?extensions, ?tuning, "sftp session ready");
     Ok(Session {
@@ -352,7 +357,9 @@ impl Session {
         }
     }
 
-    /// The entries of the folder `path`, without `.` and `..`, in server order.
+    /// The entries of the folder `path`, without `.` and `..`, in server order (at most
+    /// [`ConnectOptions::max_dir_entries`](crate::ConnectOptions): a hostile server
+    /// cannot make a listing exhaust memory).
     ///
     /// # Errors
     /// [`Error::Remote`] (`NotFound`, `PermissionDenied`), transport errors.
@@ -361,6 +368,16 @@ impl Session {
         let handle = self.block_on(self.sftp.opendir(path)).map_err(err)?.handle;
         let mut entries = Vec::new();
         let outcome = loop {
+            if entries.len() > self.tuning.max_dir_entries {
+                break Err(Error::Protocol {
+                    location: self.target.location(path),
+                    op: "list folder",
+                    detail: format!(
+                        "more than {} entries (refused)",
+                        self.tuning.max_dir_entries
+                    ),
+                });
+            }
             match self.block_on(self.sftp.readdir(handle.as_str())) {
                 Ok(name) => entries.extend(
                     name.files

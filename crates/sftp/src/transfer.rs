@@ -73,7 +73,23 @@ impl Session {
     pub fn download(
         &self,
         remote_path: &str,
+        writer: impl Write,
+        progress: &mut dyn Progress,
+    ) -> Result<u64> {
+        self.download_at_most(remote_path, writer, None, progress)
+    }
+
+    /// [`download`](Session::download) of at most `max_bytes` (the size a listing
+    /// stated): a server that offers more is refused instead of read on.
+    ///
+    /// # Errors
+    /// As for [`download`](Session::download); [`Error::Protocol`] when the file holds
+    /// more than `max_bytes`.
+    pub fn download_at_most(
+        &self,
+        remote_path: &str,
         mut writer: impl Write,
+        max_bytes: Option<u64>,
         progress: &mut dyn Progress,
     ) -> Result<u64> {
         let op = "download";
@@ -89,8 +105,14 @@ impl Session {
             .ok()
             .and_then(|a| a.attrs.size);
         progress.start(size);
-        let read =
-            self.block_on(self.read_pipelined(&handle, size, &mut writer, remote_path, progress));
+        let read = self.block_on(self.read_pipelined(
+            &handle,
+            size,
+            max_bytes,
+            &mut writer,
+            remote_path,
+            progress,
+        ));
         let closed = self.close_handle(handle, remote_path, read.as_ref().err());
         let total = read?;
         writer.flush().map_err(|source| Error::LocalStream {
@@ -146,13 +168,15 @@ impl Session {
         &self,
         handle: &str,
         size: Option<u64>,
+        max_bytes: Option<u64>,
         writer: &mut dyn Write,
         path: &str,
         progress: &mut dyn Progress,
     ) -> Result<u64> {
         let chunk = self.tuning.read_bytes;
         // Read up to the size fstat reported, then probe once more for growth or EOF.
-        let mut limit = size.unwrap_or(u64::MAX);
+        let cap = max_bytes.unwrap_or(u64::MAX);
+        let mut limit = size.unwrap_or(u64::MAX).min(cap);
         let mut in_flight = InFlight::default();
         let (mut next, mut written) = (0u64, 0u64);
         loop {
@@ -170,8 +194,15 @@ impl Session {
                 Err(e) => return Err(self.remote_err("read", path, e)),
             };
             if at >= limit {
+                if at >= cap {
+                    return Err(Error::Protocol {
+                        location: self.target.location(path),
+                        op: "download",
+                        detail: format!("the server sends more than the {cap} bytes it stated"),
+                    });
+                }
                 // The probe found data: the file grew since fstat; read on until EOF.
-                limit = u64::MAX;
+                limit = cap;
                 next = at + u64::from(len);
             }
             let got = self.deliver(handle, at, len, data, writer, path).await?;

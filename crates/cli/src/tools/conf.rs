@@ -11,7 +11,9 @@
 //! whatever the file prints goes to stderr, and the values come back NUL-separated and
 //! are used as plain strings: nothing a value holds is ever evaluated again or handed to
 //! a shell. Command-line options (`-h`, `-u`, `-p`, `-c`) override the file; `TEMPDIR`
-//! cannot be overridden. A PASSWORD in a file others can read draws a warning.
+//! cannot be overridden. A PASSWORD in a file others can read draws a warning; a file
+//! (or a folder above it) that others can write, or owned by someone other than root
+//! or the invoking user, is refused, as sshd's StrictModes refuses its configuration.
 
 use anyhow::{bail, Context, Result};
 use std::os::unix::fs::PermissionsExt;
@@ -136,6 +138,9 @@ pub fn evaluate(path: &Path) -> Result<ToolConf> {
             abs.display()
         );
     }
+    // The file is run by a shell as the invoking user (often root): whoever could
+    // change it could run anything.
+    fsio::check_private(&abs).context("backuptools.conf")?;
     // `.` of a name without a slash would search $PATH: the path is absolute.
     let printed: Vec<String> = KEYS.iter().map(|k| format!("\"{k}=${{{k}-}}\"")).collect();
     let script = format!(
@@ -307,5 +312,16 @@ mod tests {
         assert_eq!(c.vmnamecache.as_deref(), Some(Path::new("/c")));
         assert_eq!(c.tempdir.as_deref(), Some(Path::new("/t")));
         assert!(evaluate(&t.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn issue_10_a_file_others_can_change_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        for mode in [0o666, 0o620] {
+            let p = conf_file(t.path(), "VCHOST=localhost\n", mode);
+            let e = evaluate(&p).unwrap_err();
+            assert!(format!("{e:#}").contains("StrictModes"), "{e:#}");
+        }
     }
 }

@@ -354,3 +354,44 @@ fn remote_file_reports_a_killed_server() {
     .expect_err("writes to a killed server");
     assert_dropped(&err);
 }
+
+#[test]
+fn issue_10_a_server_sending_more_than_it_stated_or_listing_too_much_is_refused() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let session = server.connect();
+    let file = server.remote("grown.bin");
+    std::fs::write(&file, vec![7u8; 1 << 20]).expect("write");
+    let path = file.to_str().expect("utf-8");
+    // The listing said 10 bytes; the file holds a MiB.
+    let mut got = Vec::new();
+    let err = session
+        .download_at_most(path, &mut got, Some(10), &mut ())
+        .expect_err("more than stated");
+    assert!(matches!(err, Error::Protocol { .. }), "{err}");
+    assert!(err.to_string().contains("more than the 10 bytes"), "{err}");
+    assert!(
+        got.len() <= 64 << 10,
+        "stopped near the stated size: {}",
+        got.len()
+    );
+    let mut exact = Vec::new();
+    session
+        .download_at_most(path, &mut exact, Some(1 << 20), &mut ())
+        .expect("exact size");
+    assert_eq!(exact.len(), 1 << 20);
+    // A folder with more entries than allowed.
+    let dir = server.remote("many");
+    std::fs::create_dir(&dir).expect("mkdir");
+    for i in 0..20 {
+        std::fs::write(dir.join(format!("f{i}")), "").expect("file");
+    }
+    let mut opts = server.options();
+    opts.max_dir_entries = 10;
+    let small = sftp::connect(&server.url(), &opts).expect("connect");
+    let err = small
+        .list_dir(dir.to_str().expect("utf-8"))
+        .expect_err("too many entries");
+    assert!(err.to_string().contains("more than 10 entries"), "{err}");
+}
