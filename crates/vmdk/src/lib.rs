@@ -41,6 +41,7 @@ pub mod magic;
 mod ops;
 pub mod progress;
 pub mod replace;
+pub mod sesparse;
 pub mod sparse;
 pub mod stream;
 

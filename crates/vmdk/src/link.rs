@@ -452,12 +452,7 @@ fn extent_of(
         }
         ExtentType::Sparse => Box::new(SparseExtent::from_file(file, len, gt_tables)?),
         ExtentType::VmfsSparse => Box::new(CowdExtent::from_file(file, len)?),
-        ExtentType::SeSparse => {
-            return Err(Error::unsupported(
-                descriptor,
-                "seSparse extents are not supported",
-            ))
-        }
+        ExtentType::SeSparse => Box::new(crate::sesparse::SeSparseExtent::from_file(file, len)?),
         ExtentType::Zero => Box::new(ZeroExtent {
             len_bytes: len,
             descriptor: descriptor.to_path_buf(),

@@ -113,6 +113,14 @@ impl Inflater {
                 .window
                 .get(file, file_len, offset, GRAIN_MARKER_BYTES)?;
             let size = u64::from(le_u32(marker, 8));
+            let lba = super::le_u64(marker, 0);
+            let want = grain.saturating_mul(self.grain_bytes / crate::magic::SECTOR);
+            if lba != want {
+                let reason = format!(
+                    "GT {gt} entry {index}: the grain marker at sector {sector:#x} is for LBA {lba:#x}, the grain table says LBA {want:#x}"
+                );
+                return Err(Error::corrupt(file.path(), reason));
+            }
             if size == 0 || size > limit {
                 let reason = format!(
                     "GT {gt} entry {index}: grain marker at sector {sector:#x} has size {size}"

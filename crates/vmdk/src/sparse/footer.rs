@@ -69,12 +69,34 @@ pub(crate) fn locate_footer(
         if footer && eos {
             if let Ok(h) = SparseHeader::parse(&b[512..1024], file.path()) {
                 if !h.gd_at_end() {
-                    return Ok(h);
+                    return agrees(file, header, h);
                 }
             }
         }
     }
-    scan_markers(file, header, file_len)
+    let found = scan_markers(file, header, file_len)?;
+    agrees(file, header, found)
+}
+
+/// The footer's copy of the header must describe the same disk as the header (only the
+/// grain directory's place may differ): a footer from another file is corruption.
+fn agrees(file: &PathFile, header: &SparseHeader, footer: SparseHeader) -> Result<SparseHeader> {
+    let pairs = [
+        ("capacity", header.capacity_sectors, footer.capacity_sectors),
+        ("grainSize", header.grain_sectors, footer.grain_sectors),
+        (
+            "numGTEsPerGT",
+            u64::from(header.num_gtes_per_gt),
+            u64::from(footer.num_gtes_per_gt),
+        ),
+    ];
+    for (field, h, f) in pairs {
+        if h != f {
+            let reason = format!("the footer's {field} ({f}) differs from the header's ({h})");
+            return Err(Error::corrupt(file.path(), reason));
+        }
+    }
+    Ok(footer)
 }
 
 /// Walk the markers from the first grain to the end-of-stream marker, remembering the
