@@ -27,8 +27,68 @@ pub trait GroupObserver: Observer {
 
 impl GroupObserver for () {}
 
-/// Back up every VM `spec` finds into `<root>/<display name>`. One VM failing does not
-/// stop the others; the caller decides the exit status from the items.
+/// One VM of a group: its moref, name and backup folder name, or why it cannot be loaded.
+struct Member {
+    moref: host::VmRef,
+    name: String,
+    folder: String,
+    broken: Option<Error>,
+}
+
+/// The VMs `spec` finds, each with a folder name of its own: VMs sharing a display name
+/// get `<name>_<moref>` (so none overwrites or refuses another's backup). With `any:`,
+/// VMs whose .vmx cannot be loaded are members too, with their error: they are reported
+/// as failed instead of silently left out.
+fn members(host: &host::Host, spec: &host::Specifier) -> Result<Vec<Member>> {
+    let mut out: Vec<Member> = Vec::new();
+    for moref in spec.find(host)? {
+        match host.vm(moref) {
+            Ok(vm) => out.push(Member {
+                moref,
+                name: vm.name(),
+                folder: String::new(),
+                broken: None,
+            }),
+            Err(e) => out.push(broken(host, moref, e)),
+        }
+    }
+    if *spec == host::Specifier::Any {
+        let (_, bad) = host.vms();
+        for (moref, e) in bad {
+            if !out.iter().any(|m| m.moref == moref) {
+                out.push(broken(host, moref, e));
+            }
+        }
+        out.sort_by_key(|m| m.moref);
+    }
+    for i in 0..out.len() {
+        let shared = out.iter().filter(|m| m.name == out[i].name).count() > 1;
+        out[i].folder = if shared {
+            folder_name(&format!("{}_{}", out[i].name, out[i].moref))
+        } else {
+            folder_name(&out[i].name)
+        };
+    }
+    Ok(out)
+}
+
+fn broken(host: &host::Host, moref: host::VmRef, e: impl Into<Error>) -> Member {
+    let name = host
+        .entries()
+        .into_iter()
+        .find(|(m, _)| *m == moref)
+        .map_or_else(|| format!("moref {moref}"), |(_, entry)| entry.vmx.clone());
+    Member {
+        moref,
+        name,
+        folder: String::new(),
+        broken: Some(e.into()),
+    }
+}
+
+/// Back up every VM `spec` finds into `<root>/<display name>`. One VM failing (even one
+/// whose .vmx cannot be read) does not stop the others; the caller decides the exit
+/// status from the items.
 ///
 /// # Errors
 /// Only for failures before any VM is looked at: a bad specifier, a missing `root`.
@@ -46,15 +106,18 @@ pub fn backup_group(
         });
     }
     let mut items = Vec::new();
-    for moref in spec.find(host)? {
-        let vm = host.vm(moref)?;
-        let name = vm.name();
-        let dest = root.join(folder_name(&name));
-        obs.vm_started(&name, &dest);
-        let mut d = LocalDir::new(&dest);
-        let result = backup_vm(host, &format!("moref:{moref}"), &mut d, opts, obs);
+    for m in members(host, &spec)? {
+        let dest = root.join(&m.folder);
+        obs.vm_started(&m.name, &dest);
+        let result = match m.broken {
+            Some(e) => Err(e),
+            None => {
+                let mut d = LocalDir::new(&dest);
+                backup_vm(host, &format!("moref:{}", m.moref), &mut d, opts, obs)
+            }
+        };
         let item = GroupItem {
-            vm: name,
+            vm: m.name,
             dest,
             result,
         };
@@ -100,16 +163,18 @@ pub fn backup_group_to(
     }
     let base = root.trim_end_matches('/');
     let mut items = Vec::new();
-    for moref in spec.find(host)? {
-        let vm = host.vm(moref)?;
-        let name = vm.name();
-        let dest_spec = format!("{base}/{}", folder_name(&name));
+    for m in members(host, &spec)? {
+        let dest_spec = format!("{base}/{}", m.folder);
         let dest = PathBuf::from(&dest_spec);
-        obs.vm_started(&name, &dest);
-        let result = crate::remote::Sftp::open(&dest_spec, remote)
-            .and_then(|mut d| backup_vm(host, &format!("moref:{moref}"), &mut d, opts, obs));
+        obs.vm_started(&m.name, &dest);
+        let moref = m.moref;
+        let result = match m.broken {
+            Some(e) => Err(e),
+            None => crate::remote::Sftp::open(&dest_spec, remote)
+                .and_then(|mut d| backup_vm(host, &format!("moref:{moref}"), &mut d, opts, obs)),
+        };
         let item = GroupItem {
-            vm: name,
+            vm: m.name,
             dest,
             result,
         };

@@ -101,6 +101,31 @@ pub fn write_atomic_with<E: From<Error>>(
     Ok(())
 }
 
+/// Creates `path` with `contents` atomically, never replacing a file: the content goes
+/// to a unique temporary file (fsynced) that is renamed into place only if `path` is
+/// still free ([`rename_noreplace`]); the folder is fsynced.
+///
+/// # Errors
+/// [`Error::Exists`] when `path` exists (also when it appeared during the call);
+/// [`Error::Io`].
+pub fn create_atomic(path: &Path, contents: &[u8]) -> Result<()> {
+    let tmp = temp_name(path, "vcb-new");
+    let guard = RemoveOnDrop(Some(tmp.clone()));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o666)
+        .open(&tmp)
+        .map_err(|e| Error::io(&tmp, "create", e))?;
+    file.write_all(contents)
+        .map_err(|e| Error::io(&tmp, "write", e))?;
+    file.sync_all().map_err(|e| Error::io(&tmp, "fsync", e))?;
+    drop(file);
+    rename_noreplace(&tmp, path)?;
+    guard.disarm();
+    sync_dir(&parent_dir(path))
+}
+
 /// Moves `from` to `to` only if `to` does not exist, atomically
 /// (`renameat2(RENAME_NOREPLACE)`; on file systems without it, `link` + `unlink`).
 ///
@@ -238,6 +263,23 @@ mod tests {
             .to_str()
             .unwrap()
             .starts_with(".disk.vmdk.t-"));
+    }
+
+    #[test]
+    fn create_atomic_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.vmdk");
+        create_atomic(&p, b"one").unwrap();
+        assert!(matches!(
+            create_atomic(&p, b"two"),
+            Err(Error::Exists { .. })
+        ));
+        assert_eq!(std::fs::read(&p).unwrap(), b"one");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary left"
+        );
     }
 
     #[test]

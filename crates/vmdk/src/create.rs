@@ -20,7 +20,7 @@ use crate::descriptor::{Access, CreateType, Descriptor, ExtentLine, ExtentType};
 use crate::error::{Error, Result};
 use crate::fileio::PathFile;
 use crate::magic::{SECTOR, SPLIT_EXTENT_BYTES};
-use fsio::{sync_dir, write_atomic};
+use fsio::sync_dir;
 use std::path::{Path, PathBuf};
 
 /// Disk formats vcb creates (vmkfstools `-d` names).
@@ -425,13 +425,13 @@ fn sparse_opts(embedded: Option<String>) -> crate::sparse::CreateSparse {
     }
 }
 
+/// Writes the descriptor of a new disk; a file that appeared at `path` since the checks
+/// is never replaced.
 fn write_new_descriptor(path: &Path, d: &Descriptor, created: &mut Vec<PathBuf>) -> Result<()> {
-    if path.symlink_metadata().is_ok() {
-        return Err(Error::AlreadyExists {
-            path: path.to_path_buf(),
-        });
-    }
-    write_atomic(path, d.to_text().as_bytes())?;
+    fsio::create_atomic(path, d.to_text().as_bytes()).map_err(|e| match e {
+        fsio::Error::Exists { path } => Error::AlreadyExists { path },
+        e => e.into(),
+    })?;
     created.push(path.to_path_buf());
     Ok(())
 }
