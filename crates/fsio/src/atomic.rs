@@ -36,6 +36,68 @@ pub fn temp_name(path: &Path, tag: &str) -> PathBuf {
     ))
 }
 
+/// Removes, from `dir`, the temporary files [`temp_name`] made for processes that no
+/// longer run (a `kill -9` between create and rename leaves them); a live process's are
+/// kept. Returns how many were removed.
+///
+/// # Errors
+/// [`Error::Io`] listing the folder or removing a file.
+pub fn remove_stale_temps(dir: &Path) -> Result<usize> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io(dir, "list folder", e)),
+    };
+    let mut removed = 0;
+    for entry in rd.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(temp_owner) else {
+            continue;
+        };
+        if process_alive(pid) {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(entry.path(), "remove stale temporary file", e)),
+        }
+    }
+    if removed > 0 {
+        sync_dir(dir)?;
+    }
+    Ok(removed)
+}
+
+/// The pid in the name of an atomic write's temporary file:
+/// `.<name>.vcb-tmp-<pid>-<8 hex digits>`. Other tags (swap asides and staged files) are
+/// never stale temporaries: only swap recovery may remove them.
+fn temp_owner(name: &str) -> Option<i32> {
+    if !name.starts_with('.') {
+        return None;
+    }
+    let (rest, random) = name.rsplit_once('-')?;
+    if random.len() != 8 || !random.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let (rest, pid) = rest.rsplit_once('-')?;
+    let tag = rest.rsplit_once('.')?.1;
+    if tag != "vcb-tmp" {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Whether a process with `pid` exists (a zombie or another user's counts as alive).
+fn process_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return true;
+    }
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
 /// Replaces `path` with `contents` atomically (see [`write_atomic_with`]), keeping the
 /// permission bits of the file it replaces.
 ///
@@ -109,7 +171,7 @@ pub fn write_atomic_with<E: From<Error>>(
 /// [`Error::Exists`] when `path` exists (also when it appeared during the call);
 /// [`Error::Io`].
 pub fn create_atomic(path: &Path, contents: &[u8]) -> Result<()> {
-    let tmp = temp_name(path, "vcb-new");
+    let tmp = temp_name(path, "vcb-tmp");
     let guard = RemoveOnDrop(Some(tmp.clone()));
     let mut file = OpenOptions::new()
         .write(true)
@@ -263,6 +325,20 @@ mod tests {
             .to_str()
             .unwrap()
             .starts_with(".disk.vmdk.t-"));
+    }
+
+    #[test]
+    fn stale_temporaries_of_dead_processes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = temp_name(&dir.path().join("a.vmx"), "vcb-tmp");
+        std::fs::write(&live, "").unwrap();
+        // A pid no process has (above the kernel's pid_max).
+        let dead = dir.path().join(".a.vmx.vcb-tmp-2147483000-0123abcd");
+        std::fs::write(&dead, "").unwrap();
+        let other = dir.path().join(".a.vmx.vcb-old-2147483000-0123abcd");
+        std::fs::write(&other, "").unwrap();
+        assert_eq!(remove_stale_temps(dir.path()).unwrap(), 1);
+        assert!(live.exists() && other.exists() && !dead.exists());
     }
 
     #[test]

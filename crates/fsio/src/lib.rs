@@ -32,8 +32,8 @@ mod perms;
 pub mod swap;
 
 pub use atomic::{
-    create_atomic, rename_noreplace, sync_dir, temp_name, write_atomic, write_atomic_with,
-    write_private, WriteOptions,
+    create_atomic, remove_stale_temps, rename_noreplace, sync_dir, temp_name, write_atomic,
+    write_atomic_with, write_private, WriteOptions,
 };
 pub use error::{Error, Result};
 pub use open::{open_regular, open_regular_following, OpenKind};

@@ -47,6 +47,7 @@ impl Host {
     pub fn lock_host(&self, mode: LockMode) -> Result<HostLock> {
         let lock = FileLock::acquire(&self.root().join(LOCK_FILE_NAME), mode)?;
         self.recover_swaps()?;
+        fsio::remove_stale_temps(self.root())?;
         Ok(HostLock { lock })
     }
 

@@ -152,6 +152,31 @@ impl Host {
         self.unregister_vm_locked(&lock, moref)
     }
 
+    /// Moves a registered VM to another folder and resource pool in one inventory write
+    /// (its moref stays), with the host lock held.
+    ///
+    /// # Errors
+    /// [`Error::NotRegistered`], [`Error::UnknownContainer`].
+    pub fn place_vm_locked(
+        &mut self,
+        lock: &crate::HostLock,
+        moref: VmRef,
+        folder: Option<&str>,
+        pool: Option<&str>,
+    ) -> Result<Vm> {
+        let folder = self.container(ContainerKind::Folder, folder.unwrap_or("/"))?;
+        let pool = self.container(ContainerKind::Pool, pool.unwrap_or("/"))?;
+        self.update_locked(lock, |_, inventory| {
+            let i = inventory
+                .index_of(moref.0)
+                .ok_or(Error::NotRegistered { moref: moref.0 })?;
+            inventory.vms[i].folder = folder;
+            inventory.vms[i].pool = pool;
+            Ok(())
+        })?;
+        self.vm(moref)
+    }
+
     /// Removes the VM from the inventory with the host lock held; the caller holds the
     /// VM's lock too.
     ///

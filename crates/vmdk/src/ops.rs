@@ -206,6 +206,14 @@ pub fn rename(old: &Path, new: &Path) -> Result<()> {
             "a disk with separate extent files is renamed within its folder only (copy it with -i to move it)",
         ));
     }
+    let _lock = crate::replace::FolderLock::take(&crate::confine::canonical_dir(new)?, true)?;
+    // Every staged file (links, descriptor) starts with one hidden prefix, recorded
+    // before the first is made.
+    let prefix = new_dir.join(format!(
+        ".{new_stem}.vcb-rename-{:08x}",
+        rand::random::<u32>()
+    ));
+    let staging = crate::replace::begin_staging(new, std::slice::from_ref(&prefix))?;
     let mut swap = fsio::swap::Swap::new(&crate::replace::journal_of(new));
     let mut staged = Vec::new();
     let result = (|| {
@@ -220,7 +228,7 @@ pub fn rename(old: &Path, new: &Path) -> Result<()> {
             if to.symlink_metadata().is_ok() && from != to {
                 return Err(Error::AlreadyExists { path: to });
             }
-            let link = fsio::temp_name(&to, "vcb-link");
+            let link = PathBuf::from(format!("{}-{}", prefix.display(), staged.len()));
             std::fs::hard_link(&from, &link).map_err(|e| Error::io(&from, "link", e))?;
             staged.push(link.clone());
             swap.replace(&to, &link);
@@ -229,7 +237,7 @@ pub fn rename(old: &Path, new: &Path) -> Result<()> {
             }
             e.file = Some(new_name);
         }
-        let desc = fsio::temp_name(new, "vcb-desc");
+        let desc = PathBuf::from(format!("{}-descriptor", prefix.display()));
         fsio::write_atomic(&desc, d.to_text().as_bytes())?;
         staged.push(desc.clone());
         swap.replace(new, &desc);
@@ -240,10 +248,11 @@ pub fn rename(old: &Path, new: &Path) -> Result<()> {
         for f in &staged {
             let _ = std::fs::remove_file(f);
         }
+        let _ = staging.done();
         return Err(e);
     }
-    let _lock = crate::replace::FolderLock::take(&new_dir, true)?;
-    Ok(swap.commit()?)
+    swap.commit()?;
+    Ok(staging.done()?)
 }
 
 fn refuse_children_and_chains(
@@ -366,15 +375,19 @@ fn update_geometry(d: &mut crate::descriptor::Descriptor, capacity: u64) {
 /// leaves the old disk or the new one (see [`crate::replace`]).
 fn rewrite_as(path: &Path, spec: &CreateSpec, progress: &mut dyn Progress) -> Result<()> {
     let staged = crate::replace::staged_name(path)?;
-    let built = Disk::open(path, &OpenOptions::read_only())
-        .and_then(|mut src| crate::convert::convert(&mut src, &staged, spec, progress));
-    if let Err(e) = built {
+    let mut src = Disk::open(path, &OpenOptions::read_only())?;
+    let _lock = crate::replace::FolderLock::take(&crate::confine::canonical_dir(path)?, true)?;
+    let staging = crate::replace::begin_staging(path, &[crate::replace::staged_prefix(&staged)])?;
+    if let Err(e) = crate::convert::convert(&mut src, &staged, spec, progress) {
         if staged.symlink_metadata().is_ok() {
             let _ = delete(&staged);
         }
+        let _ = staging.done();
         return Err(e);
     }
-    crate::replace::replace(path, &staged)
+    drop(src);
+    crate::replace::replace_locked(path, &staged)?;
+    Ok(staging.done()?)
 }
 
 /// Turn a thin disk into an eagerzeroedthick one: every hole is written with zeros.

@@ -8,10 +8,13 @@
 //! `<stem>-s001.vmdk`...), a descriptor rewritten for those names moves to the target's
 //! name, the journal's commit point passes, and the old files are removed.
 //!
-//! The journal is `.<target>.vcb-swap` in the target's folder. [`recover_folder`] (run
-//! by every [`Disk::open`](crate::Disk::open)) finishes or undoes what a killed process
-//! left there. Swaps and recoveries in one folder are serialised by an exclusive flock on
-//! the folder itself, so a reader never undoes a swap another process is making.
+//! The journal is `.<target>.vcb-swap` in the target's folder; before anything is staged
+//! a staging record `.<target>.vcb-stage` names the staged files' prefix.
+//! [`recover_folder`] (run by every [`Disk::open`](crate::Disk::open)) finishes or undoes
+//! what a killed process left there, then removes what it was staging. An operation holds
+//! an exclusive flock on the folder itself from its first staged byte to its last
+//! rename; a reader that finds the lock held leaves the folder alone (its owner is alive
+//! and cleans up itself), so a reader never undoes a swap another process is making.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -23,6 +26,8 @@ use crate::link::{descriptor_of, DescriptorStore};
 
 /// Suffix of a disk swap journal.
 pub const JOURNAL_SUFFIX: &str = ".vcb-swap";
+/// Suffix of a staging record.
+pub const STAGE_SUFFIX: &str = ".vcb-stage";
 
 /// A hidden, unique name beside `target` to build its replacement under.
 pub fn staged_name(target: &Path) -> Result<PathBuf> {
@@ -42,6 +47,12 @@ pub fn staged_name(target: &Path) -> Result<PathBuf> {
 pub fn replace(target: &Path, staged: &Path) -> Result<()> {
     let dir = crate::confine::canonical_dir(target)?;
     let _lock = FolderLock::take(&dir, true)?;
+    replace_locked(target, staged)
+}
+
+/// [`replace`] with the folder lock already held.
+pub(crate) fn replace_locked(target: &Path, staged: &Path) -> Result<()> {
+    let dir = crate::confine::canonical_dir(target)?;
     let journal = journal_of(target);
     let mut swap = fsio::swap::Swap::new(&journal);
     let leftovers = add_to_swap(&mut swap, target, staged)?;
@@ -88,7 +99,8 @@ pub fn add_to_swap(
             new_names.push(final_path);
             e.file = Some(final_name);
         }
-        let desc = fsio::temp_name(target, "vcb-desc");
+        // Named under the staged prefix, so a staging record covers it too.
+        let desc = dir.join(format!("{staged_stem}.descriptor"));
         fsio::write_atomic(&desc, d.to_text().as_bytes())?;
         swap.replace(target, &desc);
         leftovers.push(staged.to_path_buf());
@@ -124,11 +136,34 @@ fn old_files(target: &Path) -> Vec<PathBuf> {
 
 /// The journal of a swap onto `target`.
 pub(crate) fn journal_of(target: &Path) -> PathBuf {
+    hidden_beside(target, JOURNAL_SUFFIX)
+}
+
+fn hidden_beside(target: &Path, suffix: &str) -> PathBuf {
     let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    target.with_file_name(format!(".{name}{JOURNAL_SUFFIX}"))
+    target.with_file_name(format!(".{name}{suffix}"))
+}
+
+/// Records, before anything is staged for `target`, that files named `<prefix>...`
+/// (hidden names in its folder) are about to be: a kill before the swap leaves them to
+/// [`recover_folder`]. The caller holds the folder lock.
+pub(crate) fn begin_staging(target: &Path, prefixes: &[PathBuf]) -> Result<fsio::swap::Staging> {
+    Ok(fsio::swap::Staging::begin(
+        &hidden_beside(target, STAGE_SUFFIX),
+        prefixes,
+    )?)
+}
+
+/// The prefix every file staged as `staged` (a disk: its descriptor and extents) starts with.
+pub(crate) fn staged_prefix(staged: &Path) -> PathBuf {
+    let name = staged
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    staged.with_file_name(name.strip_suffix(".vmdk").unwrap_or(name))
 }
 
 /// Finishes or undoes every disk swap a killed process left in `dir`. Cheap when there
@@ -138,20 +173,30 @@ pub(crate) fn journal_of(target: &Path) -> PathBuf {
 /// A journal that cannot be recovered (named in the error); [`Error::Io`] when another
 /// process is swapping in the folder right now.
 pub fn recover_folder(dir: &Path) -> Result<()> {
-    let journals = journals_in(dir)?;
-    if journals.is_empty() {
+    if journals_in(dir, JOURNAL_SUFFIX)?.is_empty() && journals_in(dir, STAGE_SUFFIX)?.is_empty() {
+        // Atomic writes a killed process left half done (their writer's pid is gone).
+        fsio::remove_stale_temps(dir)?;
         return Ok(());
     }
-    let _lock = FolderLock::take(dir, false)?;
+    // Held: the process working in the folder is alive and cleans up after itself.
+    let Ok(_lock) = FolderLock::take(dir, false) else {
+        return Ok(());
+    };
     let canon = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, "resolve folder", e))?;
-    for j in journals_in(dir)? {
-        let accept = |p: &Path| p.parent() == Some(canon.as_path()) || p.parent() == Some(dir);
+    let accept = |p: &Path| {
+        p == canon || p == dir || p.parent() == Some(canon.as_path()) || p.parent() == Some(dir)
+    };
+    for j in journals_in(dir, JOURNAL_SUFFIX)? {
         fsio::swap::recover(&j, &accept)?;
     }
+    for r in journals_in(dir, STAGE_SUFFIX)? {
+        fsio::swap::recover_staging(&r, &accept)?;
+    }
+    fsio::remove_stale_temps(dir)?;
     Ok(())
 }
 
-fn journals_in(dir: &Path) -> Result<Vec<PathBuf>> {
+fn journals_in(dir: &Path, suffix: &str) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
@@ -161,7 +206,7 @@ fn journals_in(dir: &Path) -> Result<Vec<PathBuf>> {
     for entry in rd.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with('.') && name.ends_with(JOURNAL_SUFFIX) {
+        if name.starts_with('.') && name.ends_with(suffix) {
             out.push(entry.path());
         }
     }

@@ -40,12 +40,19 @@ pub(super) fn apply(
     }
     let (journal, record) = host.swap_journal(lock)?;
     let staged = stage_names(plan)?;
-    let prefixes: Vec<PathBuf> = staged.iter().flatten().map(|s| prefix_of(s)).collect();
+    let staged_vmx = fsio::temp_name(&plan.vmx_path, "vcb-new");
+    let prefixes: Vec<PathBuf> = staged
+        .iter()
+        .flatten()
+        .chain(std::iter::once(&staged_vmx))
+        .map(|s| prefix_of(s))
+        .collect();
     let staging = fsio::swap::Staging::begin(&record, &prefixes)?;
     let mut swap = fsio::swap::Swap::new(&journal);
-    let staged_all = stage_all(plan, &staged, files, &mut swap, obs).inspect(|(_, written, _)| {
-        remove_replaced(&mut swap, plan, replaced, written);
-    });
+    let staged_all =
+        stage_all(plan, &staged, &staged_vmx, files, &mut swap, obs).inspect(|(_, written, _)| {
+            remove_replaced(&mut swap, plan, replaced, written);
+        });
     let (leftovers, written, mut kept) = match staged_all {
         Ok(done) => done,
         Err(e) => {
@@ -81,6 +88,7 @@ type Staged = (Vec<PathBuf>, Vec<PathBuf>, Vec<String>);
 fn stage_all(
     plan: &Plan,
     staged: &[Option<PathBuf>],
+    staged_vmx: &Path,
     files: &Arc<VerifiedFiles>,
     swap: &mut fsio::swap::Swap,
     obs: &mut dyn Observer,
@@ -114,9 +122,8 @@ fn stage_all(
     if plan.kept(plan.vmx_conflict) {
         kept.push(format!("file {}", plan.vmx_path.display()));
     } else {
-        let staged = fsio::temp_name(&plan.vmx_path, "vcb-new");
-        write_new(&staged, plan.vmx_text.as_bytes())?;
-        swap.replace(&plan.vmx_path, &staged);
+        write_new(staged_vmx, plan.vmx_text.as_bytes())?;
+        swap.replace(&plan.vmx_path, staged_vmx);
         written.push(plan.vmx_path.clone());
     }
     Ok((leftovers, written, kept))
@@ -250,7 +257,10 @@ fn register(
             kept.push(plan.conflicts[c].what.clone());
             return Ok(None);
         }
-        host.unregister_vm_locked(lock, moref)?;
+        // The same .vmx: the registration stays (one write, same moref), in its new
+        // folder and pool.
+        let vm = host.place_vm_locked(lock, moref, Some(&plan.folder), Some(&plan.pool))?;
+        return Ok(Some(vm.moref));
     }
     let vm = host.register_vm_locked(lock, &plan.vmx, Some(&plan.folder), Some(&plan.pool))?;
     Ok(Some(vm.moref))

@@ -126,6 +126,8 @@ impl Host {
         // Every name the .vmx and .vmsd hold must pass the confinement rule before
         // anything acts on them.
         locked.references()?;
+        // Atomic writes a killed process left half done (.vmx, .vmsd, journal).
+        fsio::remove_stale_temps(&locked.vm.dir)?;
         // A guest a killed backup left frozen is thawed before anything else.
         if let Err(e) = locked.thaw_leftover() {
             tracing::warn!("{e}");

@@ -187,7 +187,7 @@ fn sesparse_child(
     }
     file[..512].copy_from_slice(&h);
     put(&mut file, 512, 0xcafecafe);
-    let mut gte = |grain: u64, e: u64, file: &mut Vec<u8>| {
+    let gte = |grain: u64, e: u64, file: &mut Vec<u8>| {
         let (t, i) = (grain / 4096, grain % 4096);
         put(
             file,
