@@ -93,3 +93,17 @@ pub use qmp::Qmp;
 pub use quiesce::{FreezeGuard, Quiesce, ThawReport};
 pub use suspend::SuspendReport;
 pub use vm::{AccelChoice, PowerOnOptions, PowerOnReport, RuntimeState, Vm, QEMU_PROGRAM};
+
+/// Entry points for the fuzz targets (`fuzz/`): the guest agent's protocol, which is
+/// otherwise internal. Not part of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Synchronises with the "agent" at `socket` and asks it for the guest's addresses,
+    /// within `timeout`.
+    pub fn agent_session(socket: &std::path::Path, timeout: std::time::Duration) {
+        if let Ok(Some(mut agent)) = crate::agent::Agent::connect(socket, timeout) {
+            let _ = agent.ip_addresses(timeout);
+            let _ = agent.execute("guest-fsfreeze-thaw", serde_json::Value::Null, timeout);
+        }
+    }
+}

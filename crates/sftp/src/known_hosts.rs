@@ -106,6 +106,19 @@ pub(crate) fn known_algorithms(
     let mut out = Vec::new();
     for path in paths {
         let Ok(Some(text)) = read(path) else { continue };
+        for a in algorithms_in(&text, &name) {
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+    }
+    out
+}
+
+/// The key algorithms `text` records for the lookup name `name`, in file order.
+pub(crate) fn algorithms_in(text: &str, name: &str) -> Vec<russh::keys::Algorithm> {
+    let mut out = Vec::new();
+    {
         for line in text.lines() {
             let mut fields = line.split_whitespace();
             let Some(patterns) = fields.next() else {
@@ -143,7 +156,7 @@ fn read(path: &Path) -> Result<Option<String>> {
     }
 }
 
-fn check_text(text: &str, name: &str, key: &PublicKey) -> Verdict {
+pub(crate) fn check_text(text: &str, name: &str, key: &PublicKey) -> Verdict {
     let mut changed = None;
     let mut known = false;
     for (index, line) in text.lines().enumerate() {

@@ -67,3 +67,23 @@ pub use progress::Progress;
 pub use session::{connect, Session, MAX_DIR_ENTRIES};
 pub use types::{DirEntry, Extensions, FileKind, FileStat, FsStat};
 pub use url::{RemoteUrl, Scheme};
+
+/// Entry points for the fuzz targets (`fuzz/`): the parsers of local SSH files, which
+/// are otherwise internal. Not part of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Checks a fixed key against known_hosts `text` for the host lookup `name`.
+    pub fn known_hosts(text: &str, name: &str) {
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ";
+        if let Ok(key) = russh::keys::PublicKey::from_openssh(key) {
+            let _ = crate::known_hosts::check_text(text, name, &key);
+        }
+        let _ = crate::known_hosts::algorithms_in(text, name);
+    }
+
+    /// Looks `alias` up in the ssh config `text` (Include lines are met, not followed).
+    pub fn ssh_config(text: &str, alias: &str) {
+        let mut config = crate::ssh_config::HostConfig::default();
+        let _ = crate::ssh_config::parse_into(text, alias, &mut config, &mut |_, _, _| true);
+    }
+}

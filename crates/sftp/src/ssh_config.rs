@@ -138,7 +138,7 @@ fn parse(text: &str, alias: &str) -> Result<HostConfig, (usize, String)> {
 /// Applies `text` to `config`. An `Include` in an applying block is handed to
 /// `include` where it stands (its files are read inline, as OpenSSH does); `include`
 /// returns false to stop (it keeps its own error).
-fn parse_into(
+pub(crate) fn parse_into(
     text: &str,
     alias: &str,
     config: &mut HostConfig,
