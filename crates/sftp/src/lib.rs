@@ -74,7 +74,8 @@ pub use url::{RemoteUrl, Scheme};
 pub mod fuzzing {
     /// Checks a fixed key against known_hosts `text` for the host lookup `name`.
     pub fn known_hosts(text: &str, name: &str) {
-        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ";
+        let key =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ";
         if let Ok(key) = russh::keys::PublicKey::from_openssh(key) {
             let _ = crate::known_hosts::check_text(text, name, &key);
         }

@@ -224,3 +224,121 @@ fn issue_10_overwrite_replaces_the_whole_vm_and_leaves_no_redo_log() {
         "no journal or staging record left"
     );
 }
+
+#[test]
+fn issue_10_a_vmx_naming_host_files_never_reaches_qemu() {
+    let env = Env::new();
+    let vm = env.vm("vm1", &[(MB, DiskFormat::Thin)], 2);
+    let target = env.path("written-by-qemu");
+    let vmx = std::fs::read_to_string(&vm.vmx_path).unwrap();
+    let evil = format!(
+        "{vmx}serial0.present = \"TRUE\"\nserial0.fileType = \"file\"\nserial0.fileName = \"{}\"\n",
+        target.display()
+    );
+    std::fs::write(&vm.vmx_path, evil).unwrap();
+    let err = env.fails("vcb", &["vm", "power-on", "vm1"]);
+    assert!(
+        err.contains("serial0.fileName") || err.contains("outside the host's datastores"),
+        "{err}"
+    );
+    assert!(!target.exists(), "nothing was created");
+    // Same for a kernel or initrd read from anywhere.
+    std::fs::write(&vm.vmx_path, format!("{vmx}vcb.initrd = \"/etc/shadow\"\n")).unwrap();
+    let err = env.fails("vcb", &["vm", "power-on", "vm1"]);
+    assert!(err.contains("outside the host's datastores"), "{err}");
+}
+
+#[test]
+fn issue_10_a_linked_clone_is_backed_up_as_a_full_image() {
+    require_tool("qemu-img");
+    let env = Env::new();
+    let base = env.vm("base", &[(2 * MB, DiskFormat::Thin)], 8);
+    let base_disk = disk_paths(&env, "base").remove(0);
+    let clone_dir = env.root.join("volumes/datastore1/clone");
+    std::fs::create_dir(&clone_dir).unwrap();
+    vmdk::create_child(
+        &base_disk,
+        &clone_dir.join("clone.vmdk"),
+        vmdk::ChildFormat::VmfsSparse,
+    )
+    .unwrap();
+    let anywhere = vmdk::OpenOptions::writable().confined(vmdk::Confinement::Anywhere);
+    let mut d = vmdk::Disk::open(&clone_dir.join("clone.vmdk"), &anywhere).unwrap();
+    d.write_at(MB, b"the clone's own data").unwrap();
+    d.close().unwrap();
+    std::fs::write(
+        clone_dir.join("clone.vmx"),
+        "displayName = \"clone\"\nscsi0.present = \"TRUE\"\nscsi0:0.present = \"TRUE\"\nscsi0:0.fileName = \"clone.vmdk\"\n",
+    )
+    .unwrap();
+    env.ok("vcb", &["vm", "register", "[datastore1] clone/clone.vmx"]);
+    let before = std::fs::read(base_disk.with_file_name("base-flat.vmdk")).unwrap();
+    let dest = env.path("b");
+    env.ok(
+        "vcbMounter",
+        &["-a", "name:clone", "-r", dest.to_str().unwrap()],
+    );
+    // Named after the chain's base, as VCB names exports.
+    qemu_same(
+        &clone_dir.join("clone.vmdk"),
+        &dest.join("scsi0-0-0-base.vmdk"),
+    );
+    assert_eq!(
+        std::fs::read(base_disk.with_file_name("base-flat.vmdk")).unwrap(),
+        before
+    );
+    let h = env.host();
+    let clone = h.find_vm("clone").unwrap();
+    assert_eq!(clone.disks(&h).unwrap()[0].file_name, "clone.vmdk");
+    drop(base);
+}
+
+#[test]
+fn issue_10_two_restores_at_once_both_finish() {
+    let env = Env::new();
+    env.vm("a", &[(MB, DiskFormat::Thin)], 1);
+    env.vm("b", &[(MB, DiskFormat::Thin)], 2);
+    for vm in ["a", "b"] {
+        env.ok(
+            "vcbMounter",
+            &[
+                "-a",
+                &format!("name:{vm}"),
+                "-r",
+                env.path(&format!("bk-{vm}")).to_str().unwrap(),
+            ],
+        );
+    }
+    let runs: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|vm| {
+            env.command(
+                "vcbRestore",
+                &[
+                    "-s",
+                    env.path(&format!("bk-{vm}")).to_str().unwrap(),
+                    "-l",
+                    "overwrite",
+                ],
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    for r in runs {
+        let out = r.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let h = env.host();
+    for vm in ["a", "b"] {
+        let v = h.find_vm(vm).unwrap();
+        let hidden = walk(&v.dir)
+            .into_iter()
+            .filter(|p| p.file_name().unwrap().to_string_lossy().contains(".vcb-"))
+            .filter(|p| !p.ends_with(".vcb-lock"))
+            .count();
+        assert_eq!(hidden, 0, "{vm}");
+    }
+}
