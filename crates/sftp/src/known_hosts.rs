@@ -126,7 +126,7 @@ pub(crate) fn algorithms_in(text: &str, name: &str) -> Vec<russh::keys::Algorith
             };
             if patterns.starts_with('#')
                 || patterns.starts_with('@')
-                || !patterns_match(patterns, &name)
+                || !patterns_match(patterns, name)
             {
                 continue;
             }
