@@ -109,3 +109,39 @@ file.0.size= 2841
 file.0.sha256= "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 EOF
 ls -l "$corpus"/*
+
+# Issue 10 targets.
+mkdir -p "$corpus"/{catalog,stream_scan,descriptor_files,known_hosts,ssh_config,dest_url,agent_json,qmp_json}
+cat > "$corpus/catalog/one" <<'CAT'
+version= 1
+state= poweredOff
+display name= "vm37"
+uuid= "564d78a1-8c1c-59b4-fa02-be14138797be"
+config.vmx= "[datastore1] vm37/vm37.vmx"
+disk.scsi0:0.diskname= "[datastore1] vm37/vm37.vmdk"
+disk.scsi0:0.filename= "scsi0-0-0-vm37.vmdk"
+disk.scsi0:0.format= "thin"
+disk.scsi0:0.capacity= 1048576
+disk.scsi0:1.backedup= "no"
+disk.scsi0:1.reason= "physical compatibility RDM"
+file.0.name= "vm37.vmx"
+file.0.size= 12
+file.0.sha256= "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+CAT
+printf '[127.0.0.1]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ\n@revoked * ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA6rWI3G1sz07DnfFlrouTcysQlj2P+jpNSOEWD9OJ3X\n|1|BwcHBwcHBwcHBwcHBwcHBwcHBwc=|aGFzaGhhc2hoYXNoaGFzaGhhc2g= ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ\n*.lan,!bad.lan ecdsa-sha2-nistp256 AAAA\n' > "$corpus/known_hosts/one"
+printf 'Include conf.d/*\nHost nas backup-*\n  HostName 10.0.0.9\n  Port=2222\n  User "backup user"\n  IdentityFile ~/.ssh/id_%%r@%%h\nMatch host x\n  User y\nHost *\n  Port 22\n' > "$corpus/ssh_config/one"
+for u in "scp://backup@nas:/b/vm37" "scp://nas:2222:/b" "sftp://u@[::1]:22/a/b" "file:///b/vm" "/b/vm37" "[datastore1] vm/vm.vmx"; do
+  printf '%s' "$u" > "$corpus/dest_url/$(printf '%s' "$u" | sha1sum | cut -c1-8)"
+done
+printf '\xff{"return": 1}\n{"return": [{"name":"eth0","ip-addresses":[{"ip-address":"10.0.0.5","ip-address-type":"ipv4"}]}]}\n{"error": {"class": "GenericError", "desc": "x"}}\n' > "$corpus/agent_json/one"
+printf '{"QMP": {"version": {"qemu": {"micro": 2, "minor": 0, "major": 10}}, "capabilities": []}}\n{"return": {}, "id": 1}\n{"event": "STOP", "data": {}}\n{"return": {"status": "running"}, "id": 2}\n' > "$corpus/qmp_json/one"
+if command -v qemu-img >/dev/null; then
+  t="$(mktemp -d)"
+  head -c 1048576 /dev/urandom > "$t/r.raw"
+  qemu-img convert -O vmdk -o subformat=streamOptimized "$t/r.raw" "$t/s.vmdk"
+  tail -c +513 "$t/s.vmdk" > "$corpus/stream_scan/qemu"
+  qemu-img convert -O vmdk -o subformat=twoGbMaxExtentSparse "$t/r.raw" "$t/t.vmdk"
+  { cat "$t/t.vmdk" | sed 's/t-s001.vmdk/e0.vmdk/'; printf '\0\0\0\0'; cat "$t/t-s001.vmdk"; } > "$corpus/descriptor_files/split"
+  rm -rf "$t"
+fi
+printf '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\nRW 8 FLAT "e0.vmdk" 0\nRW 8 FLAT "e1.vmdk" 2\n\0\0\0\0AAAAAAAA\0\0\0\0BBBBBBBBBBBB' > "$corpus/descriptor_files/flat2"
