@@ -479,6 +479,20 @@ impl Session {
         }
     }
 
+    /// Rename `from` to `to` only if `to` does not exist: the protocol's plain rename,
+    /// which OpenSSH carries out with link(2) + unlink(2) and so never replaces a file.
+    ///
+    /// # Errors
+    /// [`Error::Remote`] with [`RemoteErrorKind::AlreadyExists`] when `to` exists
+    /// (OpenSSH reports it as a bare failure; the target is checked to tell);
+    /// other remote and transport errors.
+    pub fn rename_noreplace(&self, from: &str, to: &str) -> Result<()> {
+        match self.block_on(self.sftp.rename(from, to)) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.creation_err("rename", to, self.remote_err("rename", from, e), true)),
+        }
+    }
+
     /// Space on the file system holding `path`; `None` when the server lacks
     /// `statvfs@openssh.com`.
     ///

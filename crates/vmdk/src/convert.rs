@@ -6,6 +6,7 @@
 
 use crate::create::{create, CreateSpec, DiskFormat};
 use crate::disk::Disk;
+use crate::source::DiskSource;
 use crate::error::{Error, Result};
 use crate::extent::BlockState;
 use crate::fileio::is_zero;
@@ -23,7 +24,7 @@ const ZERO_BLOCK: usize = 64 << 10;
 /// `spec.capacity_bytes` of 0 means "the source's capacity"; a larger one grows the disk.
 /// On error or cancellation every file created at `dst` is removed.
 pub fn convert(
-    src: &mut Disk,
+    src: &mut dyn DiskSource,
     dst: &Path,
     spec: &CreateSpec,
     progress: &mut dyn Progress,
@@ -51,7 +52,7 @@ pub fn convert(
     result
 }
 
-fn convert_into_new(src: &mut Disk, dst: &Path, progress: &mut dyn Progress) -> Result<()> {
+fn convert_into_new(src: &mut dyn DiskSource, dst: &Path, progress: &mut dyn Progress) -> Result<()> {
     let mut out = Disk::open(dst, &OpenOptions::writable())?;
     if out.capacity() < src.capacity() {
         return Err(Error::InvalidArgument(format!(
@@ -66,7 +67,7 @@ fn convert_into_new(src: &mut Disk, dst: &Path, progress: &mut dyn Progress) -> 
 }
 
 fn convert_to_stream(
-    src: &mut Disk,
+    src: &mut dyn DiskSource,
     dst: &Path,
     spec: &CreateSpec,
     progress: &mut dyn Progress,
@@ -117,7 +118,7 @@ struct Piece {
 /// in increasing offset order. Reading runs on a second thread so that reading the source
 /// and writing the destination overlap (as qemu-img's parallel requests do).
 pub(crate) fn copy_data(
-    src: &mut Disk,
+    src: &mut dyn DiskSource,
     progress: &mut dyn Progress,
     mut write: impl FnMut(u64, &[u8]) -> Result<()>,
 ) -> Result<()> {
@@ -145,7 +146,7 @@ pub(crate) fn copy_data(
 
 /// The reader side of [`copy_data`]: stops at the first error or when the writer hangs up.
 fn read_pieces(
-    src: &mut Disk,
+    src: &mut dyn DiskSource,
     out: &std::sync::mpsc::SyncSender<Result<Piece>>,
     spare: &std::sync::mpsc::Receiver<Vec<u8>>,
 ) {

@@ -12,6 +12,9 @@ pub enum Error {
     /// A failure of the workspace's durable file helpers (atomic writes, swaps).
     #[error(transparent)]
     File(#[from] fsio::Error),
+    /// A disk source that is not a VMDK file (a repository) failed; its message.
+    #[error("{0}")]
+    Source(String),
     /// An operating-system error on a named file.
     #[error("{path}: {op}: {source}")]
     Io {

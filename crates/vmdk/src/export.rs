@@ -28,7 +28,6 @@ use crate::convert::copy_data;
 use crate::create::{base_ddb, check_capacity, extent, split_name, split_sizes};
 use crate::create::{CreateSpec, DiskFormat};
 use crate::descriptor::{Descriptor, ExtentType};
-use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::magic::{DEFAULT_GRAIN_SECTORS, KDMV_GTES_PER_GT, SECTOR};
 use crate::progress::{Progress, Warning};
@@ -176,7 +175,7 @@ impl Bitmap {
 /// changed between the passes; [`Error::Cancelled`] when `progress` cancels. Files
 /// already completed in the sink are not removed.
 pub fn export_sparse(
-    src: &mut Disk,
+    src: &mut dyn crate::DiskSource,
     dst_name: &str,
     spec: &CreateSpec,
     sink: &mut dyn ExportSink,

@@ -42,6 +42,7 @@ mod ops;
 pub mod progress;
 pub mod replace;
 pub mod sesparse;
+mod source;
 pub mod sparse;
 pub mod stream;
 
@@ -62,6 +63,7 @@ pub use inspect::{chain_consistent, check, info, rdm_target, DiskInfo, LinkInfo,
 pub use link::{read_descriptor, write_descriptor, DescriptorStore, Link, OpenOptions};
 pub use ops::{commit, delete, extend, inflate, link_files, punch_zero, rename};
 pub use progress::{Progress, Warning};
+pub use source::DiskSource;
 
 /// Parse a size like `10G`, `512m`, `100k`, `4096` (bytes), `2T`, `8s` (sectors).
 pub fn parse_size(s: &str) -> Result<u64> {

@@ -1,0 +1,661 @@
+//! Writing a backup point: files and disks in, chunks stored once, the point last.
+//!
+//! A disk is read in chunk-sized pieces aligned to its offsets, by one reader thread
+//! that asks the source's allocation map first (unallocated pieces are not read at all);
+//! worker threads test each piece for zeros, compute its id, and store it unless the
+//! repository has it: the base point's chunks are known without asking, anything else is
+//! recorded in the session and looked up ([`crate::session`]). New chunks are compressed,
+//! encrypted and uploaded by the workers, so reading, hashing and uploading overlap.
+//! Memory stays at a few chunk buffers per thread whatever the disk's size.
+
+use crate::backend::PutMode;
+use crate::crypto::{Id, Kind};
+use crate::error::{Error, Result};
+use crate::index::{DiskIndex, Entry};
+use crate::point::{DiskEntry, FileEntry, Point, Stats, VmInfo};
+use crate::repository::Repository;
+use crate::session::Session;
+use sha2::{Digest, Sha256};
+use std::collections::HashSet;
+use std::io::Read;
+use std::ops::ControlFlow;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Mutex;
+
+/// Progress of storing a disk or file, rendered by the caller.
+pub trait StoreProgress {
+    /// Storing starts; `total_bytes` will be covered.
+    fn start(&mut self, _total_bytes: u64) {}
+    /// One piece is done. Returning `Break` cancels.
+    fn advance(&mut self, _step: &Advance) -> ControlFlow<()> {
+        ControlFlow::Continue(())
+    }
+    /// Storing ended.
+    fn finish(&mut self) {}
+}
+
+impl StoreProgress for () {}
+
+/// One finished piece.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Advance {
+    /// Bytes of the disk covered (holes included).
+    pub covered: u64,
+    /// Bytes read from the source.
+    pub read: u64,
+    /// Bytes of new chunks (before compression).
+    pub new: u64,
+    /// Bytes of chunks the repository had.
+    pub reused: u64,
+    /// Bytes stored for new chunks (compressed, encrypted).
+    pub stored: u64,
+}
+
+/// What the point records about its backup.
+#[derive(Debug, Clone)]
+pub struct PointInfo {
+    /// When the snapshot was taken.
+    pub time: u64,
+    /// The VM's host.
+    pub host: Option<String>,
+    /// Whether the guest was quiesced.
+    pub quiesced: bool,
+    /// `poweredOn`, `poweredOff`, `suspended`.
+    pub power_state: String,
+    /// The catalog text.
+    pub catalog: String,
+    /// The vcb version.
+    pub tool_version: String,
+}
+
+/// How a writer starts.
+#[derive(Debug, Clone, Default)]
+pub struct WriterOptions {
+    /// Keep this point id (copies keep their source's); `None`: a new random one.
+    pub point_id: Option<String>,
+    /// Compare against no earlier point (every chunk is looked up).
+    pub no_base: bool,
+    /// `backup` or `copy`, for the session record.
+    pub purpose: String,
+}
+
+/// Buffers in flight per worker between the reader and the workers.
+const DEPTH: usize = 2;
+
+/// A backup point being written.
+pub struct BackupWriter {
+    repo: Repository,
+    session: Session,
+    vm: VmInfo,
+    group: String,
+    point_id: String,
+    base: Option<Point>,
+    known: Mutex<HashSet<Id>>,
+    files: Vec<FileEntry>,
+    disks: Vec<DiskEntry>,
+    stats: Stats,
+    cancel: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl std::fmt::Debug for BackupWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BackupWriter({}, {})", self.repo.location(), self.point_id)
+    }
+}
+
+impl BackupWriter {
+    /// Start a point of `vm`. The group's latest point is the base: its chunks are
+    /// reused without asking. `cancel` is polled while waiting for a collector.
+    ///
+    /// # Errors
+    /// Reading the base point; backend errors.
+    pub fn begin(
+        repo: &Repository,
+        vm: VmInfo,
+        opts: &WriterOptions,
+        cancel: Box<dyn Fn() -> bool + Send + Sync>,
+    ) -> Result<BackupWriter> {
+        let group = repo.group_of(&vm);
+        let base = if opts.no_base {
+            None
+        } else {
+            latest_of_group(repo, &group)?
+        };
+        let purpose = if opts.purpose.is_empty() {
+            "backup"
+        } else {
+            &opts.purpose
+        };
+        let (session, base) = Session::begin(repo, purpose, base, &*cancel)?;
+        let mut known = HashSet::new();
+        if let Some(b) = &base {
+            for d in &b.disks {
+                match repo.load_index(&d.index) {
+                    Ok(ix) => known.extend(ix.chunk_ids()),
+                    // A damaged base only costs deduplication.
+                    Err(e) => tracing::warn!("base point {}: {e}", b.id),
+                }
+            }
+            for c in b.file_chunks() {
+                if let Ok(id) = Id::parse(c) {
+                    known.insert(id);
+                }
+            }
+        }
+        Ok(BackupWriter {
+            repo: repo.clone(),
+            session,
+            vm,
+            group,
+            point_id: opts
+                .point_id
+                .clone()
+                .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>())),
+            base,
+            known: Mutex::new(known),
+            files: Vec::new(),
+            disks: Vec::new(),
+            stats: Stats::default(),
+            cancel,
+        })
+    }
+
+    /// The point's id.
+    pub fn point_id(&self) -> &str {
+        &self.point_id
+    }
+
+    /// The base point, if any.
+    pub fn base(&self) -> Option<&Point> {
+        self.base.as_ref()
+    }
+
+    /// What was stored so far.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Make sure chunk `id` holding `data` is in the repository. Returns the bytes
+    /// stored (0 when it was there).
+    fn store(&self, id: Id, data: &[u8]) -> Result<u64> {
+        if self.have(id)? {
+            return Ok(0);
+        }
+        let stored = self
+            .repo
+            .put(Kind::Chunk, &id.chunk_name(), data, PutMode::Data)?;
+        self.lock_known().insert(id);
+        Ok(stored)
+    }
+
+    /// Whether the repository has chunk `id`, by the protocol of [`crate::session`]: known
+    /// chunks without asking, others recorded first, then looked up.
+    fn have(&self, id: Id) -> Result<bool> {
+        if self.lock_known().contains(&id) {
+            return Ok(true);
+        }
+        self.session.record(&[id], &*self.cancel)?;
+        let found = self.repo.backend().stat(&id.chunk_name())?.is_some();
+        if found {
+            self.lock_known().insert(id);
+        }
+        Ok(found)
+    }
+
+    fn lock_known(&self) -> std::sync::MutexGuard<'_, HashSet<Id>> {
+        // A worker that panicked cannot leave the set half-updated (inserts are atomic).
+        self.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Store the configuration file `name` read from `data`.
+    ///
+    /// # Errors
+    /// Read errors of `data`; backend errors.
+    pub fn put_file(&mut self, name: &str, data: &mut dyn Read) -> Result<FileEntry> {
+        let cs = self.repo.config.chunk_size as usize;
+        let mut buf = vec![0u8; cs];
+        let mut sha = Sha256::new();
+        let mut chunks = Vec::new();
+        let mut size = 0u64;
+        loop {
+            let n = read_full(data, &mut buf).map_err(|e| Error::io(name, "read", e))?;
+            if n == 0 {
+                break;
+            }
+            let piece = &buf[..n];
+            sha.update(piece);
+            size += n as u64;
+            let id = self.repo.crypto.chunk_id(piece);
+            let stored = self.store(id, piece)?;
+            self.count(n as u64, stored);
+            chunks.push(id.hex());
+            if n < cs {
+                break;
+            }
+        }
+        let entry = FileEntry {
+            name: name.to_owned(),
+            size,
+            sha256: hex::encode(sha.finalize()),
+            chunks,
+        };
+        self.files.push(entry.clone());
+        Ok(entry)
+    }
+
+    fn count(&mut self, bytes: u64, stored: u64) {
+        self.stats.read_bytes += bytes;
+        if stored > 0 {
+            self.stats.new_bytes += bytes;
+            self.stats.stored_bytes += stored;
+            self.stats.new_chunks += 1;
+        } else {
+            self.stats.reused_bytes += bytes;
+            self.stats.reused_chunks += 1;
+        }
+    }
+
+    /// Store the disk attached at `node` as `name`, reading `source`.
+    ///
+    /// # Errors
+    /// Read errors of the source, backend errors, [`Error::Cancelled`].
+    pub fn put_disk(
+        &mut self,
+        node: &str,
+        name: &str,
+        source: &mut dyn vmdk::DiskSource,
+        progress: &mut dyn StoreProgress,
+    ) -> Result<DiskEntry> {
+        let capacity = source.capacity();
+        let adapter = source.adapter().as_str().to_owned();
+        let mut index = DiskIndex::new(capacity, self.repo.config.chunk_size);
+        progress.start(capacity);
+        let (stats, data_bytes) = self.store_pieces(source, &mut index, progress)?;
+        progress.finish();
+        self.stats.add(&stats);
+        let entry = DiskEntry {
+            node: node.to_owned(),
+            name: name.to_owned(),
+            capacity,
+            adapter,
+            index: self.store_index(&index)?,
+            data_bytes,
+        };
+        self.disks.push(entry.clone());
+        Ok(entry)
+    }
+
+    /// Store an index; returns its id.
+    fn store_index(&self, index: &DiskIndex) -> Result<String> {
+        let plain = index.encode();
+        let id = hex::encode(self.repo.crypto.mac(&[b"index", &plain]));
+        self.repo
+            .put(Kind::Index, &format!("indexes/{id}"), &plain, PutMode::Data)?;
+        Ok(id)
+    }
+
+    /// The pipeline of [`put_disk`](Self::put_disk): returns the stats and the bytes
+    /// mapped as data.
+    fn store_pieces(
+        &self,
+        source: &mut dyn vmdk::DiskSource,
+        index: &mut DiskIndex,
+        progress: &mut dyn StoreProgress,
+    ) -> Result<(Stats, u64)> {
+        let workers = std::thread::available_parallelism()
+            .map_or(2, std::num::NonZeroUsize::get)
+            .clamp(2, 8);
+        let (to_workers, pieces) = sync_channel::<Piece>(workers * DEPTH);
+        let pieces = Mutex::new(pieces);
+        let (to_main, results) = sync_channel::<Result<Done>>(workers * DEPTH);
+        let (recycle, spare) = std::sync::mpsc::channel::<Vec<u8>>();
+        let chunk = self.repo.config.chunk_size;
+        let ranges: Vec<(u64, u64)> = (0..index.entries.len()).map(|i| index.range(i)).collect();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let mut stats = Stats::default();
+        let mut data_bytes = 0u64;
+        std::thread::scope(|scope| -> Result<()> {
+            let (ranges, stop_flag) = (&ranges, &stop);
+            let reader = scope
+                .spawn(move || read_pieces(source, ranges, chunk, &to_workers, &spare, stop_flag));
+            for _ in 0..workers {
+                let (pieces, to_main, recycle) = (&pieces, to_main.clone(), recycle.clone());
+                scope.spawn(move || self.work(pieces, &to_main, &recycle));
+            }
+            drop(to_main);
+            let outcome = self.collect(&results, index, progress, &mut stats);
+            // Stop the reader and drain what is in flight, whatever happened.
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            drop(results);
+            let read = reader.join().unwrap_or_else(|_| {
+                Err(Error::InvalidArgument("the disk reader thread panicked".into()))
+            });
+            outcome?;
+            data_bytes = read?;
+            Ok(())
+        })?;
+        Ok((stats, data_bytes))
+    }
+
+    /// Gathers the workers' results into the index, in any order.
+    fn collect(
+        &self,
+        results: &Receiver<Result<Done>>,
+        index: &mut DiskIndex,
+        progress: &mut dyn StoreProgress,
+        stats: &mut Stats,
+    ) -> Result<()> {
+        for done in results {
+            let done = done?;
+            index.entries[done.i] = done.entry;
+            let step = done.advance;
+            stats.read_bytes += step.read;
+            stats.new_bytes += step.new;
+            stats.reused_bytes += step.reused;
+            stats.stored_bytes += step.stored;
+            match done.entry {
+                Entry::Data(_) if step.new > 0 => stats.new_chunks += 1,
+                Entry::Data(_) => stats.reused_chunks += 1,
+                Entry::Zero => stats.zero_bytes += step.read,
+                Entry::Unallocated => {}
+            }
+            if progress.advance(&step).is_break() || (self.cancel)() {
+                return Err(Error::Cancelled);
+            }
+        }
+        Ok(())
+    }
+
+    /// A worker: zero test, id, store.
+    fn work(
+        &self,
+        pieces: &Mutex<Receiver<Piece>>,
+        to_main: &SyncSender<Result<Done>>,
+        recycle: &std::sync::mpsc::Sender<Vec<u8>>,
+    ) {
+        loop {
+            let piece = {
+                let rx = pieces.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                rx.recv()
+            };
+            let Ok(piece) = piece else { return };
+            let result = match piece {
+                Piece::Failed(e) => Err(e),
+                Piece::Empty { i, len, entry } => Ok(Done {
+                    i,
+                    entry,
+                    advance: Advance {
+                        covered: len,
+                        ..Advance::default()
+                    },
+                }),
+                Piece::Data { i, buf } => {
+                    let r = self.store_piece(i, &buf);
+                    let _ = recycle.send(buf);
+                    r
+                }
+            };
+            if to_main.send(result).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn store_piece(&self, i: usize, buf: &[u8]) -> Result<Done> {
+        let len = buf.len() as u64;
+        let mut advance = Advance {
+            covered: len,
+            read: len,
+            ..Advance::default()
+        };
+        if vmdk::fileio::is_zero(buf) {
+            return Ok(Done {
+                i,
+                entry: Entry::Zero,
+                advance,
+            });
+        }
+        let id = self.repo.crypto.chunk_id(buf);
+        let stored = self.store(id, buf)?;
+        if stored > 0 {
+            advance.new = len;
+            advance.stored = stored;
+        } else {
+            advance.reused = len;
+        }
+        Ok(Done {
+            i,
+            entry: Entry::Data(id),
+            advance,
+        })
+    }
+
+    /// Copy the disk `entry` of `src`'s point into this point. When both repositories
+    /// share their keys, chunk ids are equal, and only chunks this repository lacks are
+    /// read from `src` (copied without re-encryption being visible to either side);
+    /// otherwise every chunk is read and re-identified under this repository's key.
+    ///
+    /// # Errors
+    /// Reading `src` (damaged or missing chunks), backend errors, [`Error::Cancelled`].
+    pub fn copy_disk(
+        &mut self,
+        src: &Repository,
+        entry: &DiskEntry,
+        progress: &mut dyn StoreProgress,
+    ) -> Result<DiskEntry> {
+        if !same_ids(src, &self.repo) {
+            let mut disk = crate::reader::RepoDisk::open(src, entry)?;
+            return self.put_disk(&entry.node, &entry.name, &mut disk, progress);
+        }
+        let index = src.load_index(&entry.index)?;
+        progress.start(index.capacity);
+        let mut stats = Stats::default();
+        for (i, e) in index.entries.iter().enumerate() {
+            let (start, end) = index.range(i);
+            let mut step = Advance {
+                covered: end - start,
+                ..Advance::default()
+            };
+            if let Entry::Data(id) = e {
+                step.read = end - start;
+                if self.have(*id)? {
+                    step.reused = step.read;
+                    stats.reused_chunks += 1;
+                } else {
+                    let data = src.read_chunk(id)?;
+                    step.stored = self
+                        .repo
+                        .put(Kind::Chunk, &id.chunk_name(), &data, PutMode::Data)?;
+                    self.lock_known().insert(*id);
+                    step.new = step.read;
+                    stats.new_chunks += 1;
+                }
+            }
+            stats.read_bytes += step.read;
+            stats.new_bytes += step.new;
+            stats.reused_bytes += step.reused;
+            stats.stored_bytes += step.stored;
+            if progress.advance(&step).is_break() || (self.cancel)() {
+                return Err(Error::Cancelled);
+            }
+        }
+        progress.finish();
+        self.stats.add(&stats);
+        let copied = DiskEntry {
+            index: self.store_index(&index)?,
+            ..entry.clone()
+        };
+        self.disks.push(copied.clone());
+        Ok(copied)
+    }
+
+    /// Write the point: every chunk and index made durable first, then the manifest
+    /// (conditional create), then the session ends.
+    ///
+    /// # Errors
+    /// Backend errors; [`Error::Locked`] when the session was removed by a collector
+    /// (its heartbeat stopped for longer than [`crate::session::STALE_AFTER`]).
+    pub fn finish(self, info: PointInfo) -> Result<Point> {
+        self.repo.backend().sync()?;
+        if !self.session.still_registered()? {
+            return Err(Error::Locked {
+                location: self.repo.location(),
+                what: "this backup's session expired (its process was stopped too long) and a garbage collection may have removed chunks it uses; run the backup again".into(),
+                holder: "the garbage collector".into(),
+            });
+        }
+        let point = Point {
+            version: crate::point::POINT_VERSION,
+            id: self.point_id.clone(),
+            group: self.group.clone(),
+            vm: self.vm.clone(),
+            time: info.time,
+            host: info.host,
+            hostname: crate::hostname(),
+            quiesced: info.quiesced,
+            power_state: info.power_state,
+            catalog: info.catalog,
+            files: self.files.clone(),
+            disks: self.disks.clone(),
+            parent: self.base.as_ref().map(|b| b.id.clone()),
+            stats: self.stats,
+            tool_version: info.tool_version,
+        };
+        self.repo
+            .put_json(Kind::Point, &point.name(), &point, PutMode::Create)?;
+        self.session.end();
+        Ok(point)
+    }
+
+    /// Give up: the session ends; chunks already stored stay for the next backup to
+    /// reuse (the collector removes them if none does).
+    pub fn abort(self) {
+        self.session.end();
+    }
+}
+
+/// Whether two repositories give equal data equal ids (they share their master key, or
+/// are both unencrypted).
+pub fn same_ids(a: &Repository, b: &Repository) -> bool {
+    a.crypto.mac(&[b"probe"]) == b.crypto.mac(&[b"probe"])
+}
+
+/// The latest point of `group`, if any.
+fn latest_of_group(repo: &Repository, group: &str) -> Result<Option<Point>> {
+    let mut names = Vec::new();
+    repo.backend().list(&format!("points/{group}/"), &mut |m| {
+        names.push(m.name);
+        Ok(())
+    })?;
+    let mut best: Option<Point> = None;
+    for name in names {
+        match repo.load_point(&name) {
+            Ok(p) if best.as_ref().is_none_or(|b| (p.time, &p.id) > (b.time, &b.id)) => {
+                best = Some(p);
+            }
+            Ok(_) | Err(Error::Missing { .. }) => {}
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+    Ok(best)
+}
+
+/// What the reader hands the workers.
+enum Piece {
+    /// Entry `i` needs no reading.
+    Empty { i: usize, len: u64, entry: Entry },
+    /// Entry `i`'s bytes.
+    Data { i: usize, buf: Vec<u8> },
+    /// Reading failed.
+    Failed(Error),
+}
+
+/// What a worker hands back.
+struct Done {
+    i: usize,
+    entry: Entry,
+    advance: Advance,
+}
+
+/// The reader thread: maps each piece, reads those holding data. Returns the bytes the
+/// map showed as data.
+fn read_pieces(
+    source: &mut dyn vmdk::DiskSource,
+    ranges: &[(u64, u64)],
+    chunk: u32,
+    out: &SyncSender<Piece>,
+    spare: &Receiver<Vec<u8>>,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<u64> {
+    let mut data_bytes = 0u64;
+    for (i, &(start, end)) in ranges.iter().enumerate() {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(data_bytes);
+        }
+        let piece = match classify(source, start, end) {
+            Ok((None, mapped)) => {
+                data_bytes += mapped;
+                let mut buf = spare.try_recv().unwrap_or_else(|_| Vec::with_capacity(chunk as usize));
+                buf.resize((end - start) as usize, 0);
+                match source.read_at(start, &mut buf) {
+                    Ok(()) => Piece::Data { i, buf },
+                    Err(e) => Piece::Failed(e.into()),
+                }
+            }
+            Ok((Some(entry), _)) => Piece::Empty {
+                i,
+                len: end - start,
+                entry,
+            },
+            Err(e) => Piece::Failed(e),
+        };
+        let failed = matches!(piece, Piece::Failed(_));
+        if out.send(piece).is_err() || failed {
+            return Ok(data_bytes);
+        }
+    }
+    Ok(data_bytes)
+}
+
+/// What the map says of `[start, end)`: `Some(entry)` when no data is there (all
+/// unallocated, or zero), `None` when it must be read; plus the bytes mapped as data.
+fn classify(
+    source: &mut dyn vmdk::DiskSource,
+    start: u64,
+    end: u64,
+) -> Result<(Option<Entry>, u64)> {
+    let mut pos = start;
+    let mut data = 0u64;
+    let mut all_unallocated = true;
+    while pos < end {
+        let run = source.map(pos, end - pos)?;
+        if run.len == 0 {
+            break;
+        }
+        match run.state {
+            vmdk::BlockState::Data => data += run.len,
+            vmdk::BlockState::Zero => all_unallocated = false,
+            vmdk::BlockState::Unallocated => {}
+        }
+        pos += run.len;
+    }
+    Ok(match (data, all_unallocated) {
+        (0, true) => (Some(Entry::Unallocated), 0),
+        (0, false) => (Some(Entry::Zero), 0),
+        (d, _) => (None, d),
+    })
+}
+
+/// Read until `buf` is full or the end; returns the bytes read.
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
