@@ -27,9 +27,6 @@ use std::time::{Duration, SystemTime};
 /// Default grace period: chunks younger than this are never collected.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
 
-/// Slack for the storage's timestamps (S3 keeps whole seconds).
-const CLOCK_SLACK: Duration = Duration::from_secs(2);
-
 /// How to collect.
 #[derive(Debug, Clone)]
 pub struct GcOptions {
@@ -164,7 +161,7 @@ pub fn gc(repo: &Repository, opts: &GcOptions, progress: &mut dyn Progress) -> R
     }
     let start = oldest.map_or(lock.started, |o| o.min(lock.started));
     let cutoff = start
-        .checked_sub(opts.grace + CLOCK_SLACK)
+        .checked_sub(opts.grace)
         .unwrap_or(SystemTime::UNIX_EPOCH);
     progress.phase("sweep", None);
     let indexes = std::mem::take(&mut marks.indexes);
