@@ -31,6 +31,9 @@ pub enum Error {
     /// The SSH/SFTP transport of a remote (`scp://`) destination failed.
     #[error(transparent)]
     Remote(#[from] sftp::Error),
+    /// A repository error.
+    #[error(transparent)]
+    Repo(#[from] repo::Error),
     /// A dictionary file (.vmx, .vmsd, catalog) could not be read or written.
     #[error("{path}: {source}")]
     Dict {

@@ -18,6 +18,9 @@
 //!   writes under temporary names renamed into place, registering the VM last.
 //! - [`backup_group`] (vcbSnapAll) backs up each VM a specifier finds into its own
 //!   subfolder.
+//! - [`backup_vm_to_repo`], [`backup_group_to_repo`] and [`restore_point`] do the same
+//!   with a deduplicating repository (crate `repo`); [`export_point`] writes a point out
+//!   as a backup folder.
 //!
 //! # Invariants
 //!
@@ -40,13 +43,19 @@ pub mod hash;
 pub mod hooks;
 pub mod observer;
 pub mod remote;
+mod repo_export;
 pub mod restore;
 mod snapall;
 
 pub use dest::{Destination, LocalDir, CATALOG_NAME, INCOMPLETE_MARKER};
 pub use error::{Error, Result};
-pub use export::{backup_vm, BackupOptions, BackupReport, ExportFormat, BACKUP_SNAPSHOT_NAME};
+pub use export::{
+    backup_vm, backup_vm_to_repo, BackupOptions, BackupReport, ExportFormat, BACKUP_SNAPSHOT_NAME,
+};
 pub use observer::{Answer, Event, Observer, Recorder};
 pub use remote::{RemoteOptions, Sftp};
-pub use restore::{restore_vm, ConflictPolicy, RestoreOptions, RestoreReport};
-pub use snapall::{backup_group, backup_group_to, folder_name, GroupItem, GroupObserver};
+pub use repo_export::export_point;
+pub use restore::{restore_point, restore_vm, ConflictPolicy, RestoreOptions, RestoreReport};
+pub use snapall::{
+    backup_group, backup_group_to, backup_group_to_repo, folder_name, GroupItem, GroupObserver,
+};

@@ -109,6 +109,15 @@ pub enum Event {
         /// The device.
         device: PathBuf,
     },
+    /// A backup point was written into a repository.
+    Stored {
+        /// The repository.
+        location: String,
+        /// The point's id.
+        point: String,
+        /// What was read, stored and reused.
+        stats: repo::Stats,
+    },
     /// Something worth telling that did not stop the work.
     Warning(String),
 }
@@ -134,6 +143,12 @@ pub trait Observer {
     /// `Converting "<dest>" (compact file):` and a bar. The returned progress receives
     /// that conversion's callbacks; breaking from it cancels the work.
     fn converting(&mut self, _dest: &Path, _note: &str) -> Box<dyn vmdk::Progress + '_> {
+        Box::new(())
+    }
+
+    /// A disk is stored into a repository as `name`. The returned progress receives
+    /// the bytes read, new and reused; breaking from it cancels the work.
+    fn storing(&mut self, _name: &str) -> Box<dyn repo::StoreProgress + '_> {
         Box::new(())
     }
 

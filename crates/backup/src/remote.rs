@@ -43,11 +43,16 @@ pub struct RemoteOptions {
 }
 
 impl RemoteOptions {
-    fn connect(&self, url: &sftp::RemoteUrl) -> Result<sftp::Session> {
+    /// The SSH settings these options stand for (also used for SFTP repositories).
+    pub fn connect_options(&self) -> sftp::ConnectOptions {
         let mut opts = sftp::ConnectOptions::new(sftp::SshEnv::from_process());
         opts.identity_file = self.identity_file.clone();
         opts.accept_new_host_key = self.accept_new_host_key;
-        Ok(sftp::connect(url, &opts)?)
+        opts
+    }
+
+    fn connect(&self, url: &sftp::RemoteUrl) -> Result<sftp::Session> {
+        Ok(sftp::connect(url, &self.connect_options())?)
     }
 
     /// A new local temporary folder (removed when dropped).

@@ -184,6 +184,44 @@ pub fn backup_group_to(
     Ok(items)
 }
 
+/// Back up every VM `spec` finds into the repository `repo` (one point each; VMs are
+/// grouped by uuid in the repository, so twins need no folder names).
+///
+/// # Errors
+/// Only for a bad specifier; each VM's outcome is in its item.
+pub fn backup_group_to_repo(
+    host: &host::Host,
+    spec: &str,
+    repo: &repo::Repository,
+    opts: &BackupOptions,
+    obs: &mut dyn GroupObserver,
+) -> Result<Vec<GroupItem>> {
+    let spec = host::Specifier::parse(spec)?;
+    let dest = PathBuf::from(repo.location());
+    let mut items = Vec::new();
+    for m in members(host, &spec)? {
+        obs.vm_started(&m.name, &dest);
+        let result = match m.broken {
+            Some(e) => Err(e),
+            None => crate::export::backup_vm_to_repo(
+                host,
+                &format!("moref:{}", m.moref),
+                repo,
+                opts,
+                obs,
+            ),
+        };
+        let item = GroupItem {
+            vm: m.name,
+            dest: dest.clone(),
+            result,
+        };
+        obs.vm_finished(&item);
+        items.push(item);
+    }
+    Ok(items)
+}
+
 /// A display name as one folder name: `/` and control characters become `_`, and a
 /// name that is empty or starts with `.` gets a `_` in front.
 pub fn folder_name(display_name: &str) -> String {

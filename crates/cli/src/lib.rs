@@ -46,6 +46,8 @@ enum Command {
     Pool(cmd::folder::ContainerArgs),
     /// Virtual machines: create, register, list, snapshots, power (run under QEMU).
     Vm(cmd::vm::VmArgs),
+    /// The deduplicating, encrypted backup repository.
+    Repo(cmd::repo::RepoArgs),
 }
 
 /// Entry point of the `vcb` binary.
@@ -65,6 +67,7 @@ pub fn run_vcb() -> ExitCode {
         Command::Folder(a) => cmd::folder::run(host::ContainerKind::Folder, a),
         Command::Pool(a) => cmd::folder::run(host::ContainerKind::Pool, a),
         Command::Vm(a) => cmd::vm::run(a),
+        Command::Repo(a) => cmd::repo::run(a),
     };
     output::exit_with(result)
 }

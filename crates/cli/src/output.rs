@@ -96,3 +96,133 @@ pub fn human_bytes(n: u64) -> String {
         format!("{v:.1} {}", UNITS[u])
     }
 }
+
+/// A spinner with a count for repository work (verify, check, gc, copy): on stderr when
+/// it is a terminal, hidden otherwise. Stops the work on SIGINT/SIGTERM.
+pub struct Counter {
+    bar: ProgressBar,
+}
+
+impl Counter {
+    /// A counter titled `title`.
+    pub fn new(title: &str) -> Counter {
+        crate::signals::install();
+        let bar = if std::io::stderr().is_terminal() {
+            let b = ProgressBar::new_spinner();
+            b.set_style(
+                ProgressStyle::with_template("{spinner} {prefix} {msg} {pos}/{len}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            b.enable_steady_tick(std::time::Duration::from_millis(200));
+            b
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_prefix(title.to_owned());
+        Counter { bar }
+    }
+}
+
+impl repo::Progress for Counter {
+    fn phase(&mut self, name: &str, total: Option<u64>) {
+        self.bar.set_message(name.to_owned());
+        self.bar.set_position(0);
+        self.bar.set_length(total.unwrap_or(0));
+    }
+    fn advance(&mut self, n: u64) {
+        self.bar.inc(n);
+    }
+    fn cancelled(&self) -> bool {
+        crate::signals::cancelled()
+    }
+}
+
+impl Drop for Counter {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// Progress of a disk stored into a repository: a bar with bytes read, new and reused
+/// on a terminal; otherwise one line when the disk is done.
+pub struct StoreBar {
+    bar: ProgressBar,
+    message: String,
+    tty: bool,
+    read: u64,
+    new: u64,
+    reused: u64,
+    started: std::time::Instant,
+}
+
+impl StoreBar {
+    /// A bar titled `message` (drawn only when `tty`).
+    pub fn new(message: String, tty: bool) -> StoreBar {
+        let bar = if tty {
+            let b = ProgressBar::new(0);
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{prefix} [{bar:25}] {percent:>3}% {msg} {binary_bytes_per_sec} eta {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("**-"),
+            );
+            b
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_prefix(message.clone());
+        StoreBar {
+            bar,
+            message,
+            tty,
+            read: 0,
+            new: 0,
+            reused: 0,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    fn counts(&self) -> String {
+        format!(
+            "read {}, new {}, reused {}",
+            human_bytes(self.read),
+            human_bytes(self.new),
+            human_bytes(self.reused)
+        )
+    }
+}
+
+impl repo::StoreProgress for StoreBar {
+    fn start(&mut self, total: u64) {
+        self.bar.set_length(total);
+        self.started = std::time::Instant::now();
+    }
+    fn advance(&mut self, step: &repo::Advance) -> ControlFlow<()> {
+        self.read += step.read;
+        self.new += step.new;
+        self.reused += step.reused;
+        self.bar.inc(step.covered);
+        self.bar.set_message(self.counts());
+        if crate::signals::cancelled() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
+    fn finish(&mut self) {
+        self.bar.finish_and_clear();
+        let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        let line = format!(
+            "{} {} in {secs:.1} s ({}/s)",
+            self.message,
+            self.counts(),
+            human_bytes((self.read as f64 / secs) as u64)
+        );
+        if self.tty {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    }
+}

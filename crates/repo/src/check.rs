@@ -85,7 +85,9 @@ pub fn check(repo: &Repository, progress: &mut dyn Progress) -> Result<CheckRepo
         for c in point.file_chunks() {
             match Id::parse(c) {
                 Ok(id) => refs.insert(id)?,
-                Err(e) => report.problems.push(problem(&name, &e, vec![point.id.clone()])),
+                Err(e) => report
+                    .problems
+                    .push(problem(&name, &e, vec![point.id.clone()])),
             }
         }
         for d in &point.disks {
@@ -202,7 +204,9 @@ fn blame_missing(
         if !done.insert(ix.clone()) {
             continue;
         }
-        let Ok(index) = repo.load_index(ix) else { continue };
+        let Ok(index) = repo.load_index(ix) else {
+            continue;
+        };
         for id in index.chunk_ids().filter(|id| wanted.contains(id)) {
             blamed
                 .entry(id)

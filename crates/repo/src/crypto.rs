@@ -264,7 +264,10 @@ impl Crypto {
                 cipher
                     .decrypt(
                         Nonce::from_slice(&head[HEADER..]),
-                        Payload { msg: sealed, aad: &aad },
+                        Payload {
+                            msg: sealed,
+                            aad: &aad,
+                        },
                     )
                     .map_err(|_| bad("authentication failed"))?
             }
@@ -284,7 +287,9 @@ impl Crypto {
             }
             (1, None) => return Err(bad("encrypted, but the repository says it is not")),
             (0, Some(_)) => {
-                return Err(bad("unencrypted object in an encrypted repository (refused)"))
+                return Err(bad(
+                    "unencrypted object in an encrypted repository (refused)",
+                ))
             }
             (c, _) => return Err(bad(&format!("unknown cipher {c}"))),
         };
@@ -343,7 +348,10 @@ mod tests {
                 let mut bad = sealed.clone();
                 bad[i] ^= 1;
                 assert!(
-                    matches!(c.open(Kind::Chunk, "chunks/ab/x", &bad), Err(Error::Corrupt { .. })),
+                    matches!(
+                        c.open(Kind::Chunk, "chunks/ab/x", &bad),
+                        Err(Error::Corrupt { .. })
+                    ),
                     "flip at {i}"
                 );
             }
@@ -363,7 +371,10 @@ mod tests {
         assert_ne!(a.chunk_id(&data), b.chunk_id(&data));
         assert_eq!(a.chunk_id(&data), a.chunk_id(&data));
         let plain = Crypto::new(None, 3);
-        assert_eq!(plain.chunk_id(&data).0, <[u8; 32]>::from(Sha256::digest(&data)));
+        assert_eq!(
+            plain.chunk_id(&data).0,
+            <[u8; 32]>::from(Sha256::digest(&data))
+        );
         // A key from one repository opens nothing of another.
         assert!(b.open(Kind::Chunk, "n", &sealed).is_err());
         assert!(plain.open(Kind::Chunk, "n", &sealed).is_err());

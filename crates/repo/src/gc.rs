@@ -19,8 +19,8 @@ use crate::crypto::{Id, Kind};
 use crate::error::{Error, Result};
 use crate::markset::MarkSet;
 use crate::repository::Repository;
-use crate::Progress;
 use crate::session::{still_alive, Heartbeat, LockRecord, SessionRecord};
+use crate::Progress;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
@@ -136,8 +136,10 @@ fn live_lock(repo: &Repository, m: &ObjectMeta) -> Result<Option<String>> {
         Err(Error::Missing { .. }) => return Ok(None),
         Err(e) => return Err(e),
     };
-    Ok(still_alive(&record.hostname, record.pid, alive_at, SystemTime::now())
-        .then(|| format!("pid {} on {}", record.pid, record.hostname)))
+    Ok(
+        still_alive(&record.hostname, record.pid, alive_at, SystemTime::now())
+            .then(|| format!("pid {} on {}", record.pid, record.hostname)),
+    )
 }
 
 /// Collect garbage in `repo`.
@@ -226,7 +228,9 @@ fn mark_sessions(
             oldest = Some(oldest.map_or(started, |o| o.min(started)));
         }
         for ix in &record.base_indexes {
-            marks.indexes.insert(Id::parse(ix).map_err(|_| Error::corrupt(&main, "bad index id"))?);
+            marks
+                .indexes
+                .insert(Id::parse(ix).map_err(|_| Error::corrupt(&main, "bad index id"))?);
         }
         if let Some(base) = &record.base_point {
             // The base's file chunks (its disks are covered by its indexes).
@@ -236,7 +240,10 @@ fn mark_sessions(
                 Err(e) => return Err(e),
             }
         }
-        for seg in objs.iter().filter(|o| o.name.starts_with(&format!("{main}.r"))) {
+        for seg in objs
+            .iter()
+            .filter(|o| o.name.starts_with(&format!("{main}.r")))
+        {
             let plain = match repo.get(Kind::Session, &seg.name, "a session segment") {
                 Ok(p) => p,
                 Err(Error::Missing { .. }) => continue,

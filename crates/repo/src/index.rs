@@ -122,7 +122,9 @@ impl DiskIndex {
         let capacity = u64_at(16);
         let n = u64_at(24);
         if n != capacity.div_ceil(u64::from(chunk_size)) {
-            return Err(bad(format!("{n} entries for a capacity of {capacity} bytes")));
+            return Err(bad(format!(
+                "{n} entries for a capacity of {capacity} bytes"
+            )));
         }
         // Every entry takes at least one byte: a count beyond the bytes left is a lie,
         // refused before anything is allocated for it.
@@ -138,7 +140,9 @@ impl DiskIndex {
                 0 => Entry::Unallocated,
                 1 => Entry::Zero,
                 2 => {
-                    let raw = b.get(pos..pos + 32).ok_or_else(|| bad("truncated".into()))?;
+                    let raw = b
+                        .get(pos..pos + 32)
+                        .ok_or_else(|| bad("truncated".into()))?;
                     pos += 32;
                     let mut id = [0u8; 32];
                     id.copy_from_slice(raw);

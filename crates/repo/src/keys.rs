@@ -55,7 +55,10 @@ impl KdfParams {
         if ok {
             Ok(())
         } else {
-            Err(Error::corrupt(key, format!("argon2id parameters out of range: {self:?}")))
+            Err(Error::corrupt(
+                key,
+                format!("argon2id parameters out of range: {self:?}"),
+            ))
         }
     }
 }
@@ -213,7 +216,12 @@ pub fn parse_paper_key(text: &str, repo_id: &str) -> Result<MasterKey> {
     }
     match lines.next().and_then(|l| l.strip_prefix("repository ")) {
         Some(id) if id.trim() == repo_id => {}
-        Some(id) => return Err(bad(&format!("belongs to repository {}, not {repo_id}", id.trim()))),
+        Some(id) => {
+            return Err(bad(&format!(
+                "belongs to repository {}, not {repo_id}",
+                id.trim()
+            )))
+        }
         None => return Err(bad("no repository line")),
     }
     let mut digits = String::new();
@@ -241,12 +249,18 @@ mod tests {
     fn keys_open_with_their_passphrase_only() {
         let m = MasterKey::random();
         let k = KeyFile::wrap(&m, b"secret", "repo1", KdfParams::MIN, "").unwrap();
-        assert_eq!(k.unwrap_key(b"secret", "repo1").unwrap().unwrap().bytes, m.bytes);
+        assert_eq!(
+            k.unwrap_key(b"secret", "repo1").unwrap().unwrap().bytes,
+            m.bytes
+        );
         assert!(k.unwrap_key(b"Secret", "repo1").unwrap().is_none());
         assert!(k.unwrap_key(b"secret", "repo2").unwrap().is_none());
         let mut weak = k.clone();
         weak.kdf_params.memory_kib = 8;
-        assert!(matches!(weak.unwrap_key(b"secret", "repo1"), Err(Error::Corrupt { .. })));
+        assert!(matches!(
+            weak.unwrap_key(b"secret", "repo1"),
+            Err(Error::Corrupt { .. })
+        ));
     }
 
     #[test]

@@ -25,7 +25,12 @@ pub struct MarkSet {
 
 impl std::fmt::Debug for MarkSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "MarkSet({} in memory, {} runs)", self.buf.len(), self.runs.len())
+        write!(
+            f,
+            "MarkSet({} in memory, {} runs)",
+            self.buf.len(),
+            self.runs.len()
+        )
     }
 }
 
@@ -74,7 +79,8 @@ impl MarkSet {
         let f = std::fs::File::create(&path).map_err(|e| Error::io(&path, "create", e))?;
         let mut w = BufWriter::with_capacity(1 << 16, f);
         for id in &self.buf {
-            w.write_all(&id.0).map_err(|e| Error::io(&path, "write", e))?;
+            w.write_all(&id.0)
+                .map_err(|e| Error::io(&path, "write", e))?;
         }
         w.flush().map_err(|e| Error::io(&path, "write", e))?;
         self.runs.push(path);

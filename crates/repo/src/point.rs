@@ -136,7 +136,9 @@ impl Point {
     /// Every chunk id the point uses (files and disks' indexes are separate: see
     /// [`crate::Repository::point_chunks`]), from its files.
     pub fn file_chunks(&self) -> impl Iterator<Item = &str> {
-        self.files.iter().flat_map(|f| f.chunks.iter().map(String::as_str))
+        self.files
+            .iter()
+            .flat_map(|f| f.chunks.iter().map(String::as_str))
     }
 }
 

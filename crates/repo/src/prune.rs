@@ -32,9 +32,16 @@ pub struct KeepPolicy {
 impl KeepPolicy {
     /// True when no rule is set (pruning would remove everything: refused).
     pub fn is_empty(&self) -> bool {
-        [self.last, self.hourly, self.daily, self.weekly, self.monthly, self.yearly]
-            .iter()
-            .all(Option::is_none)
+        [
+            self.last,
+            self.hourly,
+            self.daily,
+            self.weekly,
+            self.monthly,
+            self.yearly,
+        ]
+        .iter()
+        .all(Option::is_none)
     }
 }
 
@@ -131,7 +138,10 @@ pub fn prune(
     let mut all = Vec::new();
     for (group, pts) in groups {
         let decisions = decide(&pts, policy);
-        progress.phase("removing points", Some(decisions.iter().filter(|d| !d.keep).count() as u64));
+        progress.phase(
+            "removing points",
+            Some(decisions.iter().filter(|d| !d.keep).count() as u64),
+        );
         for d in decisions.iter().filter(|d| !d.keep) {
             if !dry_run {
                 repo.backend().delete(&Point::object_name(&group, &d.id))?;
@@ -175,7 +185,13 @@ impl Tm {
 
     /// ISO 8601 (year, week): the week belongs to the year holding its Thursday.
     fn iso_week(&self) -> (i32, i32) {
-        let days_in = |y: i32| if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 { 366 } else { 365 };
+        let days_in = |y: i32| {
+            if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 {
+                366
+            } else {
+                365
+            }
+        };
         let monday_based = (self.wday + 6) % 7;
         let mut thursday = self.yday - monday_based + 3;
         let mut year = self.year;
@@ -233,12 +249,27 @@ mod tests {
                 .map(|d| d.id)
                 .collect()
         };
-        assert_eq!(keep(KeepPolicy { last: Some(3), ..Default::default() }), ["79", "78", "77"]);
+        assert_eq!(
+            keep(KeepPolicy {
+                last: Some(3),
+                ..Default::default()
+            }),
+            ["79", "78", "77"]
+        );
         // The newest of each of the last 3 days.
-        assert_eq!(keep(KeepPolicy { daily: Some(3), ..Default::default() }), ["79", "77", "75"]);
+        assert_eq!(
+            keep(KeepPolicy {
+                daily: Some(3),
+                ..Default::default()
+            }),
+            ["79", "77", "75"]
+        );
         // Months: February (last point) and January (its newest: day 30, the 2nd point).
         assert_eq!(
-            keep(KeepPolicy { monthly: Some(5), ..Default::default() }),
+            keep(KeepPolicy {
+                monthly: Some(5),
+                ..Default::default()
+            }),
             ["79", "61"]
         );
         let both = keep(KeepPolicy {

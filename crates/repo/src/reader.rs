@@ -144,7 +144,11 @@ impl RepoDisk {
                 };
                 return Err(Error::corrupt(
                     id.chunk_name(),
-                    format!("holds {} bytes where the index needs {}", data.len(), end - start),
+                    format!(
+                        "holds {} bytes where the index needs {}",
+                        data.len(),
+                        end - start
+                    ),
                 ));
             }
             self.current = Some((i, data));

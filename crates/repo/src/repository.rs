@@ -150,7 +150,9 @@ pub fn read_config(backend: &dyn Backend) -> Result<Config> {
     if version != Some(u64::from(FORMAT_VERSION)) {
         return Err(Error::UnknownVersion {
             location,
-            found: version.and_then(|v| u32::try_from(v).ok()).unwrap_or(u32::MAX),
+            found: version
+                .and_then(|v| u32::try_from(v).ok())
+                .unwrap_or(u32::MAX),
             supported: FORMAT_VERSION,
         });
     }
@@ -162,7 +164,10 @@ pub fn read_config(backend: &dyn Backend) -> Result<Config> {
     if !config.chunk_size.is_power_of_two()
         || !(crate::index::MIN_CHUNK..=crate::index::MAX_CHUNK).contains(&config.chunk_size)
     {
-        return Err(bad(format!("chunk size {} out of range", config.chunk_size)));
+        return Err(bad(format!(
+            "chunk size {} out of range",
+            config.chunk_size
+        )));
     }
     if !matches!(config.encryption.as_str(), "aes-256-gcm" | "none") || config.compression != "zstd"
     {
@@ -172,7 +177,10 @@ pub fn read_config(backend: &dyn Backend) -> Result<Config> {
         )));
     }
     if !(1..=19).contains(&config.zstd_level) {
-        return Err(bad(format!("zstd level {} out of range", config.zstd_level)));
+        return Err(bad(format!(
+            "zstd level {} out of range",
+            config.zstd_level
+        )));
     }
     Ok(config)
 }
@@ -399,7 +407,10 @@ impl Repository {
         }
         let index = DiskIndex::decode(&name, &plain)?;
         if index.chunk_size != self.config.chunk_size {
-            return Err(Error::corrupt(&name, "chunk size differs from the repository's"));
+            return Err(Error::corrupt(
+                &name,
+                "chunk size differs from the repository's",
+            ));
         }
         Ok(index)
     }
@@ -528,7 +539,10 @@ impl Repository {
     /// [`Error::InvalidArgument`] on an unencrypted repository; backend errors.
     pub fn add_key(&self, passphrase: &[u8], kdf: KdfParams, label: &str) -> Result<KeyFile> {
         let master = self.crypto.master_key().ok_or_else(|| {
-            Error::InvalidArgument(format!("{}: the repository is not encrypted", self.location()))
+            Error::InvalidArgument(format!(
+                "{}: the repository is not encrypted",
+                self.location()
+            ))
         })?;
         let kf = KeyFile::wrap(master, passphrase, &self.config.id, kdf, label)?;
         put_key(&*self.backend, &kf)?;
@@ -545,12 +559,15 @@ impl Repository {
         let key = match matching.as_slice() {
             [k] => (*k).clone(),
             [] => return Err(Error::InvalidArgument(format!("no key {id:?}"))),
-            _ => return Err(Error::InvalidArgument(format!("{id:?} matches several keys"))),
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "{id:?} matches several keys"
+                )))
+            }
         };
         if keys.len() == 1 {
             return Err(Error::InvalidArgument(
-                "refusing to remove the repository's last key (nothing could open it again)"
-                    .into(),
+                "refusing to remove the repository's last key (nothing could open it again)".into(),
             ));
         }
         self.backend.delete(&format!("keys/{}", key.id))?;
@@ -563,7 +580,10 @@ impl Repository {
     /// [`Error::InvalidArgument`] on an unencrypted repository.
     pub fn paper_key(&self) -> Result<String> {
         let master = self.crypto.master_key().ok_or_else(|| {
-            Error::InvalidArgument(format!("{}: the repository is not encrypted", self.location()))
+            Error::InvalidArgument(format!(
+                "{}: the repository is not encrypted",
+                self.location()
+            ))
         })?;
         Ok(crate::keys::paper_key(master, &self.config.id))
     }
@@ -597,7 +617,10 @@ fn list_keys(backend: &dyn Backend) -> Result<Vec<KeyFile>> {
 fn unlock_with(backend: &dyn Backend, config: &Config, passphrase: &[u8]) -> Result<MasterKey> {
     let keys = list_keys(backend)?;
     if keys.is_empty() {
-        return Err(Error::corrupt("keys/", "the repository is encrypted but has no key"));
+        return Err(Error::corrupt(
+            "keys/",
+            "the repository is encrypted but has no key",
+        ));
     }
     for kf in &keys {
         match kf.unwrap_key(passphrase, &config.id) {

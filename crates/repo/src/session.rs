@@ -174,7 +174,12 @@ impl Session {
                 .map(|p| p.disks.iter().map(|d| d.index.clone()).collect())
                 .unwrap_or_default(),
         };
-        repo.put_json(Kind::Session, &format!("sessions/{id}"), &record, PutMode::Create)?;
+        repo.put_json(
+            Kind::Session,
+            &format!("sessions/{id}"),
+            &record,
+            PutMode::Create,
+        )?;
         let alive = format!("sessions/{id}.alive");
         repo.put(Kind::Lock, &alive, b"0", PutMode::Overwrite)?;
         let session = Session {
@@ -256,11 +261,10 @@ impl Session {
 /// Remove every object of session `sid` (segments and heartbeat first).
 pub(crate) fn remove_session(repo: &Repository, sid: &str) -> Result<()> {
     let mut names = Vec::new();
-    repo.backend()
-        .list(&format!("sessions/{sid}."), &mut |m| {
-            names.push(m.name);
-            Ok(())
-        })?;
+    repo.backend().list(&format!("sessions/{sid}."), &mut |m| {
+        names.push(m.name);
+        Ok(())
+    })?;
     for n in names {
         repo.backend().delete(&n)?;
     }

@@ -95,7 +95,10 @@ pub fn verify(
     rand::fill(&mut salt[..]);
     let chosen = |id: &Id| {
         percent == 100 || {
-            let h = Sha256::new().chain_update(salt).chain_update(id.0).finalize();
+            let h = Sha256::new()
+                .chain_update(salt)
+                .chain_update(id.0)
+                .finalize();
             u32::from_le_bytes([h[0], h[1], h[2], h[3]]) % 100 < percent
         }
     };
@@ -180,7 +183,12 @@ pub fn verify(
                 bad_chunks: bad,
                 ok,
             };
-            repo.put_json(Kind::Verify, &format!("verify/{}", p.id), &rec, PutMode::Overwrite)?;
+            repo.put_json(
+                Kind::Verify,
+                &format!("verify/{}", p.id),
+                &rec,
+                PutMode::Overwrite,
+            )?;
         }
     }
     Ok(report)
@@ -221,8 +229,9 @@ fn read_all(
                         return;
                     }
                 };
-                results.lock().unwrap_or_else(std::sync::PoisonError::into_inner)[i] =
-                    Some(outcome);
+                results
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)[i] = Some(outcome);
                 if tx.send(()).is_err() {
                     return;
                 }
@@ -236,7 +245,10 @@ fn read_all(
             }
         }
     });
-    if let Some(e) = fatal.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
+    if let Some(e) = fatal
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    {
         return Err(e);
     }
     if cancel.load(std::sync::atomic::Ordering::Relaxed) {

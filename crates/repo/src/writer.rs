@@ -99,7 +99,12 @@ pub struct BackupWriter {
 
 impl std::fmt::Debug for BackupWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "BackupWriter({}, {})", self.repo.location(), self.point_id)
+        write!(
+            f,
+            "BackupWriter({}, {})",
+            self.repo.location(),
+            self.point_id
+        )
     }
 }
 
@@ -204,7 +209,9 @@ impl BackupWriter {
 
     fn lock_known(&self) -> std::sync::MutexGuard<'_, HashSet<Id>> {
         // A worker that panicked cannot leave the set half-updated (inserts are atomic).
-        self.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Store the configuration file `name` read from `data`.
@@ -328,7 +335,9 @@ impl BackupWriter {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             drop(results);
             let read = reader.join().unwrap_or_else(|_| {
-                Err(Error::InvalidArgument("the disk reader thread panicked".into()))
+                Err(Error::InvalidArgument(
+                    "the disk reader thread panicked".into(),
+                ))
             });
             outcome?;
             data_bytes = read?;
@@ -375,7 +384,9 @@ impl BackupWriter {
     ) {
         loop {
             let piece = {
-                let rx = pieces.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let rx = pieces
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 rx.recv()
             };
             let Ok(piece) = piece else { return };
@@ -463,9 +474,9 @@ impl BackupWriter {
                     stats.reused_chunks += 1;
                 } else {
                     let data = src.read_chunk(id)?;
-                    step.stored = self
-                        .repo
-                        .put(Kind::Chunk, &id.chunk_name(), &data, PutMode::Data)?;
+                    step.stored =
+                        self.repo
+                            .put(Kind::Chunk, &id.chunk_name(), &data, PutMode::Data)?;
                     self.lock_known().insert(*id);
                     step.new = step.read;
                     stats.new_chunks += 1;
@@ -550,7 +561,11 @@ fn latest_of_group(repo: &Repository, group: &str) -> Result<Option<Point>> {
     let mut best: Option<Point> = None;
     for name in names {
         match repo.load_point(&name) {
-            Ok(p) if best.as_ref().is_none_or(|b| (p.time, &p.id) > (b.time, &b.id)) => {
+            Ok(p)
+                if best
+                    .as_ref()
+                    .is_none_or(|b| (p.time, &p.id) > (b.time, &b.id)) =>
+            {
                 best = Some(p);
             }
             Ok(_) | Err(Error::Missing { .. }) => {}
@@ -595,7 +610,9 @@ fn read_pieces(
         let piece = match classify(source, start, end) {
             Ok((None, mapped)) => {
                 data_bytes += mapped;
-                let mut buf = spare.try_recv().unwrap_or_else(|_| Vec::with_capacity(chunk as usize));
+                let mut buf = spare
+                    .try_recv()
+                    .unwrap_or_else(|_| Vec::with_capacity(chunk as usize));
                 buf.resize((end - start) as usize, 0);
                 match source.read_at(start, &mut buf) {
                     Ok(()) => Piece::Data { i, buf },

@@ -37,7 +37,11 @@ impl MemDisk {
             map: vec![
                 (0, h, BlockState::Data),
                 (h, (cap - h) / 2, BlockState::Zero),
-                (h + (cap - h) / 2, cap - h - (cap - h) / 2, BlockState::Unallocated),
+                (
+                    h + (cap - h) / 2,
+                    cap - h - (cap - h) / 2,
+                    BlockState::Unallocated,
+                ),
             ],
         }
     }
@@ -108,9 +112,12 @@ fn info(time: u64) -> PointInfo {
 }
 
 fn backup(r: &Repository, name: &str, disk: &mut MemDisk, time: u64) -> repo::Point {
-    let mut w = BackupWriter::begin(r, vm(name), &WriterOptions::default(), Box::new(|| false)).unwrap();
-    w.put_file(&format!("{name}.vmx"), &mut &b"displayName = \"x\"\n"[..]).unwrap();
-    w.put_disk("scsi0:0", "scsi0-0-0-d.vmdk", disk, &mut ()).unwrap();
+    let mut w =
+        BackupWriter::begin(r, vm(name), &WriterOptions::default(), Box::new(|| false)).unwrap();
+    w.put_file(&format!("{name}.vmx"), &mut &b"displayName = \"x\"\n"[..])
+        .unwrap();
+    w.put_disk("scsi0:0", "scsi0-0-0-d.vmdk", disk, &mut ())
+        .unwrap();
     w.finish(info(time)).unwrap()
 }
 
@@ -132,8 +139,14 @@ fn points_round_trip_and_dedup() {
     assert_eq!(p1.stats.new_bytes, 4 * MIB as u64 + vmx_bytes);
     // The map is kept: zero and unallocated chunks are not stored.
     let mut d = repo::RepoDisk::open(&r, &p1.disks[0]).unwrap();
-    assert_eq!(d.map(4 * MIB as u64, u64::MAX).unwrap().state, BlockState::Zero);
-    assert_eq!(d.map(7 * MIB as u64, u64::MAX).unwrap().state, BlockState::Unallocated);
+    assert_eq!(
+        d.map(4 * MIB as u64, u64::MAX).unwrap().state,
+        BlockState::Zero
+    );
+    assert_eq!(
+        d.map(7 * MIB as u64, u64::MAX).unwrap().state,
+        BlockState::Unallocated
+    );
     // Unchanged: nothing new.
     let p2 = backup(&r, "vm1", &mut disk, 200);
     assert_eq!(p2.stats.new_bytes, 0);
@@ -168,15 +181,26 @@ fn wrong_passphrase_unknown_version_and_keys() {
     assert_eq!(r.keys().unwrap().len(), 2);
     r.remove_key(&k2.id).unwrap();
     assert!(open(&dir, "second").is_err());
-    assert!(r.remove_key(&r.keys().unwrap()[0].id).is_err(), "last key stays");
+    assert!(
+        r.remove_key(&r.keys().unwrap()[0].id).is_err(),
+        "last key stays"
+    );
     let paper = r.paper_key().unwrap();
     let b = backend::open(dir.to_str().unwrap(), &Default::default()).unwrap();
     Repository::open(b, &Unlock::PaperKey(paper)).unwrap();
     let cfg = std::fs::read_to_string(dir.join("config")).unwrap();
-    std::fs::write(dir.join("config"), cfg.replace("\"version\": 1", "\"version\": 2")).unwrap();
+    std::fs::write(
+        dir.join("config"),
+        cfg.replace("\"version\": 1", "\"version\": 2"),
+    )
+    .unwrap();
     let e = open(&dir, "pw").unwrap_err();
     assert!(e.to_string().contains("version 2 is not supported"), "{e}");
-    std::fs::write(dir.join("config"), cfg.replace("\"chunk_size\": 1048576", "\"chunk_size\": 2097152")).unwrap();
+    std::fs::write(
+        dir.join("config"),
+        cfg.replace("\"chunk_size\": 1048576", "\"chunk_size\": 2097152"),
+    )
+    .unwrap();
     let e = open(&dir, "pw").unwrap_err();
     assert!(e.to_string().contains("authenticator"), "{e}");
 }
@@ -188,7 +212,10 @@ fn damage_is_named_and_never_restored() {
     let r = init(&dir, Some("pw"));
     let mut disk = MemDisk::new(6, 2);
     let p = backup(&r, "vm1", &mut disk, 100);
-    let ix = repo::RepoDisk::open(&r, &p.disks[0]).unwrap().index().clone();
+    let ix = repo::RepoDisk::open(&r, &p.disks[0])
+        .unwrap()
+        .index()
+        .clone();
     let victim = ix.chunk_ids().nth(1).unwrap();
     let path = dir.join(victim.chunk_name());
     let mut bytes = std::fs::read(&path).unwrap();
@@ -198,27 +225,34 @@ fn damage_is_named_and_never_restored() {
     let mut buf = vec![0u8; 6 * MIB];
     let e = d.read_at(0, &mut buf).unwrap_err();
     assert!(e.to_string().contains(&victim.hex()), "{e}");
-    let report = verify::verify(&r, std::slice::from_ref(&p), &Default::default(), &mut ()).unwrap();
+    let report =
+        verify::verify(&r, std::slice::from_ref(&p), &Default::default(), &mut ()).unwrap();
     assert!(!report.ok());
-    assert_eq!(report.damage[0].points, [p.id.clone()]);
+    assert_eq!(report.damage[0].points, std::slice::from_ref(&p.id));
     assert!(!r.verify_record(&p.id).unwrap().unwrap().ok);
     // Missing chunk: check names it and the point.
     std::fs::remove_file(&path).unwrap();
     let c = check::check(&r, &mut ()).unwrap();
     assert_eq!(c.problems.len(), 1, "{c:?}");
-    assert_eq!(c.problems[0].points, [p.id.clone()]);
+    assert_eq!(c.problems[0].points, std::slice::from_ref(&p.id));
     // A flipped byte in the index and in the point.
     let ixpath = dir.join(format!("indexes/{}", p.disks[0].index));
     let mut b = std::fs::read(&ixpath).unwrap();
     b[20] ^= 1;
     std::fs::write(&ixpath, &b).unwrap();
-    assert!(repo::RepoDisk::open(&r, &p.disks[0]).unwrap_err().to_string().contains("indexes/"));
+    assert!(repo::RepoDisk::open(&r, &p.disks[0])
+        .unwrap_err()
+        .to_string()
+        .contains("indexes/"));
     let ppath = dir.join(p.name());
     let mut b = std::fs::read(&ppath).unwrap();
     b[30] ^= 1;
     std::fs::write(&ppath, &b).unwrap();
     let e = r.load_point(&p.name()).unwrap_err();
-    assert!(e.to_string().contains(&p.id) && e.to_string().contains("damaged"), "{e}");
+    assert!(
+        e.to_string().contains(&p.id) && e.to_string().contains("damaged"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -246,7 +280,15 @@ fn prune_gc_and_copy() {
     // Young chunks stay within the grace period; with none, they go.
     let g = gc::gc(&r, &gc::GcOptions::default(), &mut ()).unwrap();
     assert_eq!(g.removed_objects, 0);
-    let g = gc::gc(&r, &gc::GcOptions { grace: std::time::Duration::ZERO, dry_run: false }, &mut ()).unwrap();
+    let g = gc::gc(
+        &r,
+        &gc::GcOptions {
+            grace: std::time::Duration::ZERO,
+            dry_run: false,
+        },
+        &mut (),
+    )
+    .unwrap();
     assert!(g.removed_objects > 0, "{g:?}");
     let after = check::check(&r, &mut ()).unwrap();
     assert!(after.ok() && after.chunks_unused == 0, "{after:?}");

@@ -489,7 +489,9 @@ impl Session {
     pub fn rename_noreplace(&self, from: &str, to: &str) -> Result<()> {
         match self.block_on(self.sftp.rename(from, to)) {
             Ok(_) => Ok(()),
-            Err(e) => Err(self.creation_err("rename", to, self.remote_err("rename", from, e), true)),
+            Err(e) => {
+                Err(self.creation_err("rename", to, self.remote_err("rename", from, e), true))
+            }
         }
     }
 

@@ -6,12 +6,12 @@
 
 use crate::create::{create, CreateSpec, DiskFormat};
 use crate::disk::Disk;
-use crate::source::DiskSource;
 use crate::error::{Error, Result};
 use crate::extent::BlockState;
 use crate::fileio::is_zero;
 use crate::link::OpenOptions;
 use crate::progress::Progress;
+use crate::source::DiskSource;
 use std::ops::ControlFlow;
 use std::path::Path;
 
@@ -52,7 +52,11 @@ pub fn convert(
     result
 }
 
-fn convert_into_new(src: &mut dyn DiskSource, dst: &Path, progress: &mut dyn Progress) -> Result<()> {
+fn convert_into_new(
+    src: &mut dyn DiskSource,
+    dst: &Path,
+    progress: &mut dyn Progress,
+) -> Result<()> {
     let mut out = Disk::open(dst, &OpenOptions::writable())?;
     if out.capacity() < src.capacity() {
         return Err(Error::InvalidArgument(format!(

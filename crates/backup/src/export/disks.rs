@@ -127,39 +127,34 @@ pub fn plan_disk(
     Ok(plan(base, DiskKind::Virtual { format }, capacity))
 }
 
-/// Convert the static chain whose top is `source` into a new compacted disk at `dst`.
-/// Returns the files written (descriptor and extents).
+/// Convert `source` (a static chain, or a repository's disk) into a new compacted disk
+/// at `dst`. Returns the files written (descriptor and extents).
 pub fn export_disk(
-    source: &Path,
-    opts: &vmdk::OpenOptions,
+    source: &mut dyn vmdk::DiskSource,
     dst: &Path,
     format: ExportFormat,
     obs: &mut dyn Observer,
 ) -> Result<Vec<PathBuf>> {
-    let mut disk = vmdk::Disk::open(source, opts)?;
     let spec = vmdk::CreateSpec {
-        adapter: adapter_of(&disk),
+        adapter: source.adapter(),
         ..vmdk::CreateSpec::new(0, format.disk_format())
     };
-    convert_observed(&mut disk, dst, dst, &spec, obs, "compact file")?;
+    convert_observed(source, dst, dst, &spec, obs, "compact file")?;
     Ok(vmdk::link_files(dst)?)
 }
 
-/// Export the static chain whose top is `source` as a new compacted disk named `name`
-/// straight into `dest`, each file streamed as it is produced (no local file; see
-/// [`vmdk::export_sparse`]). Returns the files written with their sizes and SHA-256, in
-/// order (the descriptor last).
+/// Export `source` as a new compacted disk named `name` straight into `dest`, each file
+/// streamed as it is produced (no local file; see [`vmdk::export_sparse`]). Returns the
+/// files written with their sizes and SHA-256, in order (the descriptor last).
 pub fn stream_disk(
-    source: &Path,
-    opts: &vmdk::OpenOptions,
+    source: &mut dyn vmdk::DiskSource,
     name: &str,
     format: ExportFormat,
     dest: &dyn Destination,
     obs: &mut dyn Observer,
 ) -> Result<Vec<CatalogFile>> {
-    let mut disk = vmdk::Disk::open(source, opts)?;
     let spec = vmdk::CreateSpec {
-        adapter: adapter_of(&disk),
+        adapter: source.adapter(),
         ..vmdk::CreateSpec::new(0, format.disk_format())
     };
     let shown = PathBuf::from(format!("{}/{name}", dest.location()));
@@ -175,7 +170,7 @@ pub fn stream_disk(
         inner: &mut *progress,
         cancelled: &mut cancelled,
     };
-    let exported = vmdk::export_sparse(&mut disk, name, &spec, &mut sink, &mut watch);
+    let exported = vmdk::export_sparse(source, name, &spec, &mut sink, &mut watch);
     match (exported, sink.failed.take()) {
         (Ok(_), _) => Ok(sink.done),
         // The destination's own error says more than its text wrapped by vmdk.
@@ -202,14 +197,6 @@ pub fn allocated_bytes(source: &Path, opts: &vmdk::OpenOptions) -> Result<u64> {
         pos += run.len;
     }
     Ok(data)
-}
-
-fn adapter_of(disk: &vmdk::Disk) -> vmdk::AdapterType {
-    disk.links()[0]
-        .descriptor()
-        .ddb_value("ddb.adapterType")
-        .and_then(|a| vmdk::AdapterType::parse(a).ok())
-        .unwrap_or_default()
 }
 
 /// Feeds [`vmdk::export_sparse`]'s files into a destination's streams, keeping the
@@ -273,7 +260,7 @@ impl vmdk::ExportSink for DestSink<'_> {
 /// (`shown` is the name the user knows: the final one when `dst` is temporary); a cancel
 /// from the observer becomes [`Error::Cancelled`].
 pub(crate) fn convert_observed(
-    src: &mut vmdk::Disk,
+    src: &mut dyn vmdk::DiskSource,
     dst: &Path,
     shown: &Path,
     spec: &vmdk::CreateSpec,

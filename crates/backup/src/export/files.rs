@@ -1,8 +1,8 @@
 //! Exporting a VM's files into the destination and building the catalog.
 
 use super::disks::{self, DiskKind, DiskPlan};
+use super::sink::Sink;
 use super::BackupOptions;
-use crate::dest::Destination;
 use crate::error::{Error, Result};
 use crate::hash::hash_file;
 use crate::observer::{Event, Observer};
@@ -45,7 +45,8 @@ impl ConfigSnapshot {
     }
 }
 
-/// Export the configuration files and every disk; returns every file written.
+/// Export the configuration files and every disk into `sink`; returns every file
+/// written.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn export_all(
     host: &host::Host,
@@ -53,7 +54,7 @@ pub(super) fn export_all(
     view: &ConfigSnapshot,
     created: &host::SnapshotCreated,
     plans: &[DiskPlan],
-    dest: &mut dyn Destination,
+    sink: &mut dyn Sink,
     opts: &BackupOptions,
     obs: &mut dyn Observer,
     warnings: &mut Vec<String>,
@@ -61,11 +62,12 @@ pub(super) fn export_all(
     // Before anything is sent: whether the disks' data fits at all.
     let sources = disk_sources(created, plans, obs, warnings);
     let read = host.confined().disk_options(false);
-    check_free_space(dest, plans, &sources, &read, obs, warnings)?;
+    check_free_space(&*sink, plans, &sources, &read, obs, warnings)?;
+    sink.begin(vm, obs)?;
     let mut out = Vec::new();
     let vmx_name = file_name(&vm.vmx_path)?;
     put(
-        dest,
+        sink,
         &vmx_name,
         &mut exported_vmx(view, plans)?.as_bytes(),
         obs,
@@ -73,7 +75,7 @@ pub(super) fn export_all(
     )?;
     if let Some(vmsd) = &view.vmsd {
         put(
-            dest,
+            sink,
             &file_name(&vm.vmsd_path())?,
             &mut vmsd.as_slice(),
             obs,
@@ -86,7 +88,7 @@ pub(super) fn export_all(
             continue;
         }
         let mut file = std::fs::File::open(&path).map_err(|e| Error::io(&path, "open", e))?;
-        put(dest, &name, &mut file, obs, &mut out)?;
+        put(sink, &name, &mut file, obs, &mut out)?;
     }
     if let Some(pause) = opts.pause_after_snapshot {
         // Test hook: the configuration files are in the destination, the disks not yet.
@@ -95,8 +97,6 @@ pub(super) fn export_all(
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
-    let mut hashing = Hashing::new();
-    let mut streamed = Vec::new();
     for (plan, source) in plans.iter().zip(sources) {
         if obs.cancelled() {
             return Err(Error::Cancelled);
@@ -116,39 +116,9 @@ pub(super) fn export_all(
             });
             continue;
         };
-        let Some(dir) = dest.local_dir().map(Path::to_path_buf) else {
-            // No local folder: the disk goes straight to the destination.
-            let name = plan.backup_name();
-            streamed.extend(disks::stream_disk(
-                &source,
-                &read,
-                &name,
-                opts.format,
-                &*dest,
-                obs,
-            )?);
-            continue;
-        };
-        let dst = dir.join(plan.backup_name());
-        for file in disks::export_disk(&source, &read, &dst, opts.format, obs)? {
-            private(&file)?;
-            let name = file
-                .strip_prefix(&dir)
-                .ok()
-                .and_then(|p| p.to_str())
-                .ok_or_else(|| {
-                    Error::unsafe_path(
-                        "exported extent",
-                        file.display().to_string(),
-                        "outside the backup folder",
-                    )
-                })?
-                .to_owned();
-            hashing.spawn(name, file);
-        }
+        sink.put_disk(plan, &source, &read, opts, obs)?;
     }
-    out.extend(hashing.join()?);
-    out.extend(streamed);
+    out.extend(sink.disks_done()?);
     for f in &out[..] {
         if f.name.contains('/') {
             return Err(Error::unsafe_path(
@@ -197,7 +167,7 @@ fn disk_sources(
 /// virtual RDMs) are left out of the estimate: the compacted export of a mostly empty
 /// one is small, and counting its capacity would refuse backups that fit.
 fn check_free_space(
-    dest: &dyn Destination,
+    sink: &dyn Sink,
     plans: &[DiskPlan],
     sources: &[Option<PathBuf>],
     read: &vmdk::OpenOptions,
@@ -215,31 +185,27 @@ fn check_free_space(
             needed = needed.saturating_add(disks::allocated_bytes(source, read)?);
         }
     }
-    if let Some(text) = dest.check_free_space(needed)? {
+    if let Some(text) = sink.check_space(needed)? {
         obs.event(&Event::Warning(text.clone()));
         warnings.push(text);
     }
     Ok(())
 }
 
-/// Save one small file into the backup.
+/// Save one configuration file into the backup.
 fn put(
-    dest: &mut dyn Destination,
+    sink: &mut dyn Sink,
     name: &str,
     data: &mut dyn std::io::Read,
     obs: &mut dyn Observer,
     out: &mut Vec<CatalogFile>,
 ) -> Result<()> {
-    let info = dest.put(name, data)?;
+    let file = sink.put_file(name, data)?;
     obs.event(&Event::FileCopied {
         name: name.to_owned(),
-        size_bytes: info.size_bytes,
+        size_bytes: file.size_bytes,
     });
-    out.push(CatalogFile {
-        name: name.to_owned(),
-        size_bytes: info.size_bytes,
-        sha256: info.sha256,
-    });
+    out.push(file);
     Ok(())
 }
 
@@ -272,13 +238,6 @@ fn other_files(host: &host::Host, vm: &host::Vm, view: &ConfigSnapshot) -> Resul
     Ok(files)
 }
 
-/// Makes an exported file readable by its owner only (backups hold whole VMs).
-fn private(path: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| Error::io(path, "chmod 0600", e))
-}
-
 fn file_name(path: &Path) -> Result<String> {
     let name = path
         .file_name()
@@ -300,7 +259,7 @@ type HashJob = (usize, String, PathBuf);
 type HashDone = (usize, String, Result<(u64, crate::hash::Sha256Sum)>);
 
 /// Hashes exported disk files on background threads while the next disk converts.
-struct Hashing {
+pub(super) struct Hashing {
     jobs: Option<std::sync::mpsc::Sender<HashJob>>,
     results: std::sync::mpsc::Receiver<HashDone>,
     workers: Vec<JoinHandle<()>>,
@@ -308,7 +267,7 @@ struct Hashing {
 }
 
 impl Hashing {
-    fn new() -> Hashing {
+    pub(super) fn new() -> Hashing {
         let (jobs, job_rx) = std::sync::mpsc::channel::<HashJob>();
         let (result_tx, results) = std::sync::mpsc::channel();
         let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
@@ -336,7 +295,7 @@ impl Hashing {
         }
     }
 
-    fn spawn(&mut self, name: String, path: PathBuf) {
+    pub(super) fn spawn(&mut self, name: String, path: PathBuf) {
         if let Some(jobs) = &self.jobs {
             // The workers live until `join`: the send cannot fail before.
             let _ = jobs.send((self.queued, name, path));
@@ -344,7 +303,7 @@ impl Hashing {
         }
     }
 
-    fn join(mut self) -> Result<Vec<CatalogFile>> {
+    pub(super) fn join(mut self) -> Result<Vec<CatalogFile>> {
         self.jobs = None;
         let mut out: Vec<Option<CatalogFile>> = vec![None; self.queued];
         for _ in 0..self.queued {

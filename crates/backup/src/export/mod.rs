@@ -34,11 +34,12 @@
 
 mod disks;
 mod files;
+pub(crate) mod sink;
 
 pub(crate) use disks::convert_observed;
 pub use disks::{DiskKind, DiskPlan, ExportFormat};
 
-use crate::dest::{Destination, CATALOG_NAME};
+use crate::dest::Destination;
 use crate::error::{Error, Result};
 use crate::hooks::{self, HookEnv, Stage};
 use crate::observer::{Event, Observer};
@@ -91,6 +92,8 @@ pub struct BackupReport {
     pub bytes_written: u64,
     /// Warnings (also sent to the observer).
     pub warnings: Vec<String>,
+    /// The repository point written (repository backups only).
+    pub point: Option<repo::Point>,
 }
 
 /// Back up the VM `vm` (display name or specifier, see [`host::Host::find_vm`]) into
@@ -124,14 +127,43 @@ pub fn backup_vm(
     if let Err(e) = dest.check_local_space(capacity) {
         obs.event(&Event::Warning(e.to_string()));
     }
-    let result = run(host, &vm, dest, opts, obs);
+    run_into(host, &vm, &mut sink::FolderSink::new(dest), opts, obs)
+}
+
+/// Back up the VM `vm` into the repository `repo`: the same quiesce, snapshot and
+/// commit path as [`backup_vm`]; disks are stored as chunks (only those the repository
+/// lacks) and the point is written last. The report's `point` is the point written.
+///
+/// # Errors
+/// As for [`backup_vm`], and repository errors. On error no point exists; chunks already
+/// stored stay for the next backup to reuse.
+pub fn backup_vm_to_repo(
+    host: &host::Host,
+    vm: &str,
+    repo: &repo::Repository,
+    opts: &BackupOptions,
+    obs: &mut dyn Observer,
+) -> Result<BackupReport> {
+    let vm = host.find_vm(vm)?;
+    let disks = plan_disks(host, &vm)?;
+    refuse_physical_rdm(&vm, &disks, opts)?;
+    let mut sink = sink::RepoSink::new(repo);
+    let mut report = run_into(host, &vm, &mut sink, opts, obs)?;
+    report.point = sink.point.take();
+    Ok(report)
+}
+
+/// [`run`], discarding what the sink holds of a failed backup.
+fn run_into(
+    host: &host::Host,
+    vm: &host::Vm,
+    sink: &mut dyn sink::Sink,
+    opts: &BackupOptions,
+    obs: &mut dyn Observer,
+) -> Result<BackupReport> {
+    let result = run(host, vm, sink, opts, obs);
     if result.is_err() {
-        if let Err(e) = dest.discard() {
-            obs.event(&Event::Warning(format!(
-                "could not remove the incomplete backup {}: {e}",
-                dest.location()
-            )));
-        }
+        sink.discard(obs);
     }
     result
 }
@@ -166,7 +198,7 @@ fn refuse_physical_rdm(vm: &host::Vm, disks: &[DiskPlan], opts: &BackupOptions) 
 fn run(
     host: &host::Host,
     vm: &host::Vm,
-    dest: &mut dyn Destination,
+    sink: &mut dyn sink::Sink,
     opts: &BackupOptions,
     obs: &mut dyn Observer,
 ) -> Result<BackupReport> {
@@ -273,7 +305,7 @@ fn run(
         &snapshot_view,
         &created,
         disks,
-        dest,
+        sink,
         opts,
         obs,
         &mut warnings,
@@ -295,12 +327,7 @@ fn run(
     });
     drop(locked);
     let catalog = files::build_catalog(host, vm, &snapshot_view, disks, &exported, opts, &live)?;
-    let dict = catalog
-        .to_dict()
-        .map_err(|e| Error::dict(CATALOG_NAME, e))?;
-    dest.flush_local()?;
-    dest.put(CATALOG_NAME, &mut dict.to_string().as_bytes())?;
-    dest.mark_complete()?;
+    sink.commit(&catalog, obs)?;
     let cache = opts
         .name_cache
         .clone()
@@ -316,10 +343,11 @@ fn run(
     let bytes_written = exported.iter().map(|f| f.size_bytes).sum();
     Ok(BackupReport {
         vm: name,
-        location: dest.location(),
+        location: sink.location(),
         catalog,
         bytes_written,
         warnings,
+        point: None,
     })
 }
 

@@ -8,20 +8,19 @@
 //! remove what a restore killed while staging had written.
 
 use super::plan::{Item, Plan};
-use super::verify::VerifiedFiles;
+use super::verify::RestoreSource;
 use super::RestoreReport;
 use crate::error::{Error, Result};
 use crate::observer::{Event, Observer};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// Carry out `plan` with the host lock `lock` held. `replaced` are the files of the VM
 /// being overwritten (they go in the same swap when nothing new takes their name).
 pub(super) fn apply(
     host: &mut host::Host,
     lock: &host::HostLock,
-    files: &Arc<VerifiedFiles>,
+    files: &dyn RestoreSource,
     plan: &Plan,
     replaced: &[PathBuf],
     obs: &mut dyn Observer,
@@ -89,7 +88,7 @@ fn stage_all(
     plan: &Plan,
     staged: &[Option<PathBuf>],
     staged_vmx: &Path,
-    files: &Arc<VerifiedFiles>,
+    files: &dyn RestoreSource,
     swap: &mut fsio::swap::Swap,
     obs: &mut dyn Observer,
 ) -> Result<Staged> {
@@ -160,7 +159,7 @@ fn prefix_of(staged: &Path) -> PathBuf {
 fn stage(
     item: &Item,
     staged: &Path,
-    files: &Arc<VerifiedFiles>,
+    files: &dyn RestoreSource,
     obs: &mut dyn Observer,
 ) -> Result<()> {
     match item {
@@ -196,28 +195,19 @@ fn stage(
 /// Converts the backup disk `from` (read only through the verified files) into
 /// `staged` with `format`.
 fn stage_disk(
-    files: &Arc<VerifiedFiles>,
+    files: &dyn RestoreSource,
     from: &str,
     staged: &Path,
     target: &Path,
     format: &vmdk::DiskFormat,
     obs: &mut dyn Observer,
 ) -> Result<()> {
-    let opts = vmdk::OpenOptions {
-        source: Some(files.clone()),
-        ..vmdk::OpenOptions::read_only()
-    };
-    let mut src = vmdk::Disk::open(&files.path_of(from), &opts)?;
-    let adapter = src.links()[0]
-        .descriptor()
-        .ddb_value("ddb.adapterType")
-        .and_then(|a| vmdk::AdapterType::parse(a).ok())
-        .unwrap_or_default();
+    let mut src = files.open_disk(from)?;
     let spec = vmdk::CreateSpec {
-        adapter,
+        adapter: src.adapter(),
         ..vmdk::CreateSpec::new(0, format.clone())
     };
-    crate::export::convert_observed(&mut src, staged, target, &spec, obs, &format.name())
+    crate::export::convert_observed(&mut *src, staged, target, &spec, obs, &format.name())
 }
 
 /// The old VM's files that nothing restored replaces (redo logs, snapshot state, a
@@ -290,13 +280,13 @@ fn remove_if_exists(p: &Path) -> Result<()> {
 /// suspended state can be gigabytes); a .vmsd loses its snapshots. Returns the bytes
 /// written.
 fn copy_file(
-    files: &VerifiedFiles,
+    files: &dyn RestoreSource,
     from: &str,
     staged: &Path,
     strip_snapshots: bool,
 ) -> Result<u64> {
     let mut reader = files.reader(from)?;
-    let what = files.path_of(from);
+    let what = format!("{}/{from}", files.location());
     if strip_snapshots {
         let mut data = Vec::new();
         (&mut reader)

@@ -21,18 +21,20 @@ mod apply;
 mod guard;
 mod plan;
 mod plan_disks;
+mod repo_source;
 mod verify;
 mod vmxedit;
 
+pub use repo_source::{restore_point, RepoSource};
 pub use verify::{
-    parse_catalog, read_catalog, verify, verify_open, PositionalReader, VerifiedFiles,
+    parse_catalog, read_catalog, verify, verify_open, PositionalReader, RestoreSource,
+    VerifiedFiles,
 };
 
 use crate::dest::Destination;
 use crate::error::{Error, Result};
 use crate::observer::{Event, Observer};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 /// What to do when a file to restore exists or the VM is registered already.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -116,11 +118,28 @@ pub fn restore_vm(
     obs: &mut dyn Observer,
 ) -> Result<RestoreReport> {
     let catalog = read_catalog(src)?;
-    let files = Arc::new(verify_open(src, &catalog)?);
-    obs.event(&Event::Verified { files: files.len() });
+    let files = verify_open(src, &catalog)?;
+    restore_from(host, &files, &catalog, opts, obs)
+}
+
+/// Restore from `files` (verified already) whose catalog is `catalog`: the part of
+/// [`restore_vm`] after verification, shared by folder and repository restores.
+///
+/// # Errors
+/// As for [`restore_vm`].
+pub fn restore_from(
+    host: &mut host::Host,
+    files: &dyn RestoreSource,
+    catalog: &vmx::Catalog,
+    opts: &RestoreOptions,
+    obs: &mut dyn Observer,
+) -> Result<RestoreReport> {
+    obs.event(&Event::Verified {
+        files: files.count(),
+    });
     let lock = host.lock_host(host::LockMode::Wait)?;
     host.reload()?;
-    let mut plan = plan::plan(host, &files, &catalog, opts)?;
+    let mut plan = plan::plan(host, files, catalog, opts)?;
     // The VM being replaced stays locked until it is registered again.
     let me = host.clone();
     let mut target = match plan.registered {
@@ -132,7 +151,7 @@ pub fn restore_vm(
         None => Vec::new(),
     };
     decide(&mut plan, opts.policy, obs)?;
-    let report = apply::apply(host, &lock, &files, &plan, &replaced, obs);
+    let report = apply::apply(host, &lock, files, &plan, &replaced, obs);
     drop(target);
     report
 }

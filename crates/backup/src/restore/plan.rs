@@ -13,7 +13,7 @@
 //!   `vcb.*` keys are dropped instead, with a note.
 
 use super::guard::{is_path_key, is_runtime_key, Owned};
-use super::verify::VerifiedFiles;
+use super::verify::RestoreSource;
 use super::vmxedit::{read_vmx, VmxEdit};
 use super::RestoreOptions;
 use crate::error::{Error, Result};
@@ -107,11 +107,11 @@ struct Place {
 /// Decide where everything goes. Writes nothing.
 pub(super) fn plan(
     host: &host::Host,
-    files: &VerifiedFiles,
+    files: &dyn RestoreSource,
     catalog: &Catalog,
     opts: &RestoreOptions,
 ) -> Result<Plan> {
-    let location = files.path_of("").display().to_string();
+    let location = files.location();
     let bad = |reason: String| Error::BadCatalog {
         location: location.clone(),
         reason,

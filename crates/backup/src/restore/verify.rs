@@ -8,6 +8,30 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What a restore reads from: a verified backup folder ([`VerifiedFiles`]) or a
+/// repository point ([`crate::restore::RepoSource`]). Everything it hands out was
+/// checked before the restore writes anything.
+pub trait RestoreSource: Send + Sync {
+    /// Where the backup is, for messages.
+    fn location(&self) -> String;
+
+    /// How many files were verified.
+    fn count(&self) -> usize;
+
+    /// A reader of the backup's configuration file `name`.
+    ///
+    /// # Errors
+    /// [`Error::MissingFile`] for a name the backup does not hold.
+    fn reader(&self, name: &str) -> Result<Box<dyn Read + Send>>;
+
+    /// The backup's disk `name` (the catalog's `filename`).
+    ///
+    /// # Errors
+    /// [`Error::MissingFile`], disk and repository errors.
+    fn open_disk(&self, name: &str) -> Result<Box<dyn vmdk::DiskSource>>;
+}
 
 /// Largest catalog accepted (a catalog is a few kilobytes).
 const MAX_CATALOG_BYTES: u64 = 4 << 20;
@@ -54,8 +78,14 @@ pub fn verify(src: &dyn Destination, catalog: &vmx::Catalog) -> Result<usize> {
 /// The files of a backup that passed verification, each held open: a restore reads
 /// exactly the bytes that were checked (no check-then-reopen), and disk descriptors can
 /// reach no other file (it is the [`vmdk::FileSource`] of the restore's disk reads).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct VerifiedFiles {
+    inner: Arc<Held>,
+}
+
+/// The open files behind [`VerifiedFiles`] (shared with disk opens).
+#[derive(Debug)]
+struct Held {
     /// The backup folder (canonical).
     dir: PathBuf,
     /// Name in the catalog → the open file.
@@ -65,17 +95,17 @@ pub struct VerifiedFiles {
 impl VerifiedFiles {
     /// How many files were verified.
     pub fn len(&self) -> usize {
-        self.files.len()
+        self.inner.files.len()
     }
 
     /// True when the catalog listed no file.
     pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
+        self.inner.files.is_empty()
     }
 
     /// The path the file `name` has in the backup folder (for disk opens).
     pub fn path_of(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
+        self.inner.dir.join(name)
     }
 
     /// A reader of the verified file `name` from its start.
@@ -83,18 +113,45 @@ impl VerifiedFiles {
     /// # Errors
     /// [`Error::MissingFile`] for a name that was not verified.
     pub fn reader(&self, name: &str) -> Result<PositionalReader> {
-        let file = self.files.get(name).ok_or_else(|| Error::MissingFile {
-            location: self.dir.display().to_string(),
-            name: name.to_owned(),
-        })?;
+        let file = self
+            .inner
+            .files
+            .get(name)
+            .ok_or_else(|| Error::MissingFile {
+                location: self.inner.dir.display().to_string(),
+                name: name.to_owned(),
+            })?;
         let file = file
             .try_clone()
-            .map_err(|e| Error::io(self.dir.join(name), "reopen", e))?;
+            .map_err(|e| Error::io(self.inner.dir.join(name), "reopen", e))?;
         Ok(PositionalReader { file, pos: 0 })
     }
 }
 
-impl vmdk::FileSource for VerifiedFiles {
+impl RestoreSource for VerifiedFiles {
+    fn location(&self) -> String {
+        self.inner.dir.display().to_string()
+    }
+
+    fn count(&self) -> usize {
+        self.len()
+    }
+
+    fn reader(&self, name: &str) -> Result<Box<dyn Read + Send>> {
+        Ok(Box::new(VerifiedFiles::reader(self, name)?))
+    }
+
+    fn open_disk(&self, name: &str) -> Result<Box<dyn vmdk::DiskSource>> {
+        let source: Arc<dyn vmdk::FileSource> = self.inner.clone();
+        let opts = vmdk::OpenOptions {
+            source: Some(source),
+            ..vmdk::OpenOptions::read_only()
+        };
+        Ok(Box::new(vmdk::Disk::open(&self.path_of(name), &opts)?))
+    }
+}
+
+impl vmdk::FileSource for Held {
     fn open(&self, path: &Path, writable: bool) -> std::io::Result<File> {
         let refused = |why: &str| {
             std::io::Error::new(
@@ -217,7 +274,9 @@ pub fn verify_open(src: &dyn Destination, catalog: &vmx::Catalog) -> Result<Veri
         }
         files.insert(file.name.clone(), f);
     }
-    Ok(VerifiedFiles { dir, files })
+    Ok(VerifiedFiles {
+        inner: Arc::new(Held { dir, files }),
+    })
 }
 
 #[cfg(test)]

@@ -1,15 +1,15 @@
 //! The restored .vmx: the backup's .vmx with disk, NVRAM and suspend folder names
 //! pointing at where things are restored.
 
-use super::verify::VerifiedFiles;
+use super::verify::RestoreSource;
 use crate::error::{Error, Result};
 use std::io::Read;
 use vmx::DiskNode;
 
 /// The .vmx of the backup (as verified), as a [`VmxEdit`].
-pub(super) fn read_vmx(files: &VerifiedFiles, name: &str) -> Result<VmxEdit> {
+pub(super) fn read_vmx(files: &dyn RestoreSource, name: &str) -> Result<VmxEdit> {
     let mut bytes = Vec::new();
-    let what = files.path_of(name).display().to_string();
+    let what = format!("{}/{name}", files.location());
     files
         .reader(name)?
         .take(u64::try_from(vmx::MAX_INPUT_BYTES).unwrap_or(u64::MAX) + 1)

@@ -2,6 +2,7 @@
 //! the same functions.
 
 mod demo;
+mod demo_repo;
 pub mod render;
 
 use crate::tools::conf::{Overrides, ToolConf};
@@ -43,6 +44,9 @@ pub struct RemoteArgs {
     /// key is always refused).
     #[arg(long)]
     pub accept_new_host_key: bool,
+    /// Passphrase, paper key and S3 settings for repositories (`repo:` destinations).
+    #[command(flatten)]
+    pub repo: crate::cmd::repo::access::RepoAccessArgs,
 }
 
 impl RemoteArgs {
@@ -62,9 +66,13 @@ impl RemoteArgs {
 pub struct BackupArgs {
     /// The VM: a display name or a specifier (name:, uuid:, moref:, ipaddr:).
     pub vm: String,
-    /// The backup folder to create (a path, file:///path or scp://[user@]host[:port]:/path);
-    /// its parent must exist.
-    pub dest: String,
+    /// The backup folder to create (a path, file:///path or scp://[user@]host[:port]:/path;
+    /// its parent must exist), or `repo:REPO`.
+    #[arg(required_unless_present = "repo")]
+    pub dest: Option<String>,
+    /// Back up into this repository (as `repo:REPO`).
+    #[arg(long, value_name = "REPO", conflicts_with = "dest")]
+    pub repo: Option<String>,
     /// Write each disk as one monolithic sparse file instead of 2 GB extents (-M 1).
     #[arg(long)]
     pub monolithic: bool,
@@ -86,7 +94,7 @@ pub struct BackupArgs {
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
     /// The backup folder (a path, file:///path or scp://[user@]host[:port]:/path; a remote
-    /// backup is downloaded to a temporary folder first).
+    /// backup is downloaded to a temporary folder first), or `repo:REPO#POINT`.
     pub src: String,
     /// An edited copy of the catalog saying where to restore (vcbRestore -a).
     #[arg(long, short = 'a', value_name = "FILE")]
@@ -247,15 +255,39 @@ fn host_key_hint(e: backup::Error) -> anyhow::Error {
     }
 }
 
-/// Back up `vm` into `dest` and print what was done.
+/// A destination or source naming a repository: `repo:REPO` (restores add `#POINT`).
+pub fn repo_spec(spec: &str) -> Option<&str> {
+    spec.strip_prefix("repo:")
+}
+
+/// Back up `vm` into `dest` (a folder, URL or `repo:REPO`) and print what was done.
 pub fn run_backup(
     host: &host::Host,
     vm: &str,
     dest: &str,
+    remote_args: &RemoteArgs,
     remote: &RemoteOptions,
     opts: &BackupOptions,
     render: &mut Render,
 ) -> Result<()> {
+    if let Some(spec) = repo_spec(dest) {
+        let repo = crate::cmd::repo::access::RepoAccess::new(spec, remote_args).open()?;
+        let started = std::time::Instant::now();
+        let report = backup::backup_vm_to_repo(host, vm, &repo, opts, render)?;
+        let point = report.point.as_ref().map_or("?", |p| p.id.as_str());
+        let stats = report.point.as_ref().map(|p| p.stats).unwrap_or_default();
+        let secs = started.elapsed().as_secs_f64().max(0.001);
+        render.line(format!(
+            "Backed up {} to {spec} as point {point}: read {}, new {} (stored {}), reused {} in {secs:.1} s ({}/s)",
+            report.vm,
+            crate::output::human_bytes(stats.read_bytes),
+            crate::output::human_bytes(stats.new_bytes),
+            crate::output::human_bytes(stats.stored_bytes),
+            crate::output::human_bytes(stats.reused_bytes),
+            crate::output::human_bytes((stats.read_bytes as f64 / secs) as u64),
+        ));
+        return Ok(());
+    }
     let mut d = backup::dest::open_with(dest, remote).map_err(host_key_hint)?;
     let report = backup::backup_vm(host, vm, d.as_mut(), opts, render)?;
     render.line(format!(
@@ -268,16 +300,26 @@ pub fn run_backup(
     Ok(())
 }
 
-/// Restore the backup at `src` and print what was done.
+/// Restore the backup at `src` (a folder, URL or `repo:REPO#POINT`) and print what was
+/// done.
 pub fn run_restore(
     host: &mut host::Host,
     src: &str,
+    remote_args: &RemoteArgs,
     remote: &RemoteOptions,
     opts: &RestoreOptions,
     render: &mut Render,
 ) -> Result<()> {
-    let s = backup::dest::open_source(src, remote).map_err(host_key_hint)?;
-    let report = backup::restore_vm(host, s.as_ref(), opts, render)?;
+    let report = if let Some(spec) = repo_spec(src) {
+        let Some((repo_spec, point)) = spec.rsplit_once('#') else {
+            bail!("{src}: name the point: repo:REPO#POINT (a point id, or a VM name for its latest point)");
+        };
+        let repo = crate::cmd::repo::access::RepoAccess::new(repo_spec, remote_args).open()?;
+        backup::restore_point(host, &repo, point, opts, render)?
+    } else {
+        let s = backup::dest::open_source(src, remote).map_err(host_key_hint)?;
+        backup::restore_vm(host, s.as_ref(), opts, render)?
+    };
     for k in &report.kept {
         render.line(format!("Kept {k}"));
     }
@@ -321,7 +363,20 @@ pub fn backup(a: BackupArgs) -> Result<()> {
     let mut opts = backup_options(format, a.skip_physical_rdm, &conf);
     a.quiesce.apply(&mut opts);
     let remote = a.remote.options(&conf);
-    run_backup(&host, &a.vm, &a.dest, &remote, &opts, &mut Render::new(3))
+    let dest = match (&a.dest, &a.repo) {
+        (_, Some(r)) => format!("repo:{r}"),
+        (Some(d), None) => d.clone(),
+        (None, None) => bail!("give a destination folder or --repo REPO"),
+    };
+    run_backup(
+        &host,
+        &a.vm,
+        &dest,
+        &a.remote,
+        &remote,
+        &opts,
+        &mut Render::new(3),
+    )
 }
 
 /// `vcb restore`.
@@ -342,5 +397,12 @@ pub fn restore(a: RestoreArgs) -> Result<()> {
             .transpose()?,
         ..RestoreOptions::default()
     });
-    run_restore(&mut host, &a.src, &remote, &opts, &mut Render::new(3))
+    run_restore(
+        &mut host,
+        &a.src,
+        &a.remote,
+        &remote,
+        &opts,
+        &mut Render::new(3),
+    )
 }

@@ -5,4 +5,5 @@ pub mod datastore;
 pub mod disk;
 pub mod folder;
 pub mod host;
+pub mod repo;
 pub mod vm;

@@ -24,7 +24,7 @@ struct Args {
     #[arg(short = 'a', value_name = "SPEC")]
     vm: Option<String>,
     /// Backup destination: a path, file:///path or scp://[user@]host[:port]:/path (created;
-    /// its parent must exist).
+    /// its parent must exist), or repo:REPO (a deduplicating repository).
     #[arg(short = 'r', value_name = "DEST")]
     dest: Option<String>,
     /// Backup type: fullvm (default) or file.
@@ -85,6 +85,7 @@ fn run(a: Args) -> Result<()> {
         &host,
         vm,
         dest,
+        &a.remote,
         &remote,
         &opts,
         &mut Render::new(a.tool.level),

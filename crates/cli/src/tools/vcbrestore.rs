@@ -23,7 +23,7 @@ use std::process::ExitCode;
 #[command(name = "vcbRestore", version, disable_help_flag = true)]
 struct Args {
     /// The backup: a folder, file:///path or scp://[user@]host[:port]:/path (downloaded to a
-    /// temporary folder under TEMPDIR first).
+    /// temporary folder under TEMPDIR first), or repo:REPO#POINT.
     #[arg(short = 's', value_name = "SOURCE")]
     src: String,
     /// An edited copy of the backup's catalog (datastore paths, folder, resource pool).
@@ -76,6 +76,7 @@ fn run(a: Args) -> Result<()> {
     run_restore(
         &mut host,
         &a.src,
+        &a.remote,
         &remote,
         &opts,
         &mut Render::new(a.tool.level),

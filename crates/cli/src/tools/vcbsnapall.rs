@@ -21,7 +21,7 @@ struct Args {
     #[arg(short = 'a', value_name = "SPEC")]
     spec: String,
     /// The folder that receives one backup folder per VM (must exist): a path,
-    /// file:///path or scp://[user@]host[:port]:/path.
+    /// file:///path or scp://[user@]host[:port]:/path; or repo:REPO (one point per VM).
     #[arg(short = 'r', value_name = "ROOT")]
     dest_root: String,
     /// Disk layout: 0 = 2 GB extents (default), 1 = monolithic.
@@ -60,7 +60,13 @@ fn run(a: Args) -> Result<()> {
     a.quiesce.apply(&mut opts);
     let remote = a.remote.options(&conf);
     let mut render = Render::new(a.tool.level);
-    let items = backup::backup_group_to(&host, &a.spec, &a.dest_root, &remote, &opts, &mut render)?;
+    let items = match crate::cmd::backup::repo_spec(&a.dest_root) {
+        Some(spec) => {
+            let repo = crate::cmd::repo::access::RepoAccess::new(spec, &a.remote).open()?;
+            backup::backup_group_to_repo(&host, &a.spec, &repo, &opts, &mut render)?
+        }
+        None => backup::backup_group_to(&host, &a.spec, &a.dest_root, &remote, &opts, &mut render)?,
+    };
     let failed: Vec<_> = items.iter().filter(|i| i.result.is_err()).collect();
     if items.is_empty() {
         render.line(format!("No VM matches {}", a.spec));

@@ -204,10 +204,17 @@ mod tests {
 
     #[test]
     fn object_names_stay_inside() {
-        for good in ["config", "chunks/ab/abcdef", "points/0a1b/2c3d-4e", "keys/k1"] {
+        for good in [
+            "config",
+            "chunks/ab/abcdef",
+            "points/0a1b/2c3d-4e",
+            "keys/k1",
+        ] {
             check_name(good).unwrap();
         }
-        for bad in ["", "../x", "a//b", "/abs", "a/./b", "a/..", ".hidden", "a b", "a\\b"] {
+        for bad in [
+            "", "../x", "a//b", "/abs", "a/./b", "a/..", ".hidden", "a b", "a\\b",
+        ] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
     }

@@ -129,9 +129,8 @@ impl S3 {
     fn fail(&self, op: &'static str, name: &str, e: &object_store::Error) -> Error {
         let kind = match e {
             object_store::Error::NotFound { .. } => BackendKind::NotFound,
-            object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
-                BackendKind::AlreadyExists
-            }
+            object_store::Error::AlreadyExists { .. }
+            | object_store::Error::Precondition { .. } => BackendKind::AlreadyExists,
             object_store::Error::PermissionDenied { .. }
             | object_store::Error::Unauthenticated { .. } => BackendKind::PermissionDenied,
             _ => BackendKind::Other,

@@ -30,12 +30,12 @@ impl SftpBackend {
     /// # Errors
     /// [`Error::InvalidArgument`] for a bad URL; connection and authentication errors.
     pub fn connect(spec: &str, opts: &sftp::ConnectOptions) -> Result<SftpBackend> {
-        let url = sftp::RemoteUrl::parse(spec).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let url =
+            sftp::RemoteUrl::parse(spec).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let mut opts = opts.clone();
         opts.max_dir_entries = opts.max_dir_entries.max(MAX_FOLDER_ENTRIES);
-        let session = sftp::connect(&url, &opts).map_err(|e| {
-            err(spec, "connect", "", BackendKind::Other, e.to_string())
-        })?;
+        let session = sftp::connect(&url, &opts)
+            .map_err(|e| err(spec, "connect", "", BackendKind::Other, e.to_string()))?;
         Ok(SftpBackend {
             session,
             url,
@@ -216,10 +216,12 @@ impl Backend for SftpBackend {
             self.make_dirs(&root)
                 .map_err(|e| self.fail("create folder", "", &e))?;
         }
-        let mut subs: Vec<String> = ["keys", "points", "indexes", "sessions", "locks", "verify", "chunks"]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
+        let mut subs: Vec<String> = [
+            "keys", "points", "indexes", "sessions", "locks", "verify", "chunks",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
         subs.extend((0..=255u8).map(|i| format!("chunks/{i:02x}")));
         for sub in subs {
             let dir = self.url.join(&sub);

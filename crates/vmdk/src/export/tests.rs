@@ -2,6 +2,7 @@
 //! with the source says identical, `qemu-img check` finds nothing.
 
 use super::*;
+use crate::disk::Disk;
 use crate::sparse::tests::pattern;
 use std::fs::File;
 use std::os::unix::fs::FileExt;

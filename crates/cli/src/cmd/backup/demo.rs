@@ -23,7 +23,7 @@ pub struct DemoArgs {
 
 /// Marks a folder as made by `vcb demo`, so a rerun may replace it.
 const MARKER: &str = ".vcb-demo";
-const VM: &str = "demo-vm";
+pub(super) const VM: &str = "demo-vm";
 const DISK_BYTES: u64 = 64 << 20;
 /// Recognisable blocks are written every this many bytes.
 const STRIDE: u64 = 4 << 20;
@@ -67,6 +67,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         &host,
         &format!("name:{VM}"),
         &dest.display().to_string(),
+        &super::RemoteArgs::default(),
         &backup::RemoteOptions::default(),
         &opts,
         &mut render,
@@ -88,6 +89,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
     run_restore(
         &mut host,
         &dest.display().to_string(),
+        &super::RemoteArgs::default(),
         &backup::RemoteOptions::default(),
         &ropts,
         &mut render,
@@ -103,6 +105,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         "the restored disk does not start with the content written before the backup"
     );
     println!("5. Verified: the restored disk equals the backup byte for byte ({} MiB) and holds the content from before the change", DISK_BYTES >> 20);
+    let repo_dir = super::demo_repo::run(&mut host, &root, vm.moref, &disk, &mut render)?;
     println!();
     println!("Where things are:");
     println!("  host           {}", root.display());
@@ -112,6 +115,11 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         dest.display()
     );
     println!("  alt. catalog   {}", alt.display());
+    println!(
+        "  repository     {}  (passphrase in {})",
+        repo_dir.display(),
+        root.join(super::demo_repo::PASSPHRASE_FILE).display()
+    );
     println!(
         "  restored VM    {}",
         restored.parent().unwrap_or(&ds2).display()
@@ -172,7 +180,7 @@ fn read_head(disk: &Path) -> Result<Vec<u8>> {
 }
 
 /// Whether two disks read the same, byte for byte.
-fn compare(a: &Path, b: &Path) -> Result<bool> {
+pub(super) fn compare(a: &Path, b: &Path) -> Result<bool> {
     let mut da = vmdk::Disk::open(a, &vmdk::OpenOptions::read_only())?;
     let mut db = vmdk::Disk::open(b, &vmdk::OpenOptions::read_only())?;
     if da.capacity() != db.capacity() {
@@ -197,8 +205,19 @@ fn compare(a: &Path, b: &Path) -> Result<bool> {
 /// VM folder, folder /Restored, pool /Demo.
 fn write_alternate_catalog(original: &Path, alt: &Path) -> Result<()> {
     let bytes = std::fs::read(original).with_context(|| format!("read {}", original.display()))?;
-    let mut c = backup::restore::parse_catalog(&bytes, original)?;
-    let folder = vmx::DatastorePath::new("datastore2", &format!("{VM}-restored/"))?;
+    relocated_catalog(&bytes, original, &format!("{VM}-restored"), alt)
+}
+
+/// `catalog` (read from `origin`) moved to `[datastore2] <folder>/`, folder /Restored,
+/// pool /Demo, written to `alt`.
+pub(super) fn relocated_catalog(
+    catalog: &[u8],
+    origin: &Path,
+    folder: &str,
+    alt: &Path,
+) -> Result<()> {
+    let mut c = backup::restore::parse_catalog(catalog, origin)?;
+    let folder = vmx::DatastorePath::new("datastore2", &format!("{folder}/"))?;
     c.config_vmx = Some(folder.join(&format!("{VM}.vmx"))?);
     c.config_suspend_dir = Some(folder.clone());
     c.config_log_dir = Some(folder.clone());

@@ -90,6 +90,18 @@ impl Observer for Render {
                     device.display()
                 )
             }
+            Event::Stored {
+                location,
+                point,
+                stats,
+            } => format!(
+                "Stored point {point} in {location}: {} new chunks ({} new, {} stored), {} reused chunks ({})",
+                stats.new_chunks,
+                human_bytes(stats.new_bytes),
+                human_bytes(stats.stored_bytes),
+                stats.reused_chunks,
+                human_bytes(stats.reused_bytes)
+            ),
             other => format!("{other:?}"),
         };
         println!("{text}");
@@ -106,6 +118,17 @@ impl Observer for Render {
             Box::new(Stars::default())
         };
         Box::new(crate::signals::Cancellable { inner })
+    }
+
+    fn storing(&mut self, name: &str) -> Box<dyn repo::StoreProgress + '_> {
+        let message = format!("Storing \"{name}\":");
+        if self.level == 0 {
+            return Box::new(());
+        }
+        Box::new(crate::output::StoreBar::new(
+            message,
+            std::io::stderr().is_terminal(),
+        ))
     }
 
     fn cancelled(&self) -> bool {
