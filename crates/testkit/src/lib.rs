@@ -1,5 +1,7 @@
 //! Test helpers shared by the workspace's tests (a dev-dependency only): checks for
-//! external tools ([`tools`]) and a real OpenSSH server per test ([`sshd`]).
+//! external tools ([`tools`]), a real OpenSSH server per test ([`sshd`]) and a real
+//! SeaweedFS cluster per test ([`seaweed`]).
 
+pub mod seaweed;
 pub mod sshd;
 pub mod tools;
