@@ -93,6 +93,7 @@ fn copy_point(
     }
     w.finish(PointInfo {
         time: p.time,
+        written_ns: Some(p.written_ns),
         host: p.host.clone(),
         quiesced: p.quiesced,
         power_state: p.power_state.clone(),

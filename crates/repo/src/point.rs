@@ -96,6 +96,10 @@ pub struct Point {
     pub vm: VmInfo,
     /// When the backup snapshot was taken (seconds since the Unix epoch).
     pub time: u64,
+    /// When the point was written (nanoseconds since the Unix epoch): orders points of
+    /// the same second.
+    #[serde(default)]
+    pub written_ns: u64,
     /// The host the VM ran on (the catalog's).
     #[serde(default)]
     pub host: Option<String>,
@@ -131,6 +135,11 @@ impl Point {
     /// This point's object name.
     pub fn name(&self) -> String {
         Point::object_name(&self.group, &self.id)
+    }
+
+    /// The key points are ordered by (oldest first).
+    pub fn order_key(&self) -> (u64, u64, &str) {
+        (self.time, self.written_ns, &self.id)
     }
 
     /// Every chunk id the point uses (files and disks' indexes are separate: see

@@ -64,7 +64,7 @@ pub struct Decision {
 /// first.
 pub fn decide(points: &[Point], policy: &KeepPolicy) -> Vec<Decision> {
     let mut sorted: Vec<&Point> = points.iter().collect();
-    sorted.sort_by(|a, b| (b.time, &b.id).cmp(&(a.time, &a.id)));
+    sorted.sort_by(|a, b| b.order_key().cmp(&a.order_key()));
     let mut out: Vec<Decision> = sorted
         .iter()
         .map(|p| Decision {
@@ -220,6 +220,7 @@ mod tests {
                 uuid: None,
             },
             time,
+            written_ns: 0,
             host: None,
             hostname: String::new(),
             quiesced: false,

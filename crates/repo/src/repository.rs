@@ -464,7 +464,7 @@ impl Repository {
                 Err(e) => bad.push(e),
             }
         }
-        points.sort_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)));
+        points.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
         Ok((points, bad))
     }
 

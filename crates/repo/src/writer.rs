@@ -56,6 +56,8 @@ pub struct Advance {
 pub struct PointInfo {
     /// When the snapshot was taken.
     pub time: u64,
+    /// The write time to record (copies keep their source's); `None`: now.
+    pub written_ns: Option<u64>,
     /// The VM's host.
     pub host: Option<String>,
     /// Whether the guest was quiesced.
@@ -521,6 +523,11 @@ impl BackupWriter {
             group: self.group.clone(),
             vm: self.vm.clone(),
             time: info.time,
+            written_ns: info.written_ns.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            }),
             host: info.host,
             hostname: crate::hostname(),
             quiesced: info.quiesced,
@@ -561,11 +568,7 @@ fn latest_of_group(repo: &Repository, group: &str) -> Result<Option<Point>> {
     let mut best: Option<Point> = None;
     for name in names {
         match repo.load_point(&name) {
-            Ok(p)
-                if best
-                    .as_ref()
-                    .is_none_or(|b| (p.time, &p.id) > (b.time, &b.id)) =>
-            {
+            Ok(p) if best.as_ref().is_none_or(|b| p.order_key() > b.order_key()) => {
                 best = Some(p);
             }
             Ok(_) | Err(Error::Missing { .. }) => {}

@@ -40,6 +40,7 @@ fn vm(name: &str) -> VmInfo {
 fn info(time: u64) -> PointInfo {
     PointInfo {
         time,
+        written_ns: None,
         host: Some("esx1".into()),
         quiesced: false,
         power_state: "poweredOff".into(),

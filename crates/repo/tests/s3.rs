@@ -28,6 +28,7 @@ fn s3(c: &Cluster, prefix: &str) -> S3 {
 fn info() -> PointInfo {
     PointInfo {
         time: 1,
+        written_ns: None,
         host: None,
         quiesced: false,
         power_state: "poweredOff".into(),

@@ -277,6 +277,7 @@ impl Sink for RepoSink<'_> {
             .to_string();
         let point = writer.finish(repo::PointInfo {
             time: catalog.timestamp_unix_secs.unwrap_or_default(),
+            written_ns: None,
             host: catalog.host.clone(),
             quiesced: catalog.quiesced.unwrap_or(false),
             power_state: catalog.state.as_str().to_owned(),

@@ -72,7 +72,11 @@ impl Env {
 
     pub fn command(&self, tool: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin(tool));
-        cmd.args(args).arg("--root").arg(&self.root);
+        cmd.args(args);
+        // Repository commands take no host.
+        if !(tool == "vcb" && args.first() == Some(&"repo")) {
+            cmd.arg("--root").arg(&self.root);
+        }
         cmd.env_remove("VCB_ROOT")
             .env("VCB_CONF", "")
             .stdin(std::process::Stdio::null());

@@ -1,0 +1,13 @@
+//! Issue 11: the deduplicating repository through the real tools, on a local folder, a
+//! real OpenSSH server and a real SeaweedFS cluster.
+
+#[path = "backup_e2e/util.rs"]
+#[allow(dead_code)]
+mod util;
+
+#[path = "repo_e2e/store.rs"]
+#[allow(dead_code)]
+mod store;
+
+#[path = "repo_e2e/roundtrip.rs"]
+mod roundtrip;
