@@ -11,3 +11,10 @@ mod store;
 
 #[path = "repo_e2e/roundtrip.rs"]
 mod roundtrip;
+
+#[path = "repo_e2e/cli.rs"]
+mod cli;
+#[path = "repo_e2e/damage.rs"]
+mod damage;
+#[path = "repo_e2e/dedup.rs"]
+mod dedup;

@@ -475,7 +475,7 @@ impl Repository {
     /// # Errors
     /// [`Error::PointNotFound`], [`Error::AmbiguousPoint`], reading errors.
     pub fn find_point(&self, spec: &str) -> Result<Point> {
-        let (points, _) = self.points()?;
+        let (points, bad) = self.points()?;
         let not_found = || Error::PointNotFound {
             location: self.location(),
             spec: spec.to_owned(),
@@ -483,6 +483,15 @@ impl Repository {
         let is_hex = spec.len() >= 4 && spec.bytes().all(|b| b.is_ascii_hexdigit());
         if is_hex {
             let by_id: Vec<&Point> = points.iter().filter(|p| p.id.starts_with(spec)).collect();
+            // A point that matches but cannot be read: say why, not "no such point".
+            if by_id.is_empty() {
+                if let Some(e) = bad
+                    .into_iter()
+                    .find(|e| damaged_point_id(e).is_some_and(|id| id.starts_with(spec)))
+                {
+                    return Err(e);
+                }
+            }
             match by_id.len() {
                 1 => return Ok(by_id[0].clone()),
                 0 => {}
@@ -586,6 +595,17 @@ impl Repository {
             ))
         })?;
         Ok(crate::keys::paper_key(master, &self.config.id))
+    }
+}
+
+/// The point id a point-reading error is about.
+fn damaged_point_id(e: &Error) -> Option<&str> {
+    match e {
+        Error::Corrupt { object, .. } | Error::Missing { object, .. } => {
+            object.strip_prefix("points/")?.rsplit('/').next()
+        }
+        Error::UnknownVersion { location, .. } => location.rsplit('/').next(),
+        _ => None,
     }
 }
 
