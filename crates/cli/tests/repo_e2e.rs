@@ -14,6 +14,8 @@ mod roundtrip;
 
 #[path = "repo_e2e/cli.rs"]
 mod cli;
+#[path = "repo_e2e/concurrency.rs"]
+mod concurrency;
 #[path = "repo_e2e/damage.rs"]
 mod damage;
 #[path = "repo_e2e/dedup.rs"]

@@ -283,3 +283,51 @@ fn init_refuses_a_used_location() {
     let e = Repository::init(b, &InitOptions::default()).unwrap_err();
     assert!(e.to_string().contains("refusing"), "{e}");
 }
+
+#[test]
+fn concurrent_writers_and_collector_lose_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let r = init(&t.path().join("r"), Some("pw"));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut removed = 0u64;
+    std::thread::scope(|s| {
+        let writers: Vec<_> = (0..4u8)
+            .map(|w| {
+                let r = &r;
+                s.spawn(move || {
+                    // Writers share half their content: chunks come and go under the
+                    // collector while others rely on them.
+                    let mut disk = MemDisk::new(8, 1);
+                    for round in 0..8u64 {
+                        let at = ((u64::from(w) * 7 + round * 3) % 4) as usize * MIB;
+                        disk.data[at + 17] = disk.data[at + 17].wrapping_add(w + 1);
+                        backup(r, &format!("w{w}"), &mut disk, 1000 + round);
+                    }
+                })
+            })
+            .collect();
+        while !writers.iter().all(|w| w.is_finished()) {
+            let policy = prune::KeepPolicy {
+                last: Some(2),
+                ..Default::default()
+            };
+            prune::prune(&r, None, &policy, false, &mut ()).unwrap();
+            let g = gc::gc(&r, &gc::GcOptions { grace: std::time::Duration::ZERO, dry_run: false }, &mut ()).unwrap();
+            removed += g.removed_objects;
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    assert!(removed > 0, "the collector never removed anything beside the writers");
+    let c = check::check(&r, &mut ()).unwrap();
+    assert!(c.ok(), "{c:?}");
+    let (points, bad) = r.points().unwrap();
+    assert!(bad.is_empty());
+    let v = verify::verify(&r, &points, &Default::default(), &mut ()).unwrap();
+    assert!(v.ok(), "{v:?}");
+    for p in &points {
+        assert_eq!(read_back(&r, p).len(), 8 * MIB);
+    }
+}
