@@ -15,3 +15,5 @@ mod util;
 mod harness;
 #[path = "kill_sweep/ops.rs"]
 mod ops;
+#[path = "kill_sweep/repo.rs"]
+mod repo_sweep;

@@ -312,7 +312,15 @@ fn concurrent_writers_and_collector_lose_nothing() {
                 ..Default::default()
             };
             prune::prune(&r, None, &policy, false, &mut ()).unwrap();
-            let g = gc::gc(&r, &gc::GcOptions { grace: std::time::Duration::ZERO, dry_run: false }, &mut ()).unwrap();
+            let g = gc::gc(
+                &r,
+                &gc::GcOptions {
+                    grace: std::time::Duration::ZERO,
+                    dry_run: false,
+                },
+                &mut (),
+            )
+            .unwrap();
             removed += g.removed_objects;
         }
         for w in writers {
@@ -320,7 +328,10 @@ fn concurrent_writers_and_collector_lose_nothing() {
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
     });
-    assert!(removed > 0, "the collector never removed anything beside the writers");
+    assert!(
+        removed > 0,
+        "the collector never removed anything beside the writers"
+    );
     let c = check::check(&r, &mut ()).unwrap();
     assert!(c.ok(), "{c:?}");
     let (points, bad) = r.points().unwrap();

@@ -112,10 +112,7 @@ pub fn backup_vm(
     obs: &mut dyn Observer,
 ) -> Result<BackupReport> {
     let vm = host.find_vm(vm)?;
-    // A first look, to refuse a physical RDM before anything is created; the disks are
-    // planned again under the lock, after leftovers are consolidated.
-    let disks = plan_disks(host, &vm)?;
-    refuse_physical_rdm(&vm, &disks, opts)?;
+    let disks = first_look(host, &vm, opts)?;
     dest.create()?;
     // A staging folder (remote destinations) holds the converted disks until upload:
     // say up front when their full capacity might not fit.
@@ -145,8 +142,7 @@ pub fn backup_vm_to_repo(
     obs: &mut dyn Observer,
 ) -> Result<BackupReport> {
     let vm = host.find_vm(vm)?;
-    let disks = plan_disks(host, &vm)?;
-    refuse_physical_rdm(&vm, &disks, opts)?;
+    first_look(host, &vm, opts)?;
     let mut sink = sink::RepoSink::new(repo);
     let mut report = run_into(host, &vm, &mut sink, opts, obs)?;
     report.point = sink.point.take();
@@ -166,6 +162,23 @@ fn run_into(
         sink.discard(obs);
     }
     result
+}
+
+/// A first look before the lock, to refuse a physical RDM before anything is created.
+/// A chain that cannot be opened yet is no error here: a process killed in the middle of
+/// a snapshot operation leaves it for the VM lock's recovery to finish; the disks are
+/// planned again under the lock, after leftovers are consolidated.
+fn first_look(host: &host::Host, vm: &host::Vm, opts: &BackupOptions) -> Result<Vec<DiskPlan>> {
+    match plan_disks(host, vm) {
+        Ok(disks) => {
+            refuse_physical_rdm(vm, &disks, opts)?;
+            Ok(disks)
+        }
+        Err(e) => {
+            tracing::info!("{}: planned under the lock instead ({e})", vm.name());
+            Ok(Vec::new())
+        }
+    }
 }
 
 /// Classify every disk of `vm`.

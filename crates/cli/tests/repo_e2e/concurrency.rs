@@ -28,13 +28,21 @@ fn issue_11_four_backups_with_prune_and_gc_lose_nothing() {
                     for round in 0..5u8 {
                         let disk = disk_paths(env, n).remove(0);
                         write(&disk, u64::from(round) * MB, &[round + 1; 100_000]);
-                        repo.ok(env, "vcbMounter", &["-a", &format!("name:{n}"), "-r", &repo.target()]);
+                        repo.ok(
+                            env,
+                            "vcbMounter",
+                            &["-a", &format!("name:{n}"), "-r", &repo.target()],
+                        );
                     }
                 })
             })
             .collect();
         while !workers.iter().all(|w| w.is_finished()) {
-            repo.ok(&env, "vcb", &["repo", "prune", &repo.spec, "--keep-last", "1"]);
+            repo.ok(
+                &env,
+                "vcb",
+                &["repo", "prune", &repo.spec, "--keep-last", "1"],
+            );
             prunes += 1;
             let gc = repo.json(&env, "gc", &["--grace", "0s"]);
             removed += gc["removed_objects"].as_u64().unwrap();
@@ -46,7 +54,10 @@ fn issue_11_four_backups_with_prune_and_gc_lose_nothing() {
         done.store(true, std::sync::atomic::Ordering::Relaxed);
     });
     eprintln!("figure: 20 backups beside {prunes} prunes and {gcs} collections ({removed} objects removed meanwhile)");
-    assert!(gcs >= 2 && removed > 0, "the collector never ran beside the backups");
+    assert!(
+        gcs >= 2 && removed > 0,
+        "the collector never ran beside the backups"
+    );
     // One more collection with nothing running, then everything must add up.
     repo.ok(&env, "vcb", &["repo", "gc", &repo.spec, "--grace", "0s"]);
     let check = repo.json(&env, "check", &[]);
