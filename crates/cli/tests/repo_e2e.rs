@@ -9,6 +9,8 @@ mod util;
 #[allow(dead_code)]
 mod store;
 
+#[path = "repo_e2e/remote_failures.rs"]
+mod remote_failures;
 #[path = "repo_e2e/roundtrip.rs"]
 mod roundtrip;
 

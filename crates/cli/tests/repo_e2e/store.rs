@@ -32,7 +32,12 @@ impl Repo {
 
     /// A repository on a fresh OpenSSH server, or `None` (SKIP).
     pub fn sftp(env: &Env) -> Option<Repo> {
-        let srv = testkit::sshd::Server::start()?;
+        Repo::sftp_with(env, testkit::sshd::Quirks::default())
+    }
+
+    /// A repository on a fresh OpenSSH server with `quirks`, or `None` (SKIP).
+    pub fn sftp_with(env: &Env, quirks: testkit::sshd::Quirks) -> Option<Repo> {
+        let srv = testkit::sshd::Server::start_with(quirks)?;
         let home = srv.dir.path().join("home");
         std::fs::create_dir_all(home.join(".ssh")).unwrap();
         std::fs::copy(&srv.known_hosts, home.join(".ssh/known_hosts")).unwrap();
@@ -60,6 +65,19 @@ impl Repo {
         std::fs::write(&pass, "test passphrase\n").unwrap();
         vars.push(("VCB_PASSWORD_FILE".into(), pass.display().to_string()));
         Repo { spec, place, vars }
+    }
+
+    /// The cluster, for S3 repositories.
+    pub fn cluster(&mut self) -> &mut testkit::seaweed::Cluster {
+        match &mut self.place {
+            Place::S3(c) => c,
+            _ => panic!("not an S3 repository"),
+        }
+    }
+
+    /// The environment variables the tools get.
+    pub fn vars(&self) -> &[(String, String)] {
+        &self.vars
     }
 
     /// `repo:<spec>`.

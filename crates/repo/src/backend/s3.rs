@@ -135,8 +135,22 @@ impl S3 {
             | object_store::Error::Unauthenticated { .. } => BackendKind::PermissionDenied,
             _ => BackendKind::Other,
         };
-        // object_store's messages nest their causes; one line is enough here.
-        let detail = e.to_string().replace('\n', " ");
+        let full = e.to_string().replace('\n', " ");
+        // The S3 error code says what went wrong; object_store's text around it repeats
+        // the request and the server's XML.
+        let code = full
+            .split_once("<Code>")
+            .and_then(|(_, rest)| rest.split_once("</Code>"))
+            .map(|(c, _)| c.to_owned());
+        let (kind, detail) = match code.as_deref() {
+            Some("NoSuchBucket") => (BackendKind::Other, "the bucket does not exist".to_owned()),
+            Some(c @ ("SignatureDoesNotMatch" | "InvalidAccessKeyId" | "AccessDenied")) => (
+                BackendKind::PermissionDenied,
+                format!("access denied ({c}: check the endpoint and the AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY credentials)"),
+            ),
+            Some(c) => (kind, format!("{c}: {}", short(&full))),
+            None => (kind, short(&full)),
+        };
         err(&self.spec, op, name, kind, detail)
     }
 
@@ -147,6 +161,12 @@ impl S3 {
             modified: m.last_modified.into(),
         })
     }
+}
+
+/// object_store's message without the server's XML body.
+fn short(full: &str) -> String {
+    let cut = full.find("<?xml").unwrap_or(full.len());
+    full[..cut].trim_end_matches([':', ' ']).to_owned()
 }
 
 impl Backend for S3 {
