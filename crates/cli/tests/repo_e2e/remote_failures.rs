@@ -32,11 +32,17 @@ fn issue_11_a_full_sftp_server_fails_cleanly() {
         file_size_limit: Some(512 << 10),
         ..Default::default()
     };
-    let Some(repo) = Repo::sftp_with(&env, quirks) else { return };
+    let Some(repo) = Repo::sftp_with(&env, quirks) else {
+        return;
+    };
     repo.init(&env);
     env.vm("vm1", &[(4 * MB, DiskFormat::Thin)], 2);
     write(&disk_paths(&env, "vm1")[0], 0, &random(3 * MB, 5));
-    let err = repo.fails(&env, "vcbMounter", &["-a", "name:vm1", "-r", &repo.target()]);
+    let err = repo.fails(
+        &env,
+        "vcbMounter",
+        &["-a", "name:vm1", "-r", &repo.target()],
+    );
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("full") || err.contains("limit"), "{err}");
     assert!(repo.points(&env).is_empty());
@@ -52,11 +58,22 @@ fn issue_11_s3_refusals_are_one_clear_line() {
         "vcb",
         &["repo", "list", &repo.spec],
         &[
-            ("AWS_ENDPOINT_URL", &repo.vars().iter().find(|v| v.0 == "AWS_ENDPOINT_URL").unwrap().1),
+            (
+                "AWS_ENDPOINT_URL",
+                &repo
+                    .vars()
+                    .iter()
+                    .find(|v| v.0 == "AWS_ENDPOINT_URL")
+                    .unwrap()
+                    .1,
+            ),
             ("AWS_ACCESS_KEY_ID", "vcbtest"),
             ("AWS_SECRET_ACCESS_KEY", "wrong"),
             ("AWS_REGION", "us-east-1"),
-            ("VCB_PASSWORD_FILE", env.path("passphrase").to_str().unwrap()),
+            (
+                "VCB_PASSWORD_FILE",
+                env.path("passphrase").to_str().unwrap(),
+            ),
         ],
     );
     let err = text(&out.stderr);
@@ -65,14 +82,33 @@ fn issue_11_s3_refusals_are_one_clear_line() {
     assert!(err.contains("access denied"), "{err}");
     let err = repo.fails(&env, "vcb", &["repo", "list", "s3://no-such-bucket/repo"]);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("no-such-bucket") && err.contains("bucket does not exist"), "{err}");
+    assert!(
+        err.contains("no-such-bucket") && err.contains("bucket does not exist"),
+        "{err}"
+    );
 }
 
 #[test]
 fn issue_11_a_volume_server_killed_during_a_backup() {
     let env = Env::new();
-    let Some(mut repo) = Repo::s3(&env) else { return };
-    repo.ok(&env, "vcb", &["repo", "init", &repo.spec.clone(), "--kdf-memory-mib", "8", "--kdf-iterations", "1", "--chunk-size", "1048576"]);
+    let Some(mut repo) = Repo::s3(&env) else {
+        return;
+    };
+    repo.ok(
+        &env,
+        "vcb",
+        &[
+            "repo",
+            "init",
+            &repo.spec.clone(),
+            "--kdf-memory-mib",
+            "8",
+            "--kdf-iterations",
+            "1",
+            "--chunk-size",
+            "1048576",
+        ],
+    );
     env.vm("vm1", &[(48 * MB, DiskFormat::Thin)], 2);
     let data = random(40 * MB, 11);
     write(&disk_paths(&env, "vm1")[0], 0, &data);
@@ -90,7 +126,11 @@ fn issue_11_a_volume_server_killed_during_a_backup() {
     repo.cluster().kill_volume(1);
     let out = child.wait_with_output().unwrap();
     let err = text(&out.stderr);
-    eprintln!("backup beside the killed volume server: {}\n{}{err}", out.status, text(&out.stdout));
+    eprintln!(
+        "backup beside the killed volume server: {}\n{}{err}",
+        out.status,
+        text(&out.stdout)
+    );
     if out.status.success() {
         let v = repo.json(&env, "verify", &[]);
         assert_eq!(v["damage"].as_array().unwrap().len(), 0, "{v}");
@@ -100,7 +140,11 @@ fn issue_11_a_volume_server_killed_during_a_backup() {
     }
     assert_clean(&env, &repo);
     // The cluster carries on with two racks: the next backup succeeds and verifies.
-    repo.ok(&env, "vcbMounter", &["-a", "name:vm1", "-r", &repo.target()]);
+    repo.ok(
+        &env,
+        "vcbMounter",
+        &["-a", "name:vm1", "-r", &repo.target()],
+    );
     let v = repo.json(&env, "verify", &[]);
     assert_eq!(v["damage"].as_array().unwrap().len(), 0, "{v}");
     assert_clean(&env, &repo);
@@ -109,5 +153,8 @@ fn issue_11_a_volume_server_killed_during_a_backup() {
     write(&disk_paths(&env, "vm1")[0], 0, b"scribbled");
     let src = format!("{}#{id}", repo.target());
     repo.ok(&env, "vcbRestore", &["-s", &src, "-l", "overwrite"]);
-    assert_eq!(&content(&disk_paths(&env, "vm1")[0])[..data.len()], &data[..]);
+    assert_eq!(
+        &content(&disk_paths(&env, "vm1")[0])[..data.len()],
+        &data[..]
+    );
 }
