@@ -145,3 +145,10 @@ if command -v qemu-img >/dev/null; then
   rm -rf "$t"
 fi
 printf '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\nRW 8 FLAT "e0.vmdk" 0\nRW 8 FLAT "e1.vmdk" 2\n\0\0\0\0AAAAAAAA\0\0\0\0BBBBBBBBBBBB' > "$corpus/descriptor_files/flat2"
+mkdir -p "$corpus/repo_object"
+printf '\x04{"format":"vcb-repository","version":1,"id":"0011","created":0,"encryption":"aes-256-gcm","chunk_size":4194304,"compression":"zstd","zstd_level":1,"mac":"ab"}' > "$corpus/repo_object/config"
+printf '\x05vcb paper key v1\nrepository r\n0000000000000000 0000000000000000 0000000000000000 0000000000000000\n0000000000000000 0000000000000000 0000000000000000 0000000000000000\nchecksum f5a5fd42\n' > "$corpus/repo_object/paper"
+printf '\x01vcbindex\x01\x00\x00\x00\x00\x00\x01\x00\x00\x00\x03\x00\x00\x00\x00\x00\x03\x00\x00\x00\x00\x00\x00\x00\x00\x01\x02AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA' > "$corpus/repo_object/index"
+printf '\x02{"version":1,"id":"0123456789abcdef","group":"00","vm":{"name":"vm","uuid":null},"time":1,"written_ns":2,"hostname":"h","quiesced":true,"power_state":"poweredOn","catalog":"x","files":[{"name":"vm.vmx","size":1,"sha256":"00","chunks":["ab"]}],"disks":[{"node":"scsi0:0","name":"d.vmdk","capacity":1,"adapter":"lsilogic","index":"cd","data_bytes":0}]}' > "$corpus/repo_object/point"
+printf '\x03{"version":1,"id":"00","created":0,"user":"u","hostname":"h","kdf":"argon2id","kdf_params":{"memory_kib":65536,"iterations":3,"parallelism":1},"salt":"00","cipher":"aes-256-gcm","nonce":"00","wrapped":"00"}' > "$corpus/repo_object/key"
+printf '\x00vcbO\x01\x01\x00\x01(\xb5/\xfd' > "$corpus/repo_object/envelope"

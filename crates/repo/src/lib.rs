@@ -42,7 +42,7 @@ pub use keys::KdfParams;
 pub use point::{DiskEntry, FileEntry, Point, Stats, VerifyRecord, VmInfo};
 pub use reader::{BlobReader, RepoDisk};
 pub use repository::{
-    read_config, Config, InitOptions, Repository, Unlock, DEFAULT_CHUNK_SIZE, DEFAULT_ZSTD_LEVEL,
+    parse_config, read_config, Config, InitOptions, Repository, Unlock, DEFAULT_CHUNK_SIZE, DEFAULT_ZSTD_LEVEL,
     FORMAT_VERSION,
 };
 pub use writer::{Advance, BackupWriter, PointInfo, StoreProgress, WriterOptions};

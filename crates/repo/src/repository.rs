@@ -129,6 +129,15 @@ pub fn read_config(backend: &dyn Backend) -> Result<Config> {
         }
         Err(e) => return Err(e),
     };
+    parse_config(&location, &bytes)
+}
+
+/// Parse and check the bytes of a `config` object of the repository at `location`.
+///
+/// # Errors
+/// As for [`read_config`].
+pub fn parse_config(location: &str, bytes: &[u8]) -> Result<Config> {
+    let location = location.to_owned();
     if bytes.len() > 64 << 10 {
         return Err(Error::NotARepository {
             location,
@@ -136,7 +145,7 @@ pub fn read_config(backend: &dyn Backend) -> Result<Config> {
         });
     }
     let value: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| Error::NotARepository {
+        serde_json::from_slice(bytes).map_err(|e| Error::NotARepository {
             location: location.clone(),
             reason: format!("config is not JSON: {e}"),
         })?;
