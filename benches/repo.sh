@@ -62,13 +62,21 @@ with open(sys.argv[1], "r+b") as f:
 PY
 sync
 
-# measure NAME CMD... : runs CMD, records wall seconds and peak RSS (KiB) as NAME.
+# measure NAME CMD... : runs CMD, records wall seconds and peak RSS (KiB) as NAME. Every
+# command is timed until its data is durable (`sync` after it): vcb fsyncs what it stores
+# and restores (its restore swaps files in under a journal), restic and borg leave part of
+# it in the page cache.
 declare -A secs rss
 measure() {
   local name=$1; shift
   sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+  local start end
+  start=$(date +%s.%N)
   /usr/bin/time -f "%e %M" -o "$work/time" "$@" >"$work/out" 2>"$work/err" || { cat "$work/out" "$work/err" >&2; exit 1; }
-  read -r secs["$name"] rss["$name"] <"$work/time"
+  sync
+  end=$(date +%s.%N)
+  read -r _ rss["$name"] <"$work/time"
+  secs[$name]=$(echo "$end - $start" | bc -l | xargs printf "%.2f")
   echo "  $name: ${secs[$name]} s, peak RSS $((${rss[$name]} / 1024)) MiB"
 }
 change_1pct() {  # overwrite 41 random 1 MiB blocks of the data (1% of the 4 GiB disk)

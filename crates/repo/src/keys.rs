@@ -10,8 +10,7 @@
 
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -104,6 +103,12 @@ fn derive(passphrase: &[u8], salt: &[u8], p: &KdfParams) -> Result<[u8; 32]> {
     Ok(out)
 }
 
+fn kek_cipher(kek: &[u8; 32]) -> Result<LessSafeKey> {
+    UnboundKey::new(&AES_256_GCM, kek)
+        .map(LessSafeKey::new)
+        .map_err(|_| Error::InvalidArgument("key length".into()))
+}
+
 fn aad(repo_id: &str, key_id: &str) -> Vec<u8> {
     format!("vcb-key\0{repo_id}\0{key_id}").into_bytes()
 }
@@ -126,16 +131,14 @@ impl KeyFile {
         let mut nonce = [0u8; 12];
         rand::fill(&mut nonce[..]);
         let kek = derive(passphrase, &salt, &params)?;
-        let cipher = Aes256Gcm::new_from_slice(&kek)
-            .map_err(|_| Error::InvalidArgument("key length".into()))?;
+        let cipher = kek_cipher(&kek)?;
         let aad = aad(repo_id, &id);
-        let wrapped = cipher
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: &master.bytes,
-                    aad: &aad,
-                },
+        let mut wrapped = master.bytes.to_vec();
+        cipher
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&aad),
+                &mut wrapped,
             )
             .map_err(|_| Error::InvalidArgument("key wrapping failed".into()))?;
         Ok(KeyFile {
@@ -172,20 +175,18 @@ impl KeyFile {
             return Err(bad("wrong field sizes"));
         }
         let kek = derive(passphrase, &salt, &self.kdf_params)?;
-        let cipher = Aes256Gcm::new_from_slice(&kek).map_err(|_| bad("key length"))?;
+        let cipher = kek_cipher(&kek)?;
         let aad = aad(repo_id, &self.id);
-        match cipher.decrypt(
-            Nonce::from_slice(&nonce),
-            Payload {
-                msg: &wrapped,
-                aad: &aad,
-            },
-        ) {
-            Ok(plain) => {
+        let mut n = [0u8; 12];
+        n.copy_from_slice(&nonce);
+        let mut buf = wrapped;
+        match cipher.open_in_place(Nonce::assume_unique_for_key(n), Aad::from(&aad), &mut buf) {
+            Ok(plain) if plain.len() == 64 => {
                 let mut bytes = [0u8; 64];
-                bytes.copy_from_slice(&plain);
+                bytes.copy_from_slice(plain);
                 Ok(Some(MasterKey { bytes }))
             }
+            Ok(_) => Err(bad("wrong key length")),
             Err(_) => Ok(None),
         }
     }

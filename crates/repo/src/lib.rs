@@ -42,8 +42,8 @@ pub use keys::KdfParams;
 pub use point::{DiskEntry, FileEntry, Point, Stats, VerifyRecord, VmInfo};
 pub use reader::{BlobReader, RepoDisk};
 pub use repository::{
-    parse_config, read_config, Config, InitOptions, Repository, Unlock, DEFAULT_CHUNK_SIZE, DEFAULT_ZSTD_LEVEL,
-    FORMAT_VERSION,
+    parse_config, read_config, Config, InitOptions, Repository, Unlock, DEFAULT_CHUNK_SIZE,
+    DEFAULT_ZSTD_LEVEL, FORMAT_VERSION,
 };
 pub use writer::{Advance, BackupWriter, PointInfo, StoreProgress, WriterOptions};
 

@@ -14,8 +14,16 @@ use std::io::Read;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
-/// Chunks fetched ahead of the reader.
-const READ_AHEAD: usize = 4;
+/// Chunks fetched ahead of the reader (local: as many as there are cores to decrypt
+/// them; remote: enough requests in flight to hide round trips).
+fn read_ahead(repo: &Repository) -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+    if repo.backend().is_remote() {
+        (cores * 4).clamp(8, 16)
+    } else {
+        cores.clamp(2, 8)
+    }
+}
 
 /// A fetch request to the pool: entry `i`'s chunk `id`, answered on the sender.
 type Job = (usize, Id, Sender<(usize, Result<Vec<u8>>)>);
@@ -28,6 +36,8 @@ pub struct RepoDisk {
     workers: Vec<std::thread::JoinHandle<()>>,
     answers: Receiver<(usize, Result<Vec<u8>>)>,
     answer_tx: Sender<(usize, Result<Vec<u8>>)>,
+    /// Chunks fetched ahead.
+    ahead: usize,
     /// Fetches asked for and not received, and chunks received and not used yet.
     pending: VecDeque<usize>,
     ready: HashMap<usize, Result<Vec<u8>>>,
@@ -61,7 +71,8 @@ impl RepoDisk {
         let adapter = vmdk::AdapterType::parse(&entry.adapter).unwrap_or_default();
         let (jobs, job_rx) = channel::<Job>();
         let job_rx = Arc::new(Mutex::new(job_rx));
-        let workers = (0..READ_AHEAD.min(4))
+        let ahead = read_ahead(repo);
+        let workers = (0..ahead)
             .map(|_| {
                 let (rx, repo) = (Arc::clone(&job_rx), repo.clone());
                 std::thread::spawn(move || loop {
@@ -84,6 +95,7 @@ impl RepoDisk {
             workers,
             answers,
             answer_tx,
+            ahead,
             pending: VecDeque::new(),
             ready: HashMap::new(),
             current: None,
@@ -100,7 +112,7 @@ impl RepoDisk {
         let Some(jobs) = &self.jobs else { return };
         let mut j = i;
         let mut asked = 0;
-        while j < self.index.entries.len() && asked < READ_AHEAD {
+        while j < self.index.entries.len() && asked < self.ahead {
             if let Entry::Data(id) = self.index.entries[j] {
                 let known = self.pending.contains(&j)
                     || self.ready.contains_key(&j)

@@ -387,17 +387,32 @@ impl Repository {
         self.put(kind, name, &plain, mode)
     }
 
-    /// The data of chunk `id`, authenticated and checked against its id.
+    /// The data of chunk `id`, authenticated. In an encrypted repository the envelope's
+    /// tag, which binds the chunk's name, is the proof (only a holder of the key can
+    /// produce it); an unencrypted chunk's content is checked against its id.
     ///
     /// # Errors
     /// [`Error::Missing`], [`Error::Corrupt`].
     pub fn read_chunk(&self, id: &Id) -> Result<Vec<u8>> {
+        self.read_chunk_with(id, !self.crypto.encrypted())
+    }
+
+    /// [`read_chunk`](Self::read_chunk), always recomputing the id from the content
+    /// (`verify`: it also catches a writer that stored wrong data under a name).
+    ///
+    /// # Errors
+    /// As for [`read_chunk`](Self::read_chunk).
+    pub fn read_chunk_checked(&self, id: &Id) -> Result<Vec<u8>> {
+        self.read_chunk_with(id, true)
+    }
+
+    fn read_chunk_with(&self, id: &Id, check_id: bool) -> Result<Vec<u8>> {
         let name = id.chunk_name();
         let plain = self.get(Kind::Chunk, &name, "a chunk a backup point uses")?;
         if plain.len() > self.config.chunk_size as usize {
             return Err(Error::corrupt(&name, "larger than the chunk size"));
         }
-        if self.crypto.chunk_id(&plain) != *id {
+        if check_id && self.crypto.chunk_id(&plain) != *id {
             return Err(Error::corrupt(&name, "content does not match its id"));
         }
         Ok(plain)

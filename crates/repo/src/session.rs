@@ -7,9 +7,10 @@
 //! 1. A writer first creates `sessions/<sid>` naming its base point and that point's
 //!    indexes (the chunks it will reuse without asking), then keeps `sessions/<sid>.alive`
 //!    fresh from a heartbeat thread.
-//! 2. Before it relies on a chunk it did not upload and its base does not name (found with
-//!    a `stat`), it records the chunk's id in a segment `sessions/<sid>.r<n>`, and only
-//!    then checks that no collector holds `locks/gc-*`; then it stats the chunk.
+//! 2. A chunk its base does not name is looked up (`stat`). A missing one is uploaded
+//!    (younger than the session, no collector removes it). One that exists is recorded
+//!    in a segment `sessions/<sid>.r<n>` before it is relied on; then the writer checks
+//!    that no collector holds `locks/gc-*`, and stats the chunk again.
 //! 3. The collector creates its lock, then reads the sessions (their bases and segments
 //!    are roots), then the points, then lists chunks; it deletes only chunks no root or
 //!    point names that are older than every live session and older than its own start

@@ -217,7 +217,7 @@ fn read_all(
                 }
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some((id, _)) = todo.get(i) else { return };
-                let outcome = match repo.read_chunk(id) {
+                let outcome = match repo.read_chunk_checked(id) {
                     Ok(data) => Ok(data.len() as u64),
                     Err(e @ (Error::Missing { .. } | Error::Corrupt { .. })) => Err(e.to_string()),
                     Err(e) => {

@@ -195,14 +195,21 @@ impl BackupWriter {
         Ok(stored)
     }
 
-    /// Whether the repository has chunk `id`, by the protocol of [`crate::session`]: known
-    /// chunks without asking, others recorded first, then looked up.
+    /// Whether the repository has chunk `id`, by the protocol of [`crate::session`]:
+    /// known chunks without asking; others are looked up, and one that exists is
+    /// recorded in the session and looked up again (after waiting out a collector)
+    /// before it is relied on. A chunk that is missing is uploaded by the caller: being
+    /// younger than the session, no collector removes it.
     fn have(&self, id: Id) -> Result<bool> {
         if self.lock_known().contains(&id) {
             return Ok(true);
         }
+        let name = id.chunk_name();
+        if self.repo.backend().stat(&name)?.is_none() {
+            return Ok(false);
+        }
         self.session.record(&[id], &*self.cancel)?;
-        let found = self.repo.backend().stat(&id.chunk_name())?.is_some();
+        let found = self.repo.backend().stat(&name)?.is_some();
         if found {
             self.lock_known().insert(id);
         }
@@ -311,9 +318,14 @@ impl BackupWriter {
         index: &mut DiskIndex,
         progress: &mut dyn StoreProgress,
     ) -> Result<(Stats, u64)> {
-        let workers = std::thread::available_parallelism()
-            .map_or(2, std::num::NonZeroUsize::get)
-            .clamp(2, 8);
+        // Local storage is bound by the CPU; remote storage by round trips, which more
+        // requests in flight hide.
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        let workers = if self.repo.backend().is_remote() {
+            (cores * 4).clamp(8, 16)
+        } else {
+            cores.clamp(2, 8)
+        };
         let (to_workers, pieces) = sync_channel::<Piece>(workers * DEPTH);
         let pieces = Mutex::new(pieces);
         let (to_main, results) = sync_channel::<Result<Done>>(workers * DEPTH);

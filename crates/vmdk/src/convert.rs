@@ -66,8 +66,52 @@ fn convert_into_new(
             src.capacity()
         )));
     }
-    copy_data(src, progress, |offset, data| out.write_at(offset, data))?;
+    let mut writeback = Writeback::of(dst);
+    copy_data(src, progress, |offset, data| {
+        out.write_at(offset, data)?;
+        writeback.wrote(data.len());
+        Ok(())
+    })?;
     out.close()
+}
+
+/// Bytes written between two writeback starts.
+const WRITEBACK_EVERY: usize = 32 << 20;
+
+/// Starts the kernel writing a new disk's data while the copy goes on
+/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)` every [`WRITEBACK_EVERY`] bytes), so the
+/// final fsync waits for the tail only instead of the whole disk: on a disk writing
+/// 475 MB/s that is most of a 2 GiB restore's time.
+struct Writeback {
+    files: Vec<std::fs::File>,
+    pending: usize,
+}
+
+impl Writeback {
+    fn of(dst: &Path) -> Writeback {
+        let files = crate::ops::link_files(dst)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|f| std::fs::File::open(f).ok())
+            .collect();
+        Writeback { files, pending: 0 }
+    }
+
+    fn wrote(&mut self, bytes: usize) {
+        self.pending += bytes;
+        if self.pending < WRITEBACK_EVERY {
+            return;
+        }
+        self.pending = 0;
+        for f in &self.files {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a valid open descriptor; the call only schedules writeback, and a
+            // failure is harmless (close() fsyncs everything).
+            unsafe {
+                libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+            }
+        }
+    }
 }
 
 fn convert_to_stream(

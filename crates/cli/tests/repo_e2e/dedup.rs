@@ -60,7 +60,7 @@ fn issue_11_unchanged_backups_store_almost_nothing_and_clones_share_chunks() {
         s2 * 100 < s1,
         "the unchanged backup stored {s2} of {s1} bytes"
     );
-    assert_eq!(second["new_bytes"].as_u64().unwrap() < MB, true, "{second}");
+    assert!(second["new_bytes"].as_u64().unwrap() < MB, "{second}");
 
     // A clone of the template: its first backup finds every chunk already there.
     env.vm("clone", &[(24 * MB, DiskFormat::Thin)], 2);

@@ -94,6 +94,11 @@ pub trait Backend: Send + Sync {
         Ok(())
     }
 
+    /// Whether requests cross a network (more of them are then kept in flight).
+    fn is_remote(&self) -> bool {
+        true
+    }
+
     /// Whether the repository's location is empty (or does not exist yet): `init`
     /// refuses anything else.
     ///
