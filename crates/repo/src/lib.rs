@@ -21,13 +21,16 @@
 
 pub mod backend;
 pub mod check;
+mod config;
 pub mod copy;
 pub mod crypto;
 mod error;
 pub mod gc;
 pub mod index;
+mod keyring;
 pub mod keys;
 pub mod markset;
+mod pipeline;
 pub mod point;
 pub mod prune;
 pub mod reader;
@@ -37,14 +40,14 @@ pub mod verify;
 pub mod writer;
 
 pub use backend::{Backend, BackendOptions, PutMode};
+pub use config::{
+    parse_config, read_config, Config, DEFAULT_CHUNK_SIZE, DEFAULT_ZSTD_LEVEL, FORMAT_VERSION,
+};
 pub use error::{BackendKind, Error, Result};
 pub use keys::KdfParams;
 pub use point::{DiskEntry, FileEntry, Point, Stats, VerifyRecord, VmInfo};
 pub use reader::{BlobReader, RepoDisk};
-pub use repository::{
-    parse_config, read_config, Config, InitOptions, Repository, Unlock, DEFAULT_CHUNK_SIZE,
-    DEFAULT_ZSTD_LEVEL, FORMAT_VERSION,
-};
+pub use repository::{InitOptions, Repository, Unlock};
 pub use writer::{Advance, BackupWriter, PointInfo, StoreProgress, WriterOptions};
 
 /// Progress of long repository work (verify, check, gc, prune, copy), rendered by the

@@ -1,64 +1,15 @@
 //! An open repository: its config, its keys, and reading and writing its objects.
 
 use crate::backend::{Backend, PutMode};
+use crate::config::{read_config, Config, DEFAULT_CHUNK_SIZE, DEFAULT_ZSTD_LEVEL, FORMAT_VERSION};
 use crate::crypto::{Crypto, Id, Kind, MasterKey};
 use crate::error::{Error, Result};
 use crate::index::DiskIndex;
+use crate::keyring::{put_key, unlock_with};
 use crate::keys::{KdfParams, KeyFile};
 use crate::point::{Point, VerifyRecord};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::sync::Arc;
-
-/// The repository format's major version; a repository of another is refused.
-pub const FORMAT_VERSION: u32 = 1;
-
-/// Default chunk size (see `docs/repository.md` for the measurement behind it).
-pub const DEFAULT_CHUNK_SIZE: u32 = 4 << 20;
-
-/// Default zstd level (see `docs/repository.md`).
-pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
-
-/// The `config` object (plaintext JSON).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Config {
-    /// Always `vcb-repository`.
-    pub format: String,
-    /// [`FORMAT_VERSION`].
-    pub version: u32,
-    /// Random id (32 hex digits).
-    pub id: String,
-    /// When it was created.
-    pub created: u64,
-    /// `aes-256-gcm` or `none`.
-    pub encryption: String,
-    /// Chunk size in bytes.
-    pub chunk_size: u32,
-    /// `zstd`.
-    pub compression: String,
-    /// zstd level of new chunks.
-    pub zstd_level: i32,
-    /// HMAC of the fields above under the master key (encrypted repositories): a config
-    /// changed behind the keys' back is refused.
-    #[serde(default)]
-    pub mac: Option<String>,
-}
-
-impl Config {
-    fn mac_input(&self) -> Vec<u8> {
-        format!(
-            "{}\0{}\0{}\0{}\0{}\0{}\0{}\0{}",
-            self.format,
-            self.version,
-            self.id,
-            self.created,
-            self.encryption,
-            self.chunk_size,
-            self.compression,
-            self.zstd_level
-        )
-        .into_bytes()
-    }
-}
 
 /// How a new repository is made.
 #[derive(Debug, Clone)]
@@ -111,87 +62,6 @@ impl std::fmt::Debug for Repository {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Repository({})", self.backend.location())
     }
-}
-
-/// Read and check the `config` object of the repository in `backend`.
-///
-/// # Errors
-/// [`Error::NotARepository`], [`Error::UnknownVersion`], backend errors.
-pub fn read_config(backend: &dyn Backend) -> Result<Config> {
-    let location = backend.location();
-    let bytes = match backend.get("config") {
-        Ok(b) => b,
-        Err(e) if e.is_not_found() => {
-            return Err(Error::NotARepository {
-                location,
-                reason: "no config object".into(),
-            })
-        }
-        Err(e) => return Err(e),
-    };
-    parse_config(&location, &bytes)
-}
-
-/// Parse and check the bytes of a `config` object of the repository at `location`.
-///
-/// # Errors
-/// As for [`read_config`].
-pub fn parse_config(location: &str, bytes: &[u8]) -> Result<Config> {
-    let location = location.to_owned();
-    if bytes.len() > 64 << 10 {
-        return Err(Error::NotARepository {
-            location,
-            reason: "config larger than 64 KiB".into(),
-        });
-    }
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| Error::NotARepository {
-            location: location.clone(),
-            reason: format!("config is not JSON: {e}"),
-        })?;
-    if value.get("format").and_then(|v| v.as_str()) != Some("vcb-repository") {
-        return Err(Error::NotARepository {
-            location,
-            reason: "config is not a vcb repository's".into(),
-        });
-    }
-    let version = value.get("version").and_then(serde_json::Value::as_u64);
-    if version != Some(u64::from(FORMAT_VERSION)) {
-        return Err(Error::UnknownVersion {
-            location,
-            found: version
-                .and_then(|v| u32::try_from(v).ok())
-                .unwrap_or(u32::MAX),
-            supported: FORMAT_VERSION,
-        });
-    }
-    let config: Config = serde_json::from_value(value).map_err(|e| Error::NotARepository {
-        location: location.clone(),
-        reason: format!("config: {e}"),
-    })?;
-    let bad = |why: String| Error::corrupt("config", why);
-    if !config.chunk_size.is_power_of_two()
-        || !(crate::index::MIN_CHUNK..=crate::index::MAX_CHUNK).contains(&config.chunk_size)
-    {
-        return Err(bad(format!(
-            "chunk size {} out of range",
-            config.chunk_size
-        )));
-    }
-    if !matches!(config.encryption.as_str(), "aes-256-gcm" | "none") || config.compression != "zstd"
-    {
-        return Err(bad(format!(
-            "unknown encryption {:?} or compression {:?}",
-            config.encryption, config.compression
-        )));
-    }
-    if !(1..=19).contains(&config.zstd_level) {
-        return Err(bad(format!(
-            "zstd level {} out of range",
-            config.zstd_level
-        )));
-    }
-    Ok(config)
 }
 
 impl Repository {
@@ -418,6 +288,52 @@ impl Repository {
         Ok(plain)
     }
 
+    /// The chunks of `ids` the backend does not have, looked up with a few requests in
+    /// flight (a restore checks every chunk exists before it writes anything).
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub fn missing_chunks(&self, ids: &[Id]) -> Result<Vec<Id>> {
+        let threads = if self.backend.is_remote() { 16 } else { 2 };
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let missing = std::sync::Mutex::new(Vec::new());
+        let failed = std::sync::Mutex::new(None);
+        std::thread::scope(|scope| {
+            for _ in 0..threads.min(ids.len().max(1)) {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(id) = ids.get(i) else { return };
+                    match self.backend.stat(&id.chunk_name()) {
+                        Ok(Some(_)) => {}
+                        Ok(None) => missing
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push(*id),
+                        Err(e) => {
+                            failed
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .get_or_insert(e);
+                            next.store(ids.len(), std::sync::atomic::Ordering::Relaxed);
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(e) = failed
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            return Err(e);
+        }
+        let mut missing = missing
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        missing.sort();
+        Ok(missing)
+    }
+
     /// The disk index `id`.
     ///
     /// # Errors
@@ -557,69 +473,6 @@ impl Repository {
             Err(e) => Err(e),
         }
     }
-
-    /// The key files.
-    ///
-    /// # Errors
-    /// [`Error::Corrupt`] for an unreadable key file; backend errors.
-    pub fn keys(&self) -> Result<Vec<KeyFile>> {
-        list_keys(&*self.backend)
-    }
-
-    /// Add a key opening the repository with `passphrase`.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] on an unencrypted repository; backend errors.
-    pub fn add_key(&self, passphrase: &[u8], kdf: KdfParams, label: &str) -> Result<KeyFile> {
-        let master = self.crypto.master_key().ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "{}: the repository is not encrypted",
-                self.location()
-            ))
-        })?;
-        let kf = KeyFile::wrap(master, passphrase, &self.config.id, kdf, label)?;
-        put_key(&*self.backend, &kf)?;
-        Ok(kf)
-    }
-
-    /// Remove the key `id` (a unique prefix is enough); the last key cannot go.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] for an unknown id or the last key; backend errors.
-    pub fn remove_key(&self, id: &str) -> Result<KeyFile> {
-        let keys = self.keys()?;
-        let matching: Vec<&KeyFile> = keys.iter().filter(|k| k.id.starts_with(id)).collect();
-        let key = match matching.as_slice() {
-            [k] => (*k).clone(),
-            [] => return Err(Error::InvalidArgument(format!("no key {id:?}"))),
-            _ => {
-                return Err(Error::InvalidArgument(format!(
-                    "{id:?} matches several keys"
-                )))
-            }
-        };
-        if keys.len() == 1 {
-            return Err(Error::InvalidArgument(
-                "refusing to remove the repository's last key (nothing could open it again)".into(),
-            ));
-        }
-        self.backend.delete(&format!("keys/{}", key.id))?;
-        Ok(key)
-    }
-
-    /// The paper form of the master key.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] on an unencrypted repository.
-    pub fn paper_key(&self) -> Result<String> {
-        let master = self.crypto.master_key().ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "{}: the repository is not encrypted",
-                self.location()
-            ))
-        })?;
-        Ok(crate::keys::paper_key(master, &self.config.id))
-    }
 }
 
 /// The point id a point-reading error is about.
@@ -631,50 +484,4 @@ fn damaged_point_id(e: &Error) -> Option<&str> {
         Error::UnknownVersion { location, .. } => location.rsplit('/').next(),
         _ => None,
     }
-}
-
-fn put_key(backend: &dyn Backend, kf: &KeyFile) -> Result<()> {
-    let text =
-        serde_json::to_vec_pretty(kf).map_err(|e| Error::InvalidArgument(format!("key: {e}")))?;
-    backend.put(&format!("keys/{}", kf.id), &text, PutMode::Create)
-}
-
-fn list_keys(backend: &dyn Backend) -> Result<Vec<KeyFile>> {
-    let mut names = Vec::new();
-    backend.list("keys/", &mut |m| {
-        names.push(m.name);
-        Ok(())
-    })?;
-    let mut keys = Vec::new();
-    for name in names {
-        let bytes = backend.get(&name)?;
-        let kf: KeyFile = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::corrupt(&name, format!("bad key file: {e}")))?;
-        if format!("keys/{}", kf.id) != name {
-            return Err(Error::corrupt(&name, "names another key"));
-        }
-        keys.push(kf);
-    }
-    Ok(keys)
-}
-
-fn unlock_with(backend: &dyn Backend, config: &Config, passphrase: &[u8]) -> Result<MasterKey> {
-    let keys = list_keys(backend)?;
-    if keys.is_empty() {
-        return Err(Error::corrupt(
-            "keys/",
-            "the repository is encrypted but has no key",
-        ));
-    }
-    for kf in &keys {
-        match kf.unwrap_key(passphrase, &config.id) {
-            Ok(Some(m)) => return Ok(m),
-            Ok(None) => {}
-            // A damaged key must not keep the good ones from opening.
-            Err(e) => tracing::warn!("{e}"),
-        }
-    }
-    Err(Error::WrongPassphrase {
-        location: backend.location(),
-    })
 }

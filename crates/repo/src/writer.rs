@@ -19,7 +19,6 @@ use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::io::Read;
 use std::ops::ControlFlow;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Mutex;
 
 /// Progress of storing a disk or file, rendered by the caller.
@@ -81,12 +80,9 @@ pub struct WriterOptions {
     pub purpose: String,
 }
 
-/// Buffers in flight per worker between the reader and the workers.
-const DEPTH: usize = 2;
-
 /// A backup point being written.
 pub struct BackupWriter {
-    repo: Repository,
+    pub(crate) repo: Repository,
     session: Session,
     vm: VmInfo,
     group: String,
@@ -96,7 +92,7 @@ pub struct BackupWriter {
     files: Vec<FileEntry>,
     disks: Vec<DiskEntry>,
     stats: Stats,
-    cancel: Box<dyn Fn() -> bool + Send + Sync>,
+    pub(crate) cancel: Box<dyn Fn() -> bool + Send + Sync>,
 }
 
 impl std::fmt::Debug for BackupWriter {
@@ -184,7 +180,7 @@ impl BackupWriter {
 
     /// Make sure chunk `id` holding `data` is in the repository. Returns the bytes
     /// stored (0 when it was there).
-    fn store(&self, id: Id, data: &[u8]) -> Result<u64> {
+    pub(crate) fn store(&self, id: Id, data: &[u8]) -> Result<u64> {
         if self.have(id)? {
             return Ok(0);
         }
@@ -308,151 +304,6 @@ impl BackupWriter {
         self.repo
             .put(Kind::Index, &format!("indexes/{id}"), &plain, PutMode::Data)?;
         Ok(id)
-    }
-
-    /// The pipeline of [`put_disk`](Self::put_disk): returns the stats and the bytes
-    /// mapped as data.
-    fn store_pieces(
-        &self,
-        source: &mut dyn vmdk::DiskSource,
-        index: &mut DiskIndex,
-        progress: &mut dyn StoreProgress,
-    ) -> Result<(Stats, u64)> {
-        // Local storage is bound by the CPU; remote storage by round trips, which more
-        // requests in flight hide.
-        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
-        let workers = if self.repo.backend().is_remote() {
-            (cores * 4).clamp(8, 16)
-        } else {
-            cores.clamp(2, 8)
-        };
-        let (to_workers, pieces) = sync_channel::<Piece>(workers * DEPTH);
-        let pieces = Mutex::new(pieces);
-        let (to_main, results) = sync_channel::<Result<Done>>(workers * DEPTH);
-        let (recycle, spare) = std::sync::mpsc::channel::<Vec<u8>>();
-        let chunk = self.repo.config.chunk_size;
-        let ranges: Vec<(u64, u64)> = (0..index.entries.len()).map(|i| index.range(i)).collect();
-        let stop = std::sync::atomic::AtomicBool::new(false);
-        let mut stats = Stats::default();
-        let mut data_bytes = 0u64;
-        std::thread::scope(|scope| -> Result<()> {
-            let (ranges, stop_flag) = (&ranges, &stop);
-            let reader = scope
-                .spawn(move || read_pieces(source, ranges, chunk, &to_workers, &spare, stop_flag));
-            for _ in 0..workers {
-                let (pieces, to_main, recycle) = (&pieces, to_main.clone(), recycle.clone());
-                scope.spawn(move || self.work(pieces, &to_main, &recycle));
-            }
-            drop(to_main);
-            let outcome = self.collect(&results, index, progress, &mut stats);
-            // Stop the reader and drain what is in flight, whatever happened.
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            drop(results);
-            let read = reader.join().unwrap_or_else(|_| {
-                Err(Error::InvalidArgument(
-                    "the disk reader thread panicked".into(),
-                ))
-            });
-            outcome?;
-            data_bytes = read?;
-            Ok(())
-        })?;
-        Ok((stats, data_bytes))
-    }
-
-    /// Gathers the workers' results into the index, in any order.
-    fn collect(
-        &self,
-        results: &Receiver<Result<Done>>,
-        index: &mut DiskIndex,
-        progress: &mut dyn StoreProgress,
-        stats: &mut Stats,
-    ) -> Result<()> {
-        for done in results {
-            let done = done?;
-            index.entries[done.i] = done.entry;
-            let step = done.advance;
-            stats.read_bytes += step.read;
-            stats.new_bytes += step.new;
-            stats.reused_bytes += step.reused;
-            stats.stored_bytes += step.stored;
-            match done.entry {
-                Entry::Data(_) if step.new > 0 => stats.new_chunks += 1,
-                Entry::Data(_) => stats.reused_chunks += 1,
-                Entry::Zero => stats.zero_bytes += step.read,
-                Entry::Unallocated => {}
-            }
-            if progress.advance(&step).is_break() || (self.cancel)() {
-                return Err(Error::Cancelled);
-            }
-        }
-        Ok(())
-    }
-
-    /// A worker: zero test, id, store.
-    fn work(
-        &self,
-        pieces: &Mutex<Receiver<Piece>>,
-        to_main: &SyncSender<Result<Done>>,
-        recycle: &std::sync::mpsc::Sender<Vec<u8>>,
-    ) {
-        loop {
-            let piece = {
-                let rx = pieces
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                rx.recv()
-            };
-            let Ok(piece) = piece else { return };
-            let result = match piece {
-                Piece::Failed(e) => Err(e),
-                Piece::Empty { i, len, entry } => Ok(Done {
-                    i,
-                    entry,
-                    advance: Advance {
-                        covered: len,
-                        ..Advance::default()
-                    },
-                }),
-                Piece::Data { i, buf } => {
-                    let r = self.store_piece(i, &buf);
-                    let _ = recycle.send(buf);
-                    r
-                }
-            };
-            if to_main.send(result).is_err() {
-                return;
-            }
-        }
-    }
-
-    fn store_piece(&self, i: usize, buf: &[u8]) -> Result<Done> {
-        let len = buf.len() as u64;
-        let mut advance = Advance {
-            covered: len,
-            read: len,
-            ..Advance::default()
-        };
-        if vmdk::fileio::is_zero(buf) {
-            return Ok(Done {
-                i,
-                entry: Entry::Zero,
-                advance,
-            });
-        }
-        let id = self.repo.crypto.chunk_id(buf);
-        let stored = self.store(id, buf)?;
-        if stored > 0 {
-            advance.new = len;
-            advance.stored = stored;
-        } else {
-            advance.reused = len;
-        }
-        Ok(Done {
-            i,
-            entry: Entry::Data(id),
-            advance,
-        })
     }
 
     /// Copy the disk `entry` of `src`'s point into this point. When both repositories
@@ -588,94 +439,6 @@ fn latest_of_group(repo: &Repository, group: &str) -> Result<Option<Point>> {
         }
     }
     Ok(best)
-}
-
-/// What the reader hands the workers.
-enum Piece {
-    /// Entry `i` needs no reading.
-    Empty { i: usize, len: u64, entry: Entry },
-    /// Entry `i`'s bytes.
-    Data { i: usize, buf: Vec<u8> },
-    /// Reading failed.
-    Failed(Error),
-}
-
-/// What a worker hands back.
-struct Done {
-    i: usize,
-    entry: Entry,
-    advance: Advance,
-}
-
-/// The reader thread: maps each piece, reads those holding data. Returns the bytes the
-/// map showed as data.
-fn read_pieces(
-    source: &mut dyn vmdk::DiskSource,
-    ranges: &[(u64, u64)],
-    chunk: u32,
-    out: &SyncSender<Piece>,
-    spare: &Receiver<Vec<u8>>,
-    stop: &std::sync::atomic::AtomicBool,
-) -> Result<u64> {
-    let mut data_bytes = 0u64;
-    for (i, &(start, end)) in ranges.iter().enumerate() {
-        if stop.load(std::sync::atomic::Ordering::Relaxed) {
-            return Ok(data_bytes);
-        }
-        let piece = match classify(source, start, end) {
-            Ok((None, mapped)) => {
-                data_bytes += mapped;
-                let mut buf = spare
-                    .try_recv()
-                    .unwrap_or_else(|_| Vec::with_capacity(chunk as usize));
-                buf.resize((end - start) as usize, 0);
-                match source.read_at(start, &mut buf) {
-                    Ok(()) => Piece::Data { i, buf },
-                    Err(e) => Piece::Failed(e.into()),
-                }
-            }
-            Ok((Some(entry), _)) => Piece::Empty {
-                i,
-                len: end - start,
-                entry,
-            },
-            Err(e) => Piece::Failed(e),
-        };
-        let failed = matches!(piece, Piece::Failed(_));
-        if out.send(piece).is_err() || failed {
-            return Ok(data_bytes);
-        }
-    }
-    Ok(data_bytes)
-}
-
-/// What the map says of `[start, end)`: `Some(entry)` when no data is there (all
-/// unallocated, or zero), `None` when it must be read; plus the bytes mapped as data.
-fn classify(
-    source: &mut dyn vmdk::DiskSource,
-    start: u64,
-    end: u64,
-) -> Result<(Option<Entry>, u64)> {
-    let mut pos = start;
-    let mut data = 0u64;
-    let mut all_unallocated = true;
-    while pos < end {
-        let run = source.map(pos, end - pos)?;
-        if run.len == 0 {
-            break;
-        }
-        match run.state {
-            vmdk::BlockState::Data => data += run.len,
-            vmdk::BlockState::Zero => all_unallocated = false,
-            vmdk::BlockState::Unallocated => {}
-        }
-        pos += run.len;
-    }
-    Ok(match (data, all_unallocated) {
-        (0, true) => (Some(Entry::Unallocated), 0),
-        (0, false) => (Some(Entry::Zero), 0),
-        (d, _) => (None, d),
-    })
 }
 
 /// Read until `buf` is full or the end; returns the bytes read.

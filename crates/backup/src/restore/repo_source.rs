@@ -102,16 +102,16 @@ impl RepoSource {
             std::io::copy(&mut r, &mut std::io::sink())
                 .map_err(|e| Error::Repo(repo::Error::corrupt(&f.name, e.to_string())))?;
         }
-        let mut seen = std::collections::HashSet::new();
         for d in self.disks.values() {
             let index = self.repo.load_index(&d.index)?;
-            for id in index.chunk_ids() {
-                if seen.insert(id) && self.repo.backend().stat(&id.chunk_name())?.is_none() {
-                    return Err(Error::Repo(repo::Error::Missing {
-                        object: id.chunk_name(),
-                        what: format!("a chunk of disk {} of point {}", d.name, self.point.id),
-                    }));
-                }
+            let mut ids: Vec<repo::crypto::Id> = index.chunk_ids().collect();
+            ids.sort();
+            ids.dedup();
+            if let Some(id) = self.repo.missing_chunks(&ids)?.first() {
+                return Err(Error::Repo(repo::Error::Missing {
+                    object: id.chunk_name(),
+                    what: format!("a chunk of disk {} of point {}", d.name, self.point.id),
+                }));
             }
         }
         Ok(())
