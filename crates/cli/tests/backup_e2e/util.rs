@@ -267,3 +267,17 @@ pub fn registered(env: &Env, vmx: &str) -> host::Vm {
         .find(|v| v.vmx.to_string() == vmx)
         .unwrap_or_else(|| panic!("{vmx} is not registered"))
 }
+
+/// `len` pseudo-random bytes from `seed` (xorshift: incompressible, the same every run).
+#[allow(dead_code)] // used by the repository and kill-sweep tests, not by backup_e2e
+pub fn random_bytes(len: u64, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

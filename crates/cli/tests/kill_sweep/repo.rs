@@ -102,15 +102,7 @@ fn issue_11_backup_into_a_repository_survives_kill_9() {
     let env = template(1);
     // New random data: the killed backups upload chunks the next one can reuse.
     let disk = disk_paths(&env, "vm1").remove(0);
-    let mut x = 99u64;
-    let data: Vec<u8> = (0..3 * MB)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let data = crate::util::random_bytes(3 * MB, 99);
     write(&disk, 0, &data);
     let reuse_checked = std::cell::Cell::new(0);
     let (kills, _) = sweep(

@@ -120,15 +120,7 @@ fn issue_11_a_full_local_disk_fails_cleanly() {
     env.vm("vm1", &[(8 * MB, DiskFormat::Thin)], 3);
     let disk = disk_paths(&env, "vm1").remove(0);
     // Random data: it does not compress, so it cannot fit.
-    let mut x = 7u64;
-    let data: Vec<u8> = (0..6 * MB)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let data = crate::util::random_bytes(6 * MB, 7);
     write(&disk, 0, &data);
     let err = repo.fails(
         &env,

@@ -8,18 +8,6 @@ use vmdk::DiskFormat;
 
 const MB: u64 = 1 << 20;
 
-fn random(len: u64, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn assert_clean(env: &Env, repo: &Repo) {
     let check = repo.json(env, "check", &[]);
     assert_eq!(check["problems"].as_array().unwrap().len(), 0, "{check}");
@@ -37,7 +25,7 @@ fn issue_11_a_full_sftp_server_fails_cleanly() {
     };
     repo.init(&env);
     env.vm("vm1", &[(4 * MB, DiskFormat::Thin)], 2);
-    write(&disk_paths(&env, "vm1")[0], 0, &random(3 * MB, 5));
+    write(&disk_paths(&env, "vm1")[0], 0, &random_bytes(3 * MB, 5));
     let err = repo.fails(
         &env,
         "vcbMounter",
@@ -110,7 +98,7 @@ fn issue_11_a_volume_server_killed_during_a_backup() {
         ],
     );
     env.vm("vm1", &[(48 * MB, DiskFormat::Thin)], 2);
-    let data = random(40 * MB, 11);
+    let data = random_bytes(40 * MB, 11);
     write(&disk_paths(&env, "vm1")[0], 0, &data);
     let mut cmd = env.command("vcbMounter", &["-a", "name:vm1", "-r", &repo.target()]);
     for (k, v) in repo.vars() {

@@ -37,16 +37,12 @@ pub(super) fn run(
     );
     let opts = backup_options(ExportFormat::Split2Gb, false, &ToolConf::default());
     let target = format!("repo:{spec}");
+    let backup_once = |host: &host::Host, render: &mut Render| {
+        let local = backup::RemoteOptions::default();
+        run_backup(host, &who, &target, &remote, &local, &opts, render)
+    };
     println!("7. First backup into the repository (vcbMounter -a {who} -r {target}):");
-    run_backup(
-        host,
-        &who,
-        &target,
-        &remote,
-        &backup::RemoteOptions::default(),
-        &opts,
-        render,
-    )?;
+    backup_once(host, render)?;
     let first = repo.find_point(VM)?;
     let before = snapshot_copy(disk, root)?;
     let mut d = vmdk::Disk::open(disk, &vmdk::OpenOptions::writable())?;
@@ -56,15 +52,7 @@ pub(super) fn run(
     )?;
     d.close()?;
     println!("8. Changed 1 block of the disk and backed up again: only that chunk is new:");
-    run_backup(
-        host,
-        &who,
-        &target,
-        &remote,
-        &backup::RemoteOptions::default(),
-        &opts,
-        render,
-    )?;
+    backup_once(host, render)?;
     let second = repo.find_point(VM)?;
     ensure!(
         second.stats.new_bytes <= (4 << 20) + (64 << 10),
