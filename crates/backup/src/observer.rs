@@ -18,6 +18,11 @@ pub enum Event {
         /// `pre-freeze` or `post-thaw`.
         stage: &'static str,
     },
+    /// What changed-block tracking lets the backup skip, or why it reads everything.
+    ChangeTracking {
+        /// One line.
+        text: String,
+    },
     /// A leftover backup snapshot of an interrupted run was committed first.
     Consolidated {
         /// The VM's display name.

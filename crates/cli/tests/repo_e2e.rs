@@ -22,3 +22,5 @@ mod concurrency;
 mod damage;
 #[path = "repo_e2e/dedup.rs"]
 mod dedup;
+#[path = "repo_e2e/tracking.rs"]
+mod tracking;

@@ -48,7 +48,7 @@ pub use keys::KdfParams;
 pub use point::{DiskEntry, FileEntry, Point, Stats, VerifyRecord, VmInfo};
 pub use reader::{BlobReader, RepoDisk};
 pub use repository::{InitOptions, Repository, Unlock};
-pub use writer::{Advance, BackupWriter, PointInfo, StoreProgress, WriterOptions};
+pub use writer::{Advance, BackupWriter, DiskChanges, PointInfo, StoreProgress, WriterOptions};
 
 /// Progress of long repository work (verify, check, gc, prune, copy), rendered by the
 /// caller: named phases, each with an optional total, and counts.

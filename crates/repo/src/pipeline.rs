@@ -19,6 +19,7 @@ impl BackupWriter {
         &self,
         source: &mut dyn vmdk::DiskSource,
         index: &mut DiskIndex,
+        kept: Option<Vec<Option<Entry>>>,
         progress: &mut dyn StoreProgress,
     ) -> Result<(Stats, u64)> {
         // Local storage is bound by the CPU; remote storage by round trips, which more
@@ -39,9 +40,15 @@ impl BackupWriter {
         let mut stats = Stats::default();
         let mut data_bytes = 0u64;
         std::thread::scope(|scope| -> Result<()> {
-            let (ranges, stop_flag) = (&ranges, &stop);
-            let reader = scope
-                .spawn(move || read_pieces(source, ranges, chunk, &to_workers, &spare, stop_flag));
+            let (ranges, stop_flag, kept) = (&ranges, &stop, kept.as_deref());
+            let reader = scope.spawn(move || {
+                let plan = ReadPlan {
+                    ranges,
+                    kept,
+                    chunk,
+                };
+                read_pieces(source, &plan, &to_workers, &spare, stop_flag)
+            });
             for _ in 0..workers {
                 let (pieces, to_main, recycle) = (&pieces, to_main.clone(), recycle.clone());
                 scope.spawn(move || self.work(pieces, &to_main, &recycle));
@@ -114,6 +121,12 @@ impl BackupWriter {
                     entry,
                     advance: Advance {
                         covered: len,
+                        // A chunk taken over unread from the base point.
+                        reused: if matches!(entry, Entry::Data(_)) {
+                            len
+                        } else {
+                            0
+                        },
                         ..Advance::default()
                     },
                 }),
@@ -176,20 +189,44 @@ struct Done {
     advance: Advance,
 }
 
+/// What the reader reads: each chunk's range, and the chunks taken over from the base
+/// point unread (changed-block tracking says they did not change).
+struct ReadPlan<'a> {
+    ranges: &'a [(u64, u64)],
+    kept: Option<&'a [Option<Entry>]>,
+    chunk: u32,
+}
+
 /// The reader thread: maps each piece, reads those holding data. Returns the bytes the
 /// map showed as data.
 fn read_pieces(
     source: &mut dyn vmdk::DiskSource,
-    ranges: &[(u64, u64)],
-    chunk: u32,
+    plan: &ReadPlan<'_>,
     out: &SyncSender<Piece>,
     spare: &Receiver<Vec<u8>>,
     stop: &std::sync::atomic::AtomicBool,
 ) -> Result<u64> {
     let mut data_bytes = 0u64;
-    for (i, &(start, end)) in ranges.iter().enumerate() {
+    let chunk = plan.chunk;
+    for (i, &(start, end)) in plan.ranges.iter().enumerate() {
         if stop.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(data_bytes);
+        }
+        if let Some(entry) = plan.kept.and_then(|k| k.get(i).copied().flatten()) {
+            if matches!(entry, Entry::Data(_)) {
+                data_bytes += end - start;
+            }
+            if out
+                .send(Piece::Empty {
+                    i,
+                    len: end - start,
+                    entry,
+                })
+                .is_err()
+            {
+                return Ok(data_bytes);
+            }
+            continue;
         }
         let piece = match classify(source, start, end) {
             Ok((None, mapped)) => {

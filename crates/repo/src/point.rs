@@ -49,6 +49,10 @@ pub struct DiskEntry {
     pub index: String,
     /// Bytes the index maps as data (before zero detection).
     pub data_bytes: u64,
+    /// The disk's change ID (changed-block tracking) as this point holds it: the next
+    /// backup reads only what changed since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_id: Option<String>,
 }
 
 /// What a backup read and stored.

@@ -69,6 +69,16 @@ pub struct PointInfo {
     pub tool_version: String,
 }
 
+/// What change tracking says of a disk being stored.
+#[derive(Debug, Clone, Default)]
+pub struct DiskChanges {
+    /// The disk's change ID as this backup reads it (recorded in the point).
+    pub change_id: Option<String>,
+    /// The areas (offset, length) changed since the base point's change ID of the same
+    /// disk ([`BackupWriter::base_change_id`]); `None`: read everything.
+    pub changed: Option<Vec<(u64, u64)>>,
+}
+
 /// How a writer starts.
 #[derive(Debug, Clone, Default)]
 pub struct WriterOptions {
@@ -278,11 +288,38 @@ impl BackupWriter {
         source: &mut dyn vmdk::DiskSource,
         progress: &mut dyn StoreProgress,
     ) -> Result<DiskEntry> {
+        self.put_disk_tracked(node, name, source, &DiskChanges::default(), progress)
+    }
+
+    /// The change ID the base point recorded for the disk at `node`: the one to ask
+    /// change tracking about for [`put_disk_tracked`](Self::put_disk_tracked).
+    pub fn base_change_id(&self, node: &str) -> Option<&str> {
+        let base = self.base.as_ref()?;
+        let disk = base.disks.iter().find(|d| d.node == node)?;
+        disk.change_id.as_deref()
+    }
+
+    /// [`put_disk`](Self::put_disk) reading only the chunks `changes` says changed since
+    /// the base point: every other chunk is the base point's (the new point is still
+    /// complete). Without areas, or when the base point has no matching disk, all of it
+    /// is read.
+    ///
+    /// # Errors
+    /// As for [`put_disk`](Self::put_disk).
+    pub fn put_disk_tracked(
+        &mut self,
+        node: &str,
+        name: &str,
+        source: &mut dyn vmdk::DiskSource,
+        changes: &DiskChanges,
+        progress: &mut dyn StoreProgress,
+    ) -> Result<DiskEntry> {
         let capacity = source.capacity();
         let adapter = source.adapter().as_str().to_owned();
         let mut index = DiskIndex::new(capacity, self.repo.config.chunk_size);
+        let kept = self.unchanged_entries(node, &index, changes)?;
         progress.start(capacity);
-        let (stats, data_bytes) = self.store_pieces(source, &mut index, progress)?;
+        let (stats, data_bytes) = self.store_pieces(source, &mut index, kept, progress)?;
         progress.finish();
         self.stats.add(&stats);
         let entry = DiskEntry {
@@ -292,9 +329,49 @@ impl BackupWriter {
             adapter,
             index: self.store_index(&index)?,
             data_bytes,
+            change_id: changes.change_id.clone(),
         };
         self.disks.push(entry.clone());
         Ok(entry)
+    }
+
+    /// For each chunk of `index`: the base point's entry when no changed area touches
+    /// it. `None` (read everything) without areas or without a base disk of the same
+    /// node, size and chunk size.
+    fn unchanged_entries(
+        &self,
+        node: &str,
+        index: &DiskIndex,
+        changes: &DiskChanges,
+    ) -> Result<Option<Vec<Option<Entry>>>> {
+        let (Some(changed), Some(base)) = (&changes.changed, &self.base) else {
+            return Ok(None);
+        };
+        let Some(disk) = base.disks.iter().find(|d| d.node == node) else {
+            return Ok(None);
+        };
+        let base_index = self.repo.load_index(&disk.index)?;
+        if base_index.capacity != index.capacity || base_index.chunk_size != index.chunk_size {
+            return Ok(None);
+        }
+        let mut touched = vec![false; index.entries.len()];
+        let cs = u64::from(index.chunk_size);
+        for &(start, len) in changed {
+            if len == 0 || start >= index.capacity {
+                continue;
+            }
+            let last = (start + len - 1).min(index.capacity - 1) / cs;
+            for t in &mut touched[(start / cs) as usize..=last as usize] {
+                *t = true;
+            }
+        }
+        Ok(Some(
+            touched
+                .iter()
+                .zip(&base_index.entries)
+                .map(|(t, e)| (!t).then_some(*e))
+                .collect(),
+        ))
     }
 
     /// Store an index; returns its id.

@@ -29,6 +29,8 @@ pub struct Disk {
     links: Vec<Link>,
     capacity: u64,
     closed: bool,
+    /// Change tracking of the top link, looked up at the first write.
+    tracker: Option<Option<crate::ctk::Tracker>>,
 }
 
 impl Disk {
@@ -97,6 +99,7 @@ impl Disk {
             links,
             capacity,
             closed: false,
+            tracker: None,
         })
     }
 
@@ -131,6 +134,7 @@ impl Disk {
             links: vec![link],
             capacity: len,
             closed: false,
+            tracker: None,
         })
     }
 
@@ -182,6 +186,14 @@ impl Disk {
                 path: top.path.clone(),
                 reason: "disk opened read-only",
             });
+        }
+        if self.tracker.is_none() {
+            let leaf = crate::ctk::Tracker::begin(&top.path, top.descriptor.cid, self.capacity)?;
+            self.tracker = Some(leaf);
+        }
+        if let Some(Some(t)) = &mut self.tracker {
+            t.writing()?;
+            t.mark(offset, data.len() as u64);
         }
         top.renew_cid()?;
         let mut backing = ChainBacking { links: below };
@@ -254,7 +266,17 @@ impl Disk {
 
     /// Make writes durable (data before metadata, per extent).
     pub fn flush(&mut self) -> Result<()> {
-        self.links[0].flush()
+        self.links[0].flush()?;
+        self.record_changes()
+    }
+
+    /// Record this session's writes in the top link's change tracking (after the data
+    /// they describe is durable).
+    fn record_changes(&mut self) -> Result<()> {
+        if let Some(Some(t)) = &mut self.tracker {
+            t.record(self.links[0].descriptor.cid)?;
+        }
+        Ok(())
     }
 
     /// Flush and close cleanly (clears `uncleanShutdown`). Dropping without close leaves the
@@ -263,6 +285,7 @@ impl Disk {
         self.closed = true;
         if self.links[0].writable {
             self.links[0].close()?;
+            self.record_changes()?;
         }
         Ok(())
     }

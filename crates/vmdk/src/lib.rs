@@ -28,6 +28,7 @@ pub mod confine;
 mod convert;
 pub mod cowd;
 mod create;
+pub mod ctk;
 pub mod descriptor;
 mod disk;
 mod error;

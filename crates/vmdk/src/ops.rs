@@ -167,7 +167,8 @@ pub fn link_files(path: &Path) -> Result<Vec<PathBuf>> {
 /// live commit just merged while QEMU still closes it); tools check with
 /// [`refuse_busy`](crate::refuse_busy) first.
 pub fn delete(path: &Path) -> Result<()> {
-    remove_files(&link_files(path)?)
+    remove_files(&link_files(path)?)?;
+    crate::ctk::forget(path)
 }
 
 /// Rename a disk and its extent files, rewriting its descriptor. Extents whose names start
@@ -180,6 +181,8 @@ pub fn delete(path: &Path) -> Result<()> {
 /// A disk with separate extent files is renamed within its folder only.
 pub fn rename(old: &Path, new: &Path) -> Result<()> {
     crate::busy::refuse_busy(old, "rename")?;
+    // Tracking names the link it belongs to: a renamed disk starts untracked.
+    crate::ctk::forget(old)?;
     let (old_dir, old_stem) = split_name(old)?;
     let (new_dir, new_stem) = split_name(new)?;
     if new.symlink_metadata().is_ok() {

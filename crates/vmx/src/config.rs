@@ -38,6 +38,9 @@ const DISPLAY_NAME: &str = "displayName";
 const GUEST_IP: &str = "guestinfo.ip";
 const UUID_BIOS: &str = "uuid.bios";
 
+/// The .vmx key that turns changed-block tracking on for the VM.
+pub const CTK_ENABLED: &str = "ctkEnabled";
+
 impl VmConfig {
     /// Reads the typed settings of a .vmx dictionary.
     ///
@@ -155,6 +158,26 @@ impl VmConfig {
     pub fn set_uuid_bios(&mut self, uuid: Uuid) -> Result<(), Error> {
         self.dict.set(UUID_BIOS, &uuid.to_vmx_string())?;
         self.uuid_bios = Some(uuid);
+        Ok(())
+    }
+
+    /// Whether changed-block tracking is on for the disk at `node`: `ctkEnabled` and
+    /// `<node>.ctkEnabled` both TRUE, as ESX requires.
+    pub fn change_tracking(&self, node: DiskNode) -> bool {
+        let on = |key: &str| self.dict.get_bool(key).ok().flatten() == Some(true);
+        on(CTK_ENABLED) && on(&format!("{node}.ctkEnabled"))
+    }
+
+    /// Turns changed-block tracking on or off for the VM and every disk it has.
+    ///
+    /// # Errors
+    /// [`Error::LineTooLong`] (never in practice).
+    pub fn set_change_tracking(&mut self, on: bool) -> Result<(), Error> {
+        self.dict.set_bool(CTK_ENABLED, on)?;
+        let nodes: Vec<DiskNode> = self.disks.iter().map(|d| d.node).collect();
+        for node in nodes {
+            self.dict.set_bool(&format!("{node}.ctkEnabled"), on)?;
+        }
         Ok(())
     }
 

@@ -63,7 +63,6 @@ pub(super) fn export_all(
     let sources = disk_sources(created, plans, obs, warnings);
     let read = host.confined().disk_options(false);
     check_free_space(&*sink, plans, &sources, &read, obs, warnings)?;
-    sink.begin(vm, obs)?;
     let mut out = Vec::new();
     let vmx_name = file_name(&vm.vmx_path)?;
     put(

@@ -315,17 +315,19 @@ fn run(
             Err(e) => warn(obs, &mut warnings, e.to_string()),
         }
     }
-    let exported = files::export_all(
-        host,
-        vm,
-        &snapshot_view,
-        &created,
-        disks,
-        sink,
-        opts,
-        obs,
-        &mut warnings,
-    );
+    let exported = begin_tracked(&mut locked, sink, obs, &mut warnings).and_then(|()| {
+        files::export_all(
+            host,
+            vm,
+            &snapshot_view,
+            &created,
+            disks,
+            sink,
+            opts,
+            obs,
+            &mut warnings,
+        )
+    });
     // The snapshot goes whatever happened to the export.
     let remove_started = Instant::now();
     let removed = locked.remove_snapshot(created.uid, &mut ());
@@ -365,6 +367,50 @@ fn run(
         warnings,
         point: None,
     })
+}
+
+/// Starts the sink, then takes the change-tracking checkpoint of the snapshot just taken
+/// and tells the sink which areas changed since the backup it builds on. Tracking that
+/// fails only makes the backup read everything.
+fn begin_tracked(
+    locked: &mut host::LockedVm<'_>,
+    sink: &mut dyn sink::Sink,
+    obs: &mut dyn Observer,
+    warnings: &mut Vec<String>,
+) -> Result<()> {
+    sink.begin(locked.vm(), obs)?;
+    let since = |node: vmx::DiskNode| {
+        sink.base_change_id(&node.to_string())
+            .and_then(|id| id.parse::<vmdk::ctk::ChangeId>().ok())
+    };
+    let changes = match locked.tracking_checkpoint(&since) {
+        Ok(changes) => changes,
+        Err(e) => {
+            warn(
+                obs,
+                warnings,
+                format!("change tracking: {e}; reading everything"),
+            );
+            return Ok(());
+        }
+    };
+    for c in &changes {
+        let text = match (&c.changed, &c.lost) {
+            (Some(areas), _) => format!(
+                "changed-block tracking: reading {} changed areas ({} MiB) of {}",
+                areas.len(),
+                areas.iter().map(|a| a.1).sum::<u64>().div_ceil(1 << 20),
+                c.node
+            ),
+            (None, Some(why)) => {
+                format!("changed-block tracking: reading all of {} ({why})", c.node)
+            }
+            (None, None) => continue,
+        };
+        obs.event(&Event::ChangeTracking { text });
+    }
+    sink.set_changes(&changes);
+    Ok(())
 }
 
 /// Commit what an interrupted backup left: its snapshot, and redo logs no snapshot owns.

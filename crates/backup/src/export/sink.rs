@@ -26,6 +26,15 @@ pub(crate) trait Sink {
         Ok(())
     }
 
+    /// The change ID the backup this one builds on recorded for the disk at `node`
+    /// (changed-block tracking); `None`: nothing to build on, read everything.
+    fn base_change_id(&self, _node: &str) -> Option<String> {
+        None
+    }
+
+    /// What change tracking answered for each disk, before the disks are saved.
+    fn set_changes(&mut self, _changes: &[host::snapshot::DiskChanges]) {}
+
     /// Refuse early when `needed_bytes` of disk data cannot fit; `Some(note)` to warn.
     fn check_space(&self, _needed_bytes: u64) -> Result<Option<String>> {
         Ok(None)
@@ -179,6 +188,8 @@ fn private(path: &Path) -> Result<()> {
 pub(crate) struct RepoSink<'r> {
     repo: &'r repo::Repository,
     writer: Option<repo::BackupWriter>,
+    /// Change tracking's answer per disk node.
+    changes: std::collections::HashMap<String, repo::DiskChanges>,
     cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
     pub(crate) point: Option<repo::Point>,
 }
@@ -188,6 +199,7 @@ impl<'r> RepoSink<'r> {
         RepoSink {
             repo,
             writer: None,
+            changes: std::collections::HashMap::new(),
             cancel: std::sync::Arc::default(),
             point: None,
         }
@@ -224,6 +236,23 @@ impl Sink for RepoSink<'_> {
         Ok(())
     }
 
+    fn base_change_id(&self, node: &str) -> Option<String> {
+        self.writer
+            .as_ref()?
+            .base_change_id(node)
+            .map(str::to_owned)
+    }
+
+    fn set_changes(&mut self, changes: &[host::snapshot::DiskChanges]) {
+        for c in changes {
+            let entry = repo::DiskChanges {
+                change_id: c.change_id.map(|id| id.to_string()),
+                changed: c.changed.clone(),
+            };
+            self.changes.insert(c.node.to_string(), entry);
+        }
+    }
+
     fn put_file(&mut self, name: &str, data: &mut dyn Read) -> Result<CatalogFile> {
         let entry = self.writer()?.put_file(name, data)?;
         let mut sha256 = [0u8; 32];
@@ -248,13 +277,14 @@ impl Sink for RepoSink<'_> {
         let name = plan.backup_name();
         let node = plan.node.to_string();
         let cancel = std::sync::Arc::clone(&self.cancel);
+        let changes = self.changes.get(&node).cloned().unwrap_or_default();
         let writer = self.writer()?;
         let mut progress = obs.storing(&name);
         let mut watch = Watch {
             inner: &mut *progress,
             cancel: &cancel,
         };
-        let stored = writer.put_disk(&node, &name, &mut disk, &mut watch);
+        let stored = writer.put_disk_tracked(&node, &name, &mut disk, &changes, &mut watch);
         drop(progress);
         match stored {
             Err(repo::Error::Cancelled) => Err(Error::Cancelled),

@@ -110,6 +110,8 @@ fn stage_all(
         stage(item, staged, files, obs)?;
         match item {
             Item::Disk { target, .. } | Item::Rdm { target, .. } => {
+                // Whatever tracked the disk being replaced describes other content.
+                vmdk::ctk::forget(target)?;
                 leftovers.extend(vmdk::replace::add_to_swap(swap, target, staged)?);
             }
             Item::File { target, .. } => {

@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use vmdk::{AdapterType, CreateSpec, Disk, DiskFormat, OpenOptions};
 
+mod changed;
 mod guard;
 
 /// Options shared by every disk command.
@@ -180,6 +181,21 @@ pub enum DiskCmd {
         #[arg(long)]
         hosted: bool,
     },
+    /// The areas changed since a change ID (`vcb vm ctk status` shows the next one; `*`
+    /// lists every allocated area), as VMware's QueryChangedDiskAreas.
+    ChangedAreas {
+        /// The disk (the link the VM writes).
+        disk: PathBuf,
+        /// A change ID (UUID/SEQUENCE) or `*`.
+        #[arg(long)]
+        since: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Options shared by disk commands.
+        #[command(flatten)]
+        common: Common,
+    },
     /// Commit a redo log into its parent and delete it.
     Commit {
         /// The child disk.
@@ -251,6 +267,12 @@ pub fn run(cmd: DiskCmd) -> Result<()> {
             Ok(vmdk::create_child(&parent, &child, format)?)
         }
         DiskCmd::Commit { child, common } => commit(&child, &common),
+        DiskCmd::ChangedAreas {
+            disk,
+            since,
+            json,
+            common,
+        } => changed::changed_areas(&disk, &since, json, &common),
     }
 }
 

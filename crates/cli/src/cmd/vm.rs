@@ -1,6 +1,7 @@
 //! `vcb vm`: create, register, list, show and destroy VMs; snapshots (in `vm/snap.rs`);
 //! power operations (in `vm/power.rs`).
 
+mod ctk;
 pub mod power;
 mod snap;
 
@@ -87,6 +88,8 @@ enum VmCmd {
     Suspend(power::PowerArgs),
     /// Resume a suspended VM from its .vmss.
     Resume(power::PowerArgs),
+    /// Changed-block tracking: `vcb vm ctk enable|disable|status VM`.
+    Ctk(ctk::CtkArgs),
 }
 
 /// `vcb vm create`.
@@ -183,6 +186,7 @@ pub fn run(a: VmArgs) -> Result<()> {
         VmCmd::Reset(a) => power::power(&h, power::Op::Reset, a),
         VmCmd::Suspend(a) => power::power(&h, power::Op::Suspend, a),
         VmCmd::Resume(a) => power::power(&h, power::Op::Resume, a),
+        VmCmd::Ctk(a) => ctk::run(&h, a),
     }
 }
 

@@ -73,8 +73,8 @@ impl Env {
     pub fn command(&self, tool: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin(tool));
         cmd.args(args);
-        // Repository commands take no host.
-        if !(tool == "vcb" && args.first() == Some(&"repo")) {
+        // Repository and disk commands take no host.
+        if !(tool == "vcb" && matches!(args.first(), Some(&"repo") | Some(&"disk"))) {
             cmd.arg("--root").arg(&self.root);
         }
         cmd.env_remove("VCB_ROOT")

@@ -210,6 +210,9 @@ impl LockedVm<'_> {
     /// Does (or finishes) a journaled merge. Repeatable: the commit writes the same
     /// data again, re-points `above` again and deletes what is left of the child.
     fn finish(&mut self, j: &Journal, progress: &mut dyn vmdk::Progress) -> Result<()> {
+        // The child's tracking describes what the guest sees; the parent's (a leftover)
+        // describes nothing the guest sees after the merge.
+        let tracking = super::tracking::take_for_merge(j.op == OP_COMMIT, &j.child, &j.parent);
         if j.child.exists() {
             if j.op == OP_LIVE_COMMIT {
                 // QEMU gives the parent a new CID at its first write: a live commit
@@ -224,7 +227,9 @@ impl LockedVm<'_> {
             // The descriptor went first; an interrupted delete may have left the extent.
             remove_file_if_exists(Path::new(&format!("{stem}-delta.vmdk")))?;
         }
-        self.rename_references(&j.child, &j.parent)
+        self.rename_references(&j.child, &j.parent)?;
+        super::tracking::give_after_merge(tracking, &j.parent);
+        Ok(())
     }
 
     /// Brings the .vmx in line with a running QEMU, then finishes a merge an interrupted

@@ -56,6 +56,7 @@ mod memory;
 mod ops;
 mod power;
 mod quiesce;
+mod tracking;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -76,6 +77,7 @@ pub const BACKUP_SNAPSHOT_NAME: &str = "_vcb-backup_";
 pub use memory::{memory_file_name, SnapshotMemory};
 pub use ops::{SnapshotCreated, SnapshotDisk};
 pub use quiesce::FREEZE_MARKER;
+pub use tracking::DiskChanges;
 
 /// A VM whose folder lock this process holds, with its .vmx and .vmsd read under the
 /// lock. Snapshot operations live here; the lock is released when it is dropped.

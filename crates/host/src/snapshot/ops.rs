@@ -170,6 +170,11 @@ impl LockedVm<'_> {
             }
             Err(e) => return Err(e),
         };
+        if live.is_none() {
+            for (d, redo) in targets.iter().zip(created.iter()) {
+                super::tracking::carry(&d.path, redo);
+            }
+        }
         let disks = targets
             .iter()
             .zip(created.iter())

@@ -3,6 +3,7 @@
 mod util;
 
 mod bad_input;
+mod ctk;
 mod hostile;
 mod model;
 mod qemu_reads_ours;

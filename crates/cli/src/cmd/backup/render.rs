@@ -39,6 +39,7 @@ impl Observer for Render {
             return;
         }
         let text = match event {
+            Event::ChangeTracking { text } => text.clone(),
             Event::HookRan { path, stage } => format!("Ran {stage} hook {}", path.display()),
             Event::Consolidated { vm } => {
                 format!("Committed the snapshot an interrupted backup of {vm} left")
@@ -95,7 +96,8 @@ impl Observer for Render {
                 point,
                 stats,
             } => format!(
-                "Stored point {point} in {location}: {} new chunks ({} new, {} stored), {} reused chunks ({})",
+                "Stored point {point} in {location}: read {} from the disks, {} new chunks ({} new, {} stored), {} reused chunks ({})",
+                human_bytes(stats.read_bytes),
                 stats.new_chunks,
                 human_bytes(stats.new_bytes),
                 human_bytes(stats.stored_bytes),
