@@ -575,3 +575,5 @@ fn restored_state_file_follows_the_new_vmx_name() {
         copy.dir.join("other.vmss")
     );
 }
+#[path = "live_backup/tracking.rs"]
+mod tracking;

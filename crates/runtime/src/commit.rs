@@ -82,6 +82,17 @@ impl Vm {
         // new job of that id would be refused, so the old one is carried to its end.
         let (guest_paused, ready) = match adopt_leftover_job(&mut q, &job)? {
             Leftover::None => {
+                // Change tracking: the target gets its own bitmap; every block the job
+                // copies into it (all the redo log holds) counts as written.
+                if let Some(old) = crate::tracking::bitmap_on(&mut q, &chain.top_node)? {
+                    let granularity =
+                        crate::tracking::granularity_of(&mut q, &chain.top_node, &old)?;
+                    let name = crate::tracking::next_bitmap(Some(&old));
+                    q.execute(
+                        "block-dirty-bitmap-add",
+                        json!({"node": base_node, "name": name, "granularity": granularity}),
+                    )?;
+                }
                 let args = json!({"job-id": job, "device": chain.top_node, "base-node": base_node});
                 (start_commit(&mut q, &args, &job)?, false)
             }
@@ -107,6 +118,17 @@ impl Vm {
         // (QEMU keeps its open descriptor until the node is closed), because once QEMU
         // is gone, a leftover redo log cannot be told from one whose commit never
         // pivoted, and committing a stale one would undo the guest's newer writes.
+        // The tracking file follows the disk onto the parent (whose bitmap counts now).
+        if vmdk::ctk::ctk_path(top).exists() {
+            if crate::tracking::bitmap_on(&mut q, &base_node)?.is_some() {
+                let _ = vmdk::ctk::move_live(top, parent);
+            } else {
+                let _ = vmdk::ctk::mark_lost(
+                    parent,
+                    "a live commit left the disk without a QEMU bitmap",
+                );
+            }
+        }
         vmdk::delete(top)
             .map_err(|e| Error::vmdk(format!("delete committed redo log {}", top.display()), e))?;
         // The old top is no longer in the device's chain; its node (and, for a node

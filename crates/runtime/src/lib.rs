@@ -79,6 +79,7 @@ mod process;
 pub mod qmp;
 mod quiesce;
 mod suspend;
+mod tracking;
 mod vm;
 mod vmlog;
 mod wire;
@@ -92,6 +93,7 @@ pub use paths::{PathPolicy, VmFiles, AGENT_SOCKET, LOG_FILE, PID_FILE, QMP_SOCKE
 pub use qmp::Qmp;
 pub use quiesce::{FreezeGuard, Quiesce, ThawReport};
 pub use suspend::SuspendReport;
+pub use tracking::{BITMAP_PREFIX, NBD_SOCKET};
 pub use vm::{AccelChoice, PowerOnOptions, PowerOnReport, RuntimeState, Vm, QEMU_PROGRAM};
 
 /// Entry points for the fuzz targets (`fuzz/`): the guest agent's protocol, which is

@@ -60,6 +60,9 @@ struct Prepared {
     tops: Vec<String>,
     /// The redo log nodes opened.
     added: Vec<String>,
+    /// vcb's dirty bitmap on each disk's top (same order as `taken`), rotated onto the
+    /// redo log by the switch.
+    bitmaps: Vec<Option<String>>,
 }
 
 /// A disk device's block chain in the running QEMU.
@@ -165,6 +168,7 @@ impl Vm {
             vmlog::append(&log, "vcb", &format!("live snapshot failed: {e}"));
             return Err(e);
         }
+        self.hand_over_tracking(&mut q, &work, &log);
         let mut warnings = Vec::new();
         for d in &work.taken {
             if let Some(w) = cid_mismatch(&d.parent, &d.redo_log) {
@@ -213,9 +217,31 @@ impl Vm {
                 redo_log: redo.clone(),
                 qemu_node: overlay,
             });
+            work.bitmaps
+                .push(crate::tracking::bitmap_on(q, &chain.top_node)?);
             work.tops.push(chain.top_node);
         }
         Ok(())
+    }
+
+    /// After a switch: each old (now disabled) bitmap's writes go into the tracking file
+    /// of the old top, and the file moves to the redo log, where the new bitmap counts.
+    fn hand_over_tracking(&self, q: &mut Qmp, work: &Prepared, log: &Path) {
+        for ((d, top), bitmap) in work.taken.iter().zip(&work.tops).zip(&work.bitmaps) {
+            let Some(old) = bitmap else { continue };
+            let moved = self.drain_bitmap(q, top, old, &d.parent).and_then(|()| {
+                vmdk::ctk::move_live(&d.parent, &d.redo_log)
+                    .map_err(|e| Error::vmdk("move change tracking", e))
+            });
+            if let Err(e) = moved {
+                vmlog::append(log, "vcb", &format!("change tracking of {}: {e}", d.node));
+                let _ = vmdk::ctk::forget(&d.parent);
+                let _ = vmdk::ctk::mark_lost(
+                    &d.redo_log,
+                    &format!("its QEMU bitmap could not be read: {e}"),
+                );
+            }
+        }
     }
 
     /// With the guest stopped: brings each redo log's parentCID up to date, opens it,
@@ -234,6 +260,21 @@ impl Vm {
             actions.push(json!({
                 "type": "blockdev-snapshot",
                 "data": {"node": top, "overlay": overlay},
+            }));
+        }
+        // Change tracking: new bitmaps start on the redo logs at the switch instant and
+        // the old ones stop, in the same transaction.
+        for ((d, top), bitmap) in work.taken.iter().zip(&work.tops).zip(&work.bitmaps) {
+            let Some(old) = bitmap else { continue };
+            let granularity = crate::tracking::granularity_of(q, top, old)?;
+            actions.push(json!({
+                "type": "block-dirty-bitmap-add",
+                "data": {"node": d.qemu_node, "name": crate::tracking::next_bitmap(Some(old)),
+                         "granularity": granularity},
+            }));
+            actions.push(json!({
+                "type": "block-dirty-bitmap-disable",
+                "data": {"node": top, "name": old},
             }));
         }
         Ok(actions)

@@ -58,12 +58,22 @@ impl Vm {
             let _ = std::fs::remove_file(&partial);
             return Err(e);
         }
+        // The guest is stopped by the migration: change tracking takes its last writes.
+        let handed_over = if self.tracks_changes() {
+            self.stop_tracking(&mut q)
+        } else {
+            Vec::new()
+        };
         let _ = q.execute_within("quit", Value::Null, Duration::from_secs(5));
         drop(q);
-        if !process::wait_gone(pid, &files.folder, Duration::from_secs(30)) {
+        let clean = process::wait_gone(pid, &files.folder, Duration::from_secs(30));
+        if !clean {
             self.kill(&files, pid);
         }
         process::remove_state_files(&files);
+        if clean {
+            crate::tracking::finish_tracking(&handed_over);
+        }
         let f = std::fs::File::open(&partial).map_err(|e| Error::io(&partial, "open", e))?;
         f.sync_all().map_err(|e| Error::io(&partial, "fsync", e))?;
         let size_bytes = f.metadata().map(|m| m.len()).unwrap_or(0);
@@ -174,7 +184,12 @@ impl Vm {
                 )
             })
             .and_then(|_| self.wait_migration(&mut q, files, state))
-            .and_then(|()| q.execute("cont", Value::Null));
+            .and_then(|()| {
+                if self.tracks_changes() {
+                    self.begin_tracking(&mut q, pid)?;
+                }
+                q.execute("cont", Value::Null)
+            });
         if let Err(e) = loaded {
             let _ = q.execute_within("quit", Value::Null, Duration::from_secs(5));
             if !process::wait_gone(pid, &files.folder, Duration::from_secs(10)) {

@@ -199,7 +199,19 @@ impl Vm {
             incoming,
             extra_args: &opts.extra_args,
         };
-        cmdline::build(&cfg, &input)
+        let mut command = cmdline::build(&cfg, &input)?;
+        if self.tracks_changes() {
+            // Tracked disks get their dirty bitmaps before the guest runs (a resume adds
+            // them before its `cont`), and a guest's own power-off leaves QEMU paused so
+            // the bitmaps can still be read.
+            if !incoming {
+                command.args.push("-S".into());
+            }
+            command
+                .args
+                .extend(["-action".into(), "shutdown=pause".into()]);
+        }
+        Ok(command)
     }
 
     /// The VM's power state. A QEMU that died (killed, crashed) is reported as off, and
@@ -210,7 +222,9 @@ impl Vm {
     pub fn status(&self) -> Result<RuntimeState> {
         let files = self.files()?;
         if let Some(pid) = process::running_pid(&files) {
-            return Ok(RuntimeState::Running { pid });
+            if !self.end_if_shut_down(&files, pid) {
+                return Ok(RuntimeState::Running { pid });
+            }
         }
         if files.pid.exists() || files.qmp.exists() || files.agent.exists() {
             vmlog::append(
@@ -378,6 +392,12 @@ impl Vm {
         std::thread::spawn(move || {
             let _ = child.wait();
         });
+        let mut qmp = qmp;
+        if command.args.iter().any(|a| a == "-S") {
+            // Started paused for change tracking: bitmaps first, then the guest.
+            self.begin_tracking(&mut qmp, pid)?;
+            qmp.execute("cont", Value::Null)?;
+        }
         vmlog::append(
             &files.log,
             "vcb",
@@ -396,15 +416,49 @@ impl Vm {
         let files = self.files()?;
         let pid = self.running(&files)?;
         vmlog::append(&files.log, "vcb", "power off");
+        self.stop_qemu(&files, pid);
+        Ok(())
+    }
+
+    /// Ends QEMU: the guest is stopped, change tracking takes QEMU's last writes, QMP
+    /// `quit` (QEMU flushes its disks), SIGKILL if QEMU does not exit within
+    /// [`QUIT_GRACE`] or its monitor does not answer.
+    pub(crate) fn stop_qemu(&self, files: &VmFiles, pid: u32) {
+        let mut handed_over = Vec::new();
         if let Ok(mut q) = Qmp::connect(&files.qmp, Duration::from_secs(5)) {
             q.log_events_to(&files.log);
+            if self.tracks_changes() && q.execute("stop", Value::Null).is_ok() {
+                handed_over = self.stop_tracking(&mut q);
+            }
             let _ = q.execute_within("quit", Value::Null, Duration::from_secs(5));
         }
-        if !process::wait_gone(pid, &files.folder, QUIT_GRACE) {
-            self.kill(&files, pid);
+        let clean = process::wait_gone(pid, &files.folder, QUIT_GRACE);
+        if !clean {
+            self.kill(files, pid);
         }
-        process::remove_state_files(&files);
-        Ok(())
+        process::remove_state_files(files);
+        if clean {
+            crate::tracking::finish_tracking(&handed_over);
+        }
+    }
+
+    /// A tracked VM whose guest powered itself off is paused in QEMU's `shutdown` state
+    /// (`-action shutdown=pause`): end it the way a power-off does. True when it was.
+    pub(crate) fn end_if_shut_down(&self, files: &VmFiles, pid: u32) -> bool {
+        if !self.tracks_changes() {
+            return false;
+        }
+        let Ok(mut q) = Qmp::connect(&files.qmp, Duration::from_secs(2)) else {
+            return false;
+        };
+        let status = q.execute("query-status", Value::Null);
+        if !status.is_ok_and(|s| s["status"] == "shutdown") {
+            return false;
+        }
+        drop(q);
+        vmlog::append(&files.log, "vcb", "the guest powered off; ending QEMU");
+        self.stop_qemu(files, pid);
+        true
     }
 
     pub(crate) fn kill(&self, files: &VmFiles, pid: u32) {
@@ -426,12 +480,20 @@ impl Vm {
         let started = Instant::now();
         vmlog::append(&files.log, "vcb", "shutdown (ACPI power button)");
         self.qmp()?.execute("system_powerdown", Value::Null)?;
-        if !process::wait_gone(pid, &files.folder, timeout) {
-            return Err(Error::Timeout {
-                what: format!("guest shutdown of {}", self.vmx.display()),
-                after: timeout,
-            });
+        let deadline = Instant::now() + timeout;
+        loop {
+            if !process::is_our_qemu(pid, &files.folder) || self.end_if_shut_down(&files, pid) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    what: format!("guest shutdown of {}", self.vmx.display()),
+                    after: timeout,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
+        process::wait_gone(pid, &files.folder, QUIT_GRACE);
         process::remove_state_files(&files);
         Ok(started.elapsed())
     }

@@ -453,6 +453,21 @@ pub enum Status {
 /// # Errors
 /// Errors reading the link's descriptor; a damaged tracking file is [`Status::Invalid`].
 pub fn status(disk: &Path) -> Result<Status> {
+    status_for(disk, None)
+}
+
+/// The session token a running QEMU (process `pid`) owns tracking files under.
+pub fn qemu_session(pid: u32) -> String {
+    format!("qemu-{pid}")
+}
+
+/// [`status`], where a file owned by the QEMU session `session` (running now) is valid
+/// whatever the link's CID: that QEMU holds the writes not recorded yet, and hands them
+/// over before it stops.
+///
+/// # Errors
+/// As for [`status`].
+pub fn status_for(disk: &Path, session: Option<&str>) -> Result<Status> {
     let tracking = match Tracking::load(&ctk_path(disk)) {
         Ok(None) => return Ok(Status::Untracked),
         Ok(Some(t)) => t,
@@ -460,6 +475,11 @@ pub fn status(disk: &Path) -> Result<Status> {
     };
     let (desc, _) = crate::read_descriptor(disk)?;
     let leaf = file_name(disk);
+    if let (State::Live { session: s }, Some(running)) = (&tracking.state, session) {
+        if s == running && tracking.leaf == leaf && tracking.capacity == desc.capacity_bytes() {
+            return Ok(Status::Valid(tracking));
+        }
+    }
     Ok(
         match tracking.invalid_reason(&leaf, desc.cid, desc.capacity_bytes()) {
             Some(reason) => Status::Invalid(reason),
@@ -523,6 +543,22 @@ pub fn mark_lost(disk: &Path, reason: &str) -> Result<()> {
         reason: reason.to_owned(),
     };
     t.save(&ctk_path(disk))
+}
+
+/// Move the tracking of `from` to `to` while a QEMU session owns it (a live snapshot or
+/// commit moved the disk onto another link): taken as it is, its validity is settled
+/// when that QEMU stops. Tracking in any other state is carried as [`carry`] does.
+///
+/// # Errors
+/// As for [`carry`].
+pub fn move_live(from: &Path, to: &Path) -> Result<()> {
+    match Tracking::load(&ctk_path(from)) {
+        Ok(Some(t)) if matches!(t.state, State::Live { .. }) => {
+            rebind(t, to)?;
+            forget(from)
+        }
+        _ => carry(from, to).map(drop),
+    }
 }
 
 /// Save `t` as the tracking of the link `to` (its name and current CID).

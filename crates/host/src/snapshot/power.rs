@@ -24,7 +24,6 @@ impl LockedVm<'_> {
     /// a setting has no QEMU equivalent...).
     pub fn power_on(&mut self, opts: &PowerOnOptions) -> Result<PowerOnReport> {
         self.require_not(PowerState::PoweredOn, "it is running already")?;
-        self.mark_tracking_live()?;
         let rt = self.vm.runtime(self.host);
         rt.power_on(opts).map_err(|e| self.rt_err(e))
     }
@@ -35,7 +34,6 @@ impl LockedVm<'_> {
     /// [`Error::WrongPowerState`] unless it is suspended; [`Error::Runtime`].
     pub fn resume(&mut self, opts: &PowerOnOptions) -> Result<PowerOnReport> {
         self.require(PowerState::Suspended, "only a suspended VM can be resumed")?;
-        self.mark_tracking_live()?;
         let rt = self.vm.runtime(self.host);
         rt.resume(opts).map_err(|e| self.rt_err(e))
     }

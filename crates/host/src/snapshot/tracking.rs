@@ -11,7 +11,7 @@
 //! `live` (QEMU's writes are not handed over to the file yet), so the next backup reads
 //! everything and says why.
 
-use vmdk::ctk::{self, ChangeId, State, Status};
+use vmdk::ctk::{self, ChangeId, Status};
 use vmx::DiskNode;
 
 use super::LockedVm;
@@ -65,15 +65,15 @@ impl LockedVm<'_> {
     /// # Errors
     /// Descriptor errors.
     pub fn tracking_status(&self) -> Result<Vec<(DiskNode, String)>> {
-        let running = self.power_state() == PowerState::PoweredOn;
+        let session = self.qemu_session();
         let mut out = Vec::new();
         for d in self.vm.disks(self.host)? {
             let text = if d.independent || !self.vm.config.change_tracking(d.node) {
                 "tracking off".to_owned()
-            } else if running {
-                "tracking on; QEMU's writes are not tracked yet, so the next backup reads everything".to_owned()
             } else {
-                match ctk::status(&d.path).map_err(|e| Error::disk("change tracking", e))? {
+                match ctk::status_for(&d.path, session.as_deref())
+                    .map_err(|e| Error::disk("change tracking", e))?
+                {
                     Status::Valid(t) => format!(
                         "tracking on, next change ID {} ({} KiB blocks)",
                         t.current(),
@@ -104,41 +104,25 @@ impl LockedVm<'_> {
         &mut self,
         since: &dyn Fn(DiskNode) -> Option<ChangeId>,
     ) -> Result<Vec<DiskChanges>> {
-        let running = self.power_state() == PowerState::PoweredOn;
+        let session = self.qemu_session();
         let mut out = Vec::new();
         for d in self.vm.disks(self.host)? {
             if d.independent || !self.vm.config.change_tracking(d.node) {
                 continue;
             }
-            let answer = if running {
-                DiskChanges {
-                    node: d.node,
-                    change_id: None,
-                    changed: None,
-                    lost: Some("the VM runs under QEMU, whose writes are not tracked yet".into()),
-                }
-            } else {
-                checkpoint_disk(d.node, &d.path, since(d.node))
-                    .map_err(|e| Error::disk("change tracking", e))?
-            };
+            let answer = checkpoint_disk(d.node, &d.path, since(d.node), session.as_deref())
+                .map_err(|e| Error::disk("change tracking", e))?;
             out.push(answer);
         }
         Ok(out)
     }
 
-    /// Before QEMU runs the disks: their tracking files say a QEMU process owns them, so
-    /// a tracking that QEMU's writes bypass is never believed afterwards.
-    pub(super) fn mark_tracking_live(&self) -> Result<()> {
-        for d in self.vm.disks(self.host)? {
-            let disk = |e| Error::disk("change tracking", e);
-            if let Status::Valid(mut t) = ctk::status(&d.path).map_err(disk)? {
-                t.state = State::Live {
-                    session: format!("qemu-{}", std::process::id()),
-                };
-                t.save(&ctk::ctk_path(&d.path)).map_err(disk)?;
-            }
+    /// The tracking session of the QEMU running the VM, if it runs.
+    fn qemu_session(&self) -> Option<String> {
+        match self.vm.runtime(self.host).status() {
+            Ok(runtime::RuntimeState::Running { pid }) => Some(ctk::qemu_session(pid)),
+            _ => None,
         }
-        Ok(())
     }
 }
 
@@ -147,8 +131,9 @@ fn checkpoint_disk(
     node: DiskNode,
     path: &std::path::Path,
     since: Option<ChangeId>,
+    session: Option<&str>,
 ) -> vmdk::Result<DiskChanges> {
-    let (tracking, mut lost) = match ctk::status(path)? {
+    let (tracking, mut lost) = match ctk::status_for(path, session)? {
         Status::Valid(t) => (Some(t), None),
         Status::Untracked => (
             None,
@@ -165,6 +150,16 @@ fn checkpoint_disk(
                 None => lost = Some("no earlier change ID to compare with".to_owned()),
             }
             t
+        }
+        // A running VM's disk without valid tracking waits for its next power-on (the
+        // bitmap belongs to QEMU); the backup reads everything.
+        None if session.is_some() => {
+            return Ok(DiskChanges {
+                node,
+                change_id: None,
+                changed: None,
+                lost,
+            })
         }
         None => ctk::start(path)?,
     };
