@@ -4,12 +4,13 @@
 //! The tracking file (see [`vmdk::ctk`]) lies beside the link the .vmx names for the
 //! disk, the one the VM writes. Operations that change that link without changing what
 //! the guest sees carry it along: an offline snapshot moves it onto the new redo log, an
-//! offline merge of that redo log moves it back onto the parent. Everything else loses
-//! it, and a lost tracking is noticed, never guessed: a revert leaves the new link
-//! without a file, a write by a tool that does not track changes the link's CID, a killed
-//! writer leaves the file marked `writing`, and powering the VM on under QEMU marks it
-//! `live` (QEMU's writes are not handed over to the file yet), so the next backup reads
-//! everything and says why.
+//! offline merge of that redo log moves it back onto the parent; while QEMU runs the VM,
+//! the runtime does the same for live snapshots and commits and hands QEMU's dirty
+//! bitmaps over (see the runtime's `tracking` module). Everything else loses it, and a
+//! lost tracking is noticed, never guessed: a revert leaves the new link without a file,
+//! a write by a tool that does not track changes the link's CID, a killed writer leaves
+//! the file marked `writing`, a killed QEMU leaves it `live` for a session that no longer
+//! runs; the next backup reads everything and says why.
 
 use vmdk::ctk::{self, ChangeId, Status};
 use vmx::DiskNode;
