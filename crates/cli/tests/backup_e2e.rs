@@ -10,6 +10,8 @@ mod conf;
 mod crash;
 #[path = "backup_e2e/hostile.rs"]
 mod hostile;
+#[path = "backup_e2e/incremental.rs"]
+mod incremental;
 #[path = "backup_e2e/refuse.rs"]
 mod refuse;
 #[path = "backup_e2e/roundtrip.rs"]

@@ -461,11 +461,27 @@ pub enum ChildFormat {
 /// its CID is recorded as the child's parentCID and its name as parentFileNameHint (relative
 /// when both lie in one folder).
 pub fn create_child(parent: &Path, child: &Path, format: ChildFormat) -> Result<()> {
+    let hint = relative_hint(child, parent)?;
+    create_child_hinted(parent, child, format, &hint)
+}
+
+/// [`create_child`] recording `hint` as the parent's name (for example
+/// `../vm37-full/scsi0-0-0-vm37.vmdk`, so that a chain of backup folders can move as a
+/// whole); `parent` is where the parent is now.
+///
+/// # Errors
+/// As for [`create_child`].
+pub fn create_child_hinted(
+    parent: &Path,
+    child: &Path,
+    format: ChildFormat,
+    hint: &str,
+) -> Result<()> {
     let (pd, _) = crate::link::read_descriptor(parent)?;
     let capacity = pd.capacity_bytes();
     check_capacity(capacity)?;
     let (dir, name) = split_name(child)?;
-    let hint = relative_hint(child, parent)?;
+    let hint = hint.to_owned();
     let create_type = match format {
         ChildFormat::VmfsSparse => CreateType::VmfsSparse,
         ChildFormat::HostedSparse => CreateType::MonolithicSparse,

@@ -52,8 +52,8 @@ pub use check::CheckReport;
 pub use confine::{Confinement, FileSource};
 pub use convert::convert;
 pub use create::{
-    create, create_child, relative_hint, AdapterType, ChildFormat, CreateSpec, DiskFormat,
-    PROVISIONING_KEY,
+    create, create_child, create_child_hinted, relative_hint, AdapterType, ChildFormat, CreateSpec,
+    DiskFormat, PROVISIONING_KEY,
 };
 pub use descriptor::{CreateType, Descriptor};
 pub use disk::{Disk, Run, MAX_CHAIN_DEPTH};

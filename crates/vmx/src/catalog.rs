@@ -19,6 +19,9 @@
 //! disk.scsi0:0.filename= "scsi0-0-0-vm37.vmdk"  name inside the backup
 //! disk.scsi0:0.format= "thin"                 original provisioning, used on restore
 //! disk.scsi0:0.capacity= 8589934592           bytes
+//! disk.scsi0:0.changeid= "52b1.../4"         changed-block tracking ID (optional)
+//! disk.scsi0:0.parentbackup= "vm37-full"      incremental: the parent disk's backup
+//!                                             folder, beside this one (optional)
 //! disk.scsi0:1.backedup= "no"                 a physical RDM, not saved...
 //! disk.scsi0:1.reason= "physical compatibility RDM"  ...and why
 //! disk.scsi0:1.rdmdevice= "/dev/sdb"
@@ -110,6 +113,12 @@ pub struct CatalogDisk {
     pub reason: Option<String>,
     /// `rdmdevice`: the raw device an RDM maps.
     pub rdm_device: Option<String>,
+    /// `changeid`: the disk's changed-block tracking ID as this backup holds it.
+    pub change_id: Option<String>,
+    /// `parentbackup`: for an incremental or differential export, the backup folder
+    /// (beside this one: a plain folder name) whose disk at the same node is the parent
+    /// of this backup's disk, which holds only what changed since.
+    pub parent_backup: Option<String>,
 }
 
 impl CatalogDisk {
@@ -124,6 +133,8 @@ impl CatalogDisk {
             backed_up: true,
             reason: None,
             rdm_device: None,
+            change_id: None,
+            parent_backup: None,
         }
     }
 }

@@ -34,6 +34,7 @@
 
 mod disks;
 mod files;
+pub(crate) mod incremental;
 mod live;
 pub(crate) mod sink;
 
@@ -73,6 +74,9 @@ pub struct BackupOptions {
     pub pause_while_frozen: Option<Duration>,
     /// Do not quiesce a running guest (the backup is crash-consistent).
     pub no_quiesce: bool,
+    /// Export each disk as a child of this backup folder's disk (beside the new one),
+    /// holding only what changed since it (`--incremental-from`, `--differential-from`).
+    pub base_backup: Option<PathBuf>,
     /// How long a running guest may stay frozen for the snapshot; `None`:
     /// [`DEFAULT_QUIESCE_TIMEOUT`]. When it passes the guest is thawed anyway and the
     /// backup counts as not quiesced.
@@ -116,6 +120,11 @@ pub fn backup_vm(
 ) -> Result<BackupReport> {
     let vm = host.find_vm(vm)?;
     let disks = first_look(host, &vm, opts)?;
+    let base = opts
+        .base_backup
+        .as_deref()
+        .map(|b| incremental::BaseBackup::open(b, &*dest, &vm))
+        .transpose()?;
     dest.create()?;
     // A staging folder (remote destinations) holds the converted disks until upload:
     // say up front when their full capacity might not fit.
@@ -127,7 +136,8 @@ pub fn backup_vm(
     if let Err(e) = dest.check_local_space(capacity) {
         obs.event(&Event::Warning(e.to_string()));
     }
-    run_into(host, &vm, &mut sink::FolderSink::new(dest), opts, obs)
+    let mut sink = sink::FolderSink::new(dest).with_base(base);
+    run_into(host, &vm, &mut sink, opts, obs)
 }
 
 /// Back up the VM `vm` into the repository `repo`: the same quiesce, snapshot and
@@ -344,7 +354,9 @@ fn run(
         elapsed: remove_started.elapsed(),
     });
     drop(locked);
-    let catalog = files::build_catalog(host, vm, &snapshot_view, disks, &exported, opts, &live)?;
+    let mut catalog =
+        files::build_catalog(host, vm, &snapshot_view, disks, &exported, opts, &live)?;
+    sink.annotate(&mut catalog);
     sink.commit(&catalog, obs)?;
     let cache = opts
         .name_cache

@@ -35,6 +35,9 @@ pub(crate) trait Sink {
     /// What change tracking answered for each disk, before the disks are saved.
     fn set_changes(&mut self, _changes: &[host::snapshot::DiskChanges]) {}
 
+    /// Adds what the sink knows of each disk to the catalog before it is written.
+    fn annotate(&self, _catalog: &mut vmx::Catalog) {}
+
     /// Refuse early when `needed_bytes` of disk data cannot fit; `Some(note)` to warn.
     fn check_space(&self, _needed_bytes: u64) -> Result<Option<String>> {
         Ok(None)
@@ -68,6 +71,12 @@ pub(crate) struct FolderSink<'d> {
     pub(crate) dest: &'d mut dyn Destination,
     hashing: Option<Hashing>,
     streamed: Vec<CatalogFile>,
+    /// The backup an incremental or differential export builds on.
+    base: Option<super::incremental::BaseBackup>,
+    /// Change tracking's answer per disk node.
+    changes: std::collections::HashMap<String, host::snapshot::DiskChanges>,
+    /// Disks written as children of the base's disks (node → base folder name).
+    parents: std::collections::HashMap<String, String>,
 }
 
 impl<'d> FolderSink<'d> {
@@ -76,7 +85,52 @@ impl<'d> FolderSink<'d> {
             dest,
             hashing: None,
             streamed: Vec::new(),
+            base: None,
+            changes: std::collections::HashMap::new(),
+            parents: std::collections::HashMap::new(),
         }
+    }
+
+    /// Disks go out as children of `base`'s disks holding what changed since it.
+    pub(crate) fn with_base(mut self, base: Option<super::incremental::BaseBackup>) -> Self {
+        self.base = base;
+        self
+    }
+
+    /// Writes the disk at `plan` as a child of the base's disk when change tracking
+    /// answered for it; false when it must be exported whole.
+    fn put_changed(
+        &mut self,
+        plan: &DiskPlan,
+        disk: &mut vmdk::Disk,
+        obs: &mut dyn Observer,
+    ) -> Result<bool> {
+        let node = plan.node.to_string();
+        let (Some(base), Some(dir)) = (&self.base, self.dest.local_dir()) else {
+            return Ok(false);
+        };
+        let parent = base.disk(plan.node, disk.capacity());
+        let changed = self.changes.get(&node).and_then(|c| c.changed.clone());
+        let (Some((parent, hint)), Some(changed)) = (parent, changed) else {
+            obs.event(&Event::ChangeTracking {
+                text: format!(
+                    "exporting all of {node}: change tracking cannot say what changed since {}",
+                    base.name
+                ),
+            });
+            return Ok(false);
+        };
+        let name = plan.backup_name();
+        let dst = dir.join(&name);
+        let mut progress = obs.converting(&dst, &format!("changed grains, parent {hint}"));
+        super::incremental::export_changed(disk, &parent, &hint, &dst, &changed, &mut *progress)?;
+        drop(progress);
+        private(&dst)?;
+        self.hashing
+            .get_or_insert_with(Hashing::new)
+            .spawn(name, dst);
+        self.parents.insert(node, base.name.clone());
+        Ok(true)
     }
 }
 
@@ -145,7 +199,32 @@ impl Sink for FolderSink<'_> {
         obs: &mut dyn Observer,
     ) -> Result<()> {
         let mut disk = vmdk::Disk::open(source, read)?;
+        if self.put_changed(plan, &mut disk, obs)? {
+            return Ok(());
+        }
         self.put_source(&plan.backup_name(), &mut disk, opts.format, obs)
+    }
+
+    fn base_change_id(&self, node: &str) -> Option<String> {
+        self.base.as_ref()?.change_id(node)
+    }
+
+    fn set_changes(&mut self, changes: &[host::snapshot::DiskChanges]) {
+        for c in changes {
+            self.changes.insert(c.node.to_string(), c.clone());
+        }
+    }
+
+    fn annotate(&self, catalog: &mut vmx::Catalog) {
+        for d in &mut catalog.disks {
+            let node = d.node.to_string();
+            d.change_id = self
+                .changes
+                .get(&node)
+                .and_then(|c| c.change_id)
+                .map(|id| id.to_string());
+            d.parent_backup = self.parents.get(&node).cloned();
+        }
     }
 
     fn disks_done(&mut self) -> Result<Vec<CatalogFile>> {

@@ -27,8 +27,8 @@ mod vmxedit;
 
 pub use repo_source::{restore_point, RepoSource};
 pub use verify::{
-    parse_catalog, read_catalog, verify, verify_open, PositionalReader, RestoreSource,
-    VerifiedFiles,
+    parse_catalog, read_catalog, verify, verify_open, verify_open_chain, PositionalReader,
+    RestoreSource, VerifiedFiles,
 };
 
 use crate::dest::Destination;
@@ -118,7 +118,7 @@ pub fn restore_vm(
     obs: &mut dyn Observer,
 ) -> Result<RestoreReport> {
     let catalog = read_catalog(src)?;
-    let files = verify_open(src, &catalog)?;
+    let files = verify_open_chain(src, &catalog)?;
     restore_from(host, &files, &catalog, opts, obs)
 }
 

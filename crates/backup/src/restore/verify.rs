@@ -90,6 +90,20 @@ struct Held {
     dir: PathBuf,
     /// Name in the catalog → the open file.
     files: BTreeMap<String, File>,
+    /// The verified backups an incremental backup's disks are children of.
+    parents: Vec<Held>,
+}
+
+impl Held {
+    /// The verified file at `canon` (a canonical path) in this backup or its parents.
+    fn find(&self, canon: &Path) -> Option<&File> {
+        let own = canon
+            .strip_prefix(&self.dir)
+            .ok()
+            .and_then(|r| r.to_str())
+            .and_then(|name| self.files.get(name));
+        own.or_else(|| self.parents.iter().find_map(|p| p.find(canon)))
+    }
 }
 
 impl VerifiedFiles {
@@ -143,8 +157,18 @@ impl RestoreSource for VerifiedFiles {
 
     fn open_disk(&self, name: &str) -> Result<Box<dyn vmdk::DiskSource>> {
         let source: Arc<dyn vmdk::FileSource> = self.inner.clone();
+        // An incremental backup's disks name parents in backups beside it; only files
+        // verified against those backups' catalogs can be opened (the source refuses
+        // every other file).
+        let confinement = match self.inner.dir.parent() {
+            Some(up) if !self.inner.parents.is_empty() => {
+                vmdk::Confinement::Roots(Arc::from(vec![up.to_path_buf()]))
+            }
+            _ => vmdk::Confinement::Folder,
+        };
         let opts = vmdk::OpenOptions {
             source: Some(source),
+            confinement,
             ..vmdk::OpenOptions::read_only()
         };
         Ok(Box::new(vmdk::Disk::open(&self.path_of(name), &opts)?))
@@ -163,14 +187,8 @@ impl vmdk::FileSource for Held {
             return Err(refused("a backup file opened for writing"));
         }
         let canon = std::fs::canonicalize(path)?;
-        let name = canon
-            .strip_prefix(&self.dir)
-            .ok()
-            .and_then(|r| r.to_str())
-            .ok_or_else(|| refused("outside the backup folder"))?;
-        self.files
-            .get(name)
-            .ok_or_else(|| refused("not a verified catalog file"))?
+        self.find(&canon)
+            .ok_or_else(|| refused("not a verified catalog file of the backup or its parents"))?
             .try_clone()
     }
 }
@@ -201,6 +219,12 @@ impl Read for PositionalReader {
 /// [`Error::UnsafePath`] for a file that is not a regular file or a reserved name;
 /// [`Error::UnsupportedDestination`] for a source that is not a local folder.
 pub fn verify_open(src: &dyn Destination, catalog: &vmx::Catalog) -> Result<VerifiedFiles> {
+    Ok(VerifiedFiles {
+        inner: Arc::new(verify_held(src, catalog)?),
+    })
+}
+
+fn verify_held(src: &dyn Destination, catalog: &vmx::Catalog) -> Result<Held> {
     let location = src.location();
     let dir = src
         .local_dir()
@@ -274,9 +298,75 @@ pub fn verify_open(src: &dyn Destination, catalog: &vmx::Catalog) -> Result<Veri
         }
         files.insert(file.name.clone(), f);
     }
-    Ok(VerifiedFiles {
-        inner: Arc::new(Held { dir, files }),
+    Ok(Held {
+        dir,
+        files,
+        parents: Vec::new(),
     })
+}
+
+/// [`verify_open`], and for an incremental or differential backup every backup of its
+/// chain too (each beside it, each verified against its own catalog).
+///
+/// # Errors
+/// As for [`verify_open`]; [`Error::BadCatalog`] when a parent backup is missing, is of
+/// another VM, or the chain loops or is deeper than 255 backups.
+pub fn verify_open_chain(src: &dyn Destination, catalog: &vmx::Catalog) -> Result<VerifiedFiles> {
+    let mut held = verify_held(src, catalog)?;
+    let mut seen = vec![held.dir.clone()];
+    held.parents = parents_of(&held.dir, catalog, &mut seen)?;
+    Ok(VerifiedFiles {
+        inner: Arc::new(held),
+    })
+}
+
+/// The verified parent backups `catalog` (of the backup in `dir`) names.
+fn parents_of(dir: &Path, catalog: &vmx::Catalog, seen: &mut Vec<PathBuf>) -> Result<Vec<Held>> {
+    let mut names: Vec<&str> = catalog
+        .disks
+        .iter()
+        .filter_map(|d| d.parent_backup.as_deref())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut out = Vec::new();
+    for name in names {
+        let bad = |reason: String| Error::BadCatalog {
+            location: dir.display().to_string(),
+            reason,
+        };
+        let pdir = dir.parent().unwrap_or(dir).join(name);
+        if !pdir.is_dir() {
+            return Err(bad(format!(
+                "it is an incremental backup and its parent backup {} is missing",
+                pdir.display()
+            )));
+        }
+        let local = crate::dest::LocalDir::new(pdir.clone());
+        let pc = read_catalog(&local)?;
+        let same_vm = match (pc.uuid, catalog.uuid) {
+            (Some(a), Some(b)) => a == b,
+            _ => pc.display_name == catalog.display_name,
+        };
+        if !same_vm {
+            return Err(bad(format!(
+                "its parent backup {} is a backup of {}, not of {}",
+                pdir.display(),
+                pc.display_name,
+                catalog.display_name
+            )));
+        }
+        let mut held = verify_held(&local, &pc)?;
+        if seen.contains(&held.dir) || seen.len() > 255 {
+            return Err(bad(
+                "its chain of parent backups loops or is too deep".into()
+            ));
+        }
+        seen.push(held.dir.clone());
+        held.parents = parents_of(&held.dir, &pc, seen)?;
+        out.push(held);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -204,6 +204,7 @@ pub fn backup_options(
         pause_while_frozen: test_pause("VCB_TEST_PAUSE_WHILE_FROZEN"),
         no_quiesce: false,
         quiesce_timeout: None,
+        base_backup: None,
     }
 }
 
@@ -271,6 +272,9 @@ pub fn run_backup(
     render: &mut Render,
 ) -> Result<()> {
     if let Some(spec) = repo_spec(dest) {
+        if opts.base_backup.is_some() {
+            bail!("--incremental-from and --differential-from apply to backup folders; a repository backup is incremental by itself");
+        }
         let repo = crate::cmd::repo::access::RepoAccess::new(spec, remote_args).open()?;
         let started = std::time::Instant::now();
         let report = backup::backup_vm_to_repo(host, vm, &repo, opts, render)?;

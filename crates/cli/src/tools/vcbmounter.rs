@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! vcbMounter -a <vm identifier> -r <destination> [-t fullvm|file] [-M 0|1]
+//!            [--incremental-from PREVDIR | --differential-from FULLDIR]
 //!            [-i key] [--accept-new-host-key] [-h host] [-u user] [-p password] [-c cache] [-L level]
 //! vcbMounter -U <mount point>
 //! ```
@@ -42,6 +43,14 @@ struct Args {
     /// Back up a VM with a physical-compatibility RDM, leaving that disk out.
     #[arg(long)]
     skip_physical_rdm: bool,
+    /// Write each disk as a child of PREVDIR's disk holding only what changed since that
+    /// backup (changed-block tracking; PREVDIR lies beside DEST).
+    #[arg(long, value_name = "PREVDIR", conflicts_with = "differential_from")]
+    incremental_from: Option<PathBuf>,
+    /// Write each disk as a child of FULLDIR's disk holding what changed since that full
+    /// backup (FULLDIR lies beside DEST).
+    #[arg(long, value_name = "FULLDIR")]
+    differential_from: Option<PathBuf>,
     /// Quiescing of running guests (--no-quiesce, --quiesce-timeout SECS).
     #[command(flatten)]
     quiesce: QuiesceArgs,
@@ -80,6 +89,7 @@ fn run(a: Args) -> Result<()> {
     };
     let mut opts = backup_options(format, a.skip_physical_rdm, &conf);
     a.quiesce.apply(&mut opts);
+    opts.base_backup = a.incremental_from.or(a.differential_from);
     let remote = a.remote.options(&conf);
     run_backup(
         &host,

@@ -74,7 +74,9 @@ impl Env {
         let mut cmd = Command::new(bin(tool));
         cmd.args(args);
         // Repository and disk commands take no host.
-        if !(tool == "vcb" && matches!(args.first(), Some(&"repo") | Some(&"disk"))) {
+        let hostless = tool == "vmkfstools"
+            || (tool == "vcb" && matches!(args.first(), Some(&"repo") | Some(&"disk")));
+        if !hostless {
             cmd.arg("--root").arg(&self.root);
         }
         cmd.env_remove("VCB_ROOT")
@@ -141,6 +143,7 @@ pub fn bin(tool: &str) -> &'static str {
         "vcbMounter" => env!("CARGO_BIN_EXE_vcbMounter"),
         "vcbRestore" => env!("CARGO_BIN_EXE_vcbRestore"),
         "vcbSnapAll" => env!("CARGO_BIN_EXE_vcbSnapAll"),
+        "vmkfstools" => env!("CARGO_BIN_EXE_vmkfstools"),
         other => panic!("unknown tool {other}"),
     }
 }

@@ -167,6 +167,17 @@ fn read_disk(node: DiskNode, fields: &Fields<'_>) -> Result<CatalogDisk, Error> 
     }
     disk.reason = text("reason");
     disk.rdm_device = text("rdmdevice");
+    disk.change_id = text("changeid");
+    disk.parent_backup = match fields.get("parentbackup") {
+        Some(f) => {
+            let name = f.relative_name()?;
+            if name.contains('/') {
+                return Err(f.invalid("expected a folder name beside the backup"));
+            }
+            Some(name)
+        }
+        None => None,
+    };
     if disk.backed_up && disk.filename.is_none() {
         return Err(Error::missing(format!("disk.{node}.filename")));
     }

@@ -82,6 +82,8 @@ fn write_disks(dict: &mut Dict, catalog: &Catalog) -> Result<(), Error> {
         put(dict, &key("backedup"), (!disk.backed_up).then_some("no"))?;
         put(dict, &key("reason"), disk.reason.as_deref())?;
         put(dict, &key("rdmdevice"), disk.rdm_device.as_deref())?;
+        put(dict, &key("changeid"), disk.change_id.as_deref())?;
+        put(dict, &key("parentbackup"), disk.parent_backup.as_deref())?;
     }
     Ok(())
 }

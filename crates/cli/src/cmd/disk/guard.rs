@@ -29,7 +29,24 @@ pub(super) fn open_options(disk: &Path, writable: bool, anywhere: bool) -> vmdk:
             return confined.disk_options(writable);
         }
     }
+    if let Some(root) = backup_chain_root(disk).filter(|_| !writable) {
+        return base.confined(vmdk::Confinement::Roots(std::sync::Arc::from(vec![root])));
+    }
     base
+}
+
+/// For a disk of an incremental backup (its folder's complete catalog names parent
+/// backups beside it): the folder holding the chain's backups, where its parents may be
+/// read from.
+fn backup_chain_root(disk: &Path) -> Option<std::path::PathBuf> {
+    let dir = std::fs::canonicalize(disk).ok()?.parent()?.to_path_buf();
+    let catalog = backup::restore::read_catalog(&backup::dest::LocalDir::new(dir.clone())).ok()?;
+    catalog
+        .disks
+        .iter()
+        .any(|d| d.parent_backup.is_some())
+        .then(|| dir.parent().map(Path::to_path_buf))
+        .flatten()
 }
 
 /// Held while a command changes a disk: the lock of the registered VM whose folder holds
