@@ -17,3 +17,5 @@ mod harness;
 mod ops;
 #[path = "kill_sweep/repo.rs"]
 mod repo_sweep;
+#[path = "kill_sweep/tracking.rs"]
+mod tracking;

@@ -199,6 +199,11 @@ fn replaced_files(
     files.extend(vm.suspend_file(host));
     for disk in locked.disk_files()? {
         files.extend(vmdk::link_files(&disk).unwrap_or_default());
+        // Change tracking of the replaced disks describes content that goes.
+        let tracking = vmdk::ctk::ctk_path(&disk);
+        if tracking.exists() {
+            files.push(tracking);
+        }
     }
     let uids: Vec<u64> = locked
         .snapshots()

@@ -1,7 +1,8 @@
 //! Issue 12 with a running guest: QEMU's dirty bitmaps keep changed-block tracking while
 //! the guest writes. The guest rewrites its first 512 KiB; 24 MiB of other data never
 //! change. Every incremental reads only the guest's chunk and still restores the whole
-//! disk point-in-time; tracking survives a clean shutdown and a suspend, and a QEMU
+//! disk point-in-time; tracking survives a clean shutdown, a suspend and the guest's
+//! own power-off, and a QEMU
 //! killed with SIGKILL makes the next backup read everything and say why.
 
 use super::{host_with, layout};
@@ -156,6 +157,34 @@ fn issue_12_a_running_vm_is_backed_up_incrementally_through_qemus_dirty_bitmaps(
         out.contains("changed areas"),
         "tracking lost across suspend: {out}"
     );
+    assert!(read <= 4 * MB + 64 * 1024, "read {read} bytes");
+
+    // The guest powers itself off with nobody waiting (QEMU pauses in its shutdown
+    // state): the next look at the VM ends QEMU and keeps the tracking.
+    {
+        let mut q = runtime::Qmp::connect(
+            &t.dir.path().join(runtime::QMP_SOCKET),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        q.execute("system_powerdown", serde_json::Value::Null)
+            .unwrap();
+    }
+    t.wait_guest("the guest's own power-off", Duration::from_secs(60), |g| {
+        g.stopped.is_some()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let list = env.ok("vcb", &["vm", "list"]);
+    assert!(list.contains("poweredOff"), "{list}");
+    let status = env.ok("vcb", &["vm", "ctk", "status", "live"]);
+    assert!(
+        status.contains("next change ID"),
+        "tracking lost at the guest's own power-off: {status}"
+    );
+    env.ok("vcb", &["vm", "power-on", "live"]);
+    let run = live.lap("a lap after the guest's power-off");
+    let (out, read) = live.backup(Some(&run));
+    assert!(out.contains("changed areas"), "{out}");
     assert!(read <= 4 * MB + 64 * 1024, "read {read} bytes");
 
     // QEMU killed: its last writes never reached the tracking file.

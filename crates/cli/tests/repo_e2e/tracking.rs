@@ -221,6 +221,22 @@ fn issue_12_lost_tracking_is_noticed_and_the_next_backup_reads_everything() {
     assert!(out.contains("no change-tracking file"), "{out}");
     assert!(read_bytes(&stats) >= 20 * MB, "{stats}");
 
+    // A restore over the disk: whatever tracked the old disk is gone.
+    let first = case.expected[0].0.clone();
+    case.repo.ok(
+        &env,
+        "vcbRestore",
+        &[
+            "-s",
+            &format!("{}#{first}", case.repo.target()),
+            "-l",
+            "overwrite",
+        ],
+    );
+    let (out, stats) = case.backup();
+    assert!(out.contains("no change-tracking file"), "{out}");
+    assert!(read_bytes(&stats) >= 20 * MB, "{stats}");
+
     // A writer killed before it recorded its writes.
     let top = disk_paths(&env, "vm1").remove(0);
     {

@@ -350,6 +350,10 @@ impl Vm {
         for chain in self.all_chains(host) {
             for link in chain {
                 out.extend(vmdk::link_files(&link).unwrap_or_default());
+                let tracking = vmdk::ctk::ctk_path(&link);
+                if tracking.exists() {
+                    out.insert(tracking);
+                }
                 out.insert(link);
             }
         }

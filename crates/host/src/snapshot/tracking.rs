@@ -50,10 +50,15 @@ impl LockedVm<'_> {
             .set_change_tracking(on)
             .map_err(|e| Error::vmx(&self.vm.vmx_path, e))?;
         self.save_vmx()?;
+        let disk = |e| Error::disk("change tracking", e);
+        if !on {
+            for link in self.vm.all_chains(self.host).into_iter().flatten() {
+                ctk::forget(&link).map_err(disk)?;
+            }
+        }
         for d in self.vm.disks(self.host)? {
-            let disk = |e| Error::disk("change tracking", e);
             if !on || d.independent {
-                vmdk::ctk::forget(&d.path).map_err(disk)?;
+                ctk::forget(&d.path).map_err(disk)?;
             } else if !matches!(ctk::status(&d.path).map_err(disk)?, Status::Valid(_)) {
                 ctk::start(&d.path).map_err(disk)?;
             }
