@@ -409,9 +409,9 @@ fn begin_tracked(
     for c in &changes {
         let text = match (&c.changed, &c.lost) {
             (Some(areas), _) => format!(
-                "changed-block tracking: reading {} changed areas ({} MiB) of {}",
+                "changed-block tracking: reading {} changed areas ({} KiB) of {}",
                 areas.len(),
-                areas.iter().map(|a| a.1).sum::<u64>().div_ceil(1 << 20),
+                areas.iter().map(|a| a.1).sum::<u64>().div_ceil(1 << 10),
                 c.node
             ),
             (None, Some(why)) => {
