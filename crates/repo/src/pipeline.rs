@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::index::{DiskIndex, Entry};
 use crate::point::Stats;
-use crate::writer::{Advance, BackupWriter, StoreProgress};
+use crate::writer::{Advance, BackupWriter, ChunkPlan, StoreProgress};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Mutex;
 
@@ -19,7 +19,7 @@ impl BackupWriter {
         &self,
         source: &mut dyn vmdk::DiskSource,
         index: &mut DiskIndex,
-        kept: Option<Vec<Option<Entry>>>,
+        kept: Option<Vec<ChunkPlan>>,
         progress: &mut dyn StoreProgress,
     ) -> Result<(Stats, u64)> {
         // Local storage is bound by the CPU; remote storage by round trips, which more
@@ -41,11 +41,13 @@ impl BackupWriter {
         let mut data_bytes = 0u64;
         std::thread::scope(|scope| -> Result<()> {
             let (ranges, stop_flag, kept) = (&ranges, &stop, kept.as_deref());
+            let repo = &self.repo;
             let reader = scope.spawn(move || {
                 let plan = ReadPlan {
                     ranges,
                     kept,
                     chunk,
+                    repo,
                 };
                 read_pieces(source, &plan, &to_workers, &spare, stop_flag)
             });
@@ -130,8 +132,8 @@ impl BackupWriter {
                         ..Advance::default()
                     },
                 }),
-                Piece::Data { i, buf } => {
-                    let r = self.store_piece(i, &buf);
+                Piece::Data { i, buf, read } => {
+                    let r = self.store_piece(i, &buf, read);
                     let _ = recycle.send(buf);
                     r
                 }
@@ -142,11 +144,12 @@ impl BackupWriter {
         }
     }
 
-    fn store_piece(&self, i: usize, buf: &[u8]) -> Result<Done> {
+    /// Zero test, id and store of chunk `i`, of which `read` bytes came from the disk.
+    fn store_piece(&self, i: usize, buf: &[u8], read: u64) -> Result<Done> {
         let len = buf.len() as u64;
         let mut advance = Advance {
             covered: len,
-            read: len,
+            read,
             ..Advance::default()
         };
         if vmdk::fileio::is_zero(buf) {
@@ -176,8 +179,9 @@ impl BackupWriter {
 enum Piece {
     /// Entry `i` needs no reading.
     Empty { i: usize, len: u64, entry: Entry },
-    /// Entry `i`'s bytes.
-    Data { i: usize, buf: Vec<u8> },
+    /// Entry `i`'s bytes, of which `read` came from the disk (the rest from the base
+    /// point's chunk).
+    Data { i: usize, buf: Vec<u8>, read: u64 },
     /// Reading failed.
     Failed(Error),
 }
@@ -189,12 +193,13 @@ struct Done {
     advance: Advance,
 }
 
-/// What the reader reads: each chunk's range, and the chunks taken over from the base
-/// point unread (changed-block tracking says they did not change).
+/// What the reader reads: each chunk's range, and per chunk what change tracking lets
+/// it skip (take the base point's entry unread, or patch the base's chunk).
 struct ReadPlan<'a> {
     ranges: &'a [(u64, u64)],
-    kept: Option<&'a [Option<Entry>]>,
+    kept: Option<&'a [ChunkPlan]>,
     chunk: u32,
+    repo: &'a crate::repository::Repository,
 }
 
 /// The reader thread: maps each piece, reads those holding data. Returns the bytes the
@@ -212,40 +217,28 @@ fn read_pieces(
         if stop.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(data_bytes);
         }
-        if let Some(entry) = plan.kept.and_then(|k| k.get(i).copied().flatten()) {
-            if matches!(entry, Entry::Data(_)) {
-                data_bytes += end - start;
-            }
-            if out
-                .send(Piece::Empty {
+        let piece = match plan.kept.and_then(|k| k.get(i)) {
+            Some(ChunkPlan::Keep(entry)) => {
+                if matches!(entry, Entry::Data(_)) {
+                    data_bytes += end - start;
+                }
+                Piece::Empty {
                     i,
                     len: end - start,
-                    entry,
-                })
-                .is_err()
-            {
-                return Ok(data_bytes);
-            }
-            continue;
-        }
-        let piece = match classify(source, start, end) {
-            Ok((None, mapped)) => {
-                data_bytes += mapped;
-                let mut buf = spare
-                    .try_recv()
-                    .unwrap_or_else(|_| Vec::with_capacity(chunk as usize));
-                buf.resize((end - start) as usize, 0);
-                match source.read_at(start, &mut buf) {
-                    Ok(()) => Piece::Data { i, buf },
-                    Err(e) => Piece::Failed(e.into()),
+                    entry: *entry,
                 }
             }
-            Ok((Some(entry), _)) => Piece::Empty {
-                i,
-                len: end - start,
-                entry,
-            },
-            Err(e) => Piece::Failed(e),
+            Some(ChunkPlan::Patch(base, areas)) => {
+                match patch(source, plan.repo, *base, start, end, areas) {
+                    Some(Ok((buf, read))) => {
+                        data_bytes += end - start;
+                        Piece::Data { i, buf, read }
+                    }
+                    Some(Err(e)) => Piece::Failed(e),
+                    None => read_whole(source, i, start, end, chunk, spare, &mut data_bytes),
+                }
+            }
+            None => read_whole(source, i, start, end, chunk, spare, &mut data_bytes),
         };
         let failed = matches!(piece, Piece::Failed(_));
         if out.send(piece).is_err() || failed {
@@ -253,6 +246,81 @@ fn read_pieces(
         }
     }
     Ok(data_bytes)
+}
+
+/// Chunk `[start, end)` read whole (after its map says whether there is anything to read).
+fn read_whole(
+    source: &mut dyn vmdk::DiskSource,
+    i: usize,
+    start: u64,
+    end: u64,
+    chunk: u32,
+    spare: &Receiver<Vec<u8>>,
+    data_bytes: &mut u64,
+) -> Piece {
+    match classify(source, start, end) {
+        Ok((None, mapped)) => {
+            *data_bytes += mapped;
+            let mut buf = spare
+                .try_recv()
+                .unwrap_or_else(|_| Vec::with_capacity(chunk as usize));
+            buf.resize((end - start) as usize, 0);
+            match source.read_at(start, &mut buf) {
+                Ok(()) => Piece::Data {
+                    i,
+                    read: end - start,
+                    buf,
+                },
+                Err(e) => Piece::Failed(e.into()),
+            }
+        }
+        Ok((Some(entry), _)) => Piece::Empty {
+            i,
+            len: end - start,
+            entry,
+        },
+        Err(e) => Piece::Failed(e),
+    }
+}
+
+/// The chunk `[start, end)` as the base point's chunk `base` with the changed `areas`
+/// read from the disk over it, and the bytes read from the disk. `None` when the base's
+/// chunk cannot be read (the chunk is then read whole from the disk instead).
+fn patch(
+    source: &mut dyn vmdk::DiskSource,
+    repo: &crate::repository::Repository,
+    base: Entry,
+    start: u64,
+    end: u64,
+    areas: &[(u64, u64)],
+) -> Option<Result<(Vec<u8>, u64)>> {
+    let len = (end - start) as usize;
+    let mut buf = match base {
+        Entry::Data(id) => match repo.read_chunk(&id) {
+            Ok(b) if b.len() == len => b,
+            Ok(_) | Err(_) => {
+                tracing::warn!(
+                    "chunk {} of the base point is unreadable; reading the disk instead",
+                    id.hex()
+                );
+                return None;
+            }
+        },
+        Entry::Zero | Entry::Unallocated => vec![0u8; len],
+    };
+    let mut read = 0u64;
+    for &(offset, n) in areas {
+        let from = (offset - start) as usize;
+        let to = from + n as usize;
+        let Some(dst) = buf.get_mut(from..to) else {
+            return None;
+        };
+        if let Err(e) = source.read_at(offset, dst) {
+            return Some(Err(e.into()));
+        }
+        read += n;
+    }
+    Some(Ok((buf, read)))
 }
 
 /// What the map says of `[start, end)`: `Some(entry)` when no data is there (all

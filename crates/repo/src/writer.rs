@@ -69,6 +69,16 @@ pub struct PointInfo {
     pub tool_version: String,
 }
 
+/// What a tracked backup does with one chunk of a disk.
+#[derive(Debug, Clone)]
+pub(crate) enum ChunkPlan {
+    /// Unchanged since the base point: its entry, unread.
+    Keep(Entry),
+    /// Changed in these areas (absolute offsets): the base point's chunk with the areas
+    /// read from the disk over it.
+    Patch(Entry, Vec<(u64, u64)>),
+}
+
 /// What change tracking says of a disk being stored.
 #[derive(Debug, Clone, Default)]
 pub struct DiskChanges {
@@ -335,15 +345,16 @@ impl BackupWriter {
         Ok(entry)
     }
 
-    /// For each chunk of `index`: the base point's entry when no changed area touches
-    /// it. `None` (read everything) without areas or without a base disk of the same
-    /// node, size and chunk size.
+    /// What to do with each chunk of `index` given change tracking's answer: keep the
+    /// base point's entry when no changed area touches it, else patch the base's chunk
+    /// with the changed areas read from the disk. `None` (read everything) without
+    /// areas or without a base disk of the same node, size and chunk size.
     fn unchanged_entries(
         &self,
         node: &str,
         index: &DiskIndex,
         changes: &DiskChanges,
-    ) -> Result<Option<Vec<Option<Entry>>>> {
+    ) -> Result<Option<Vec<ChunkPlan>>> {
         let (Some(changed), Some(base)) = (&changes.changed, &self.base) else {
             return Ok(None);
         };
@@ -354,24 +365,29 @@ impl BackupWriter {
         if base_index.capacity != index.capacity || base_index.chunk_size != index.chunk_size {
             return Ok(None);
         }
-        let mut touched = vec![false; index.entries.len()];
+        let mut plan: Vec<ChunkPlan> = base_index
+            .entries
+            .iter()
+            .map(|e| ChunkPlan::Keep(*e))
+            .collect();
         let cs = u64::from(index.chunk_size);
         for &(start, len) in changed {
-            if len == 0 || start >= index.capacity {
-                continue;
-            }
-            let last = (start + len - 1).min(index.capacity - 1) / cs;
-            for t in &mut touched[(start / cs) as usize..=last as usize] {
-                *t = true;
+            let end = start.saturating_add(len).min(index.capacity);
+            let mut pos = start;
+            while pos < end {
+                let i = (pos / cs) as usize;
+                let piece_end = end.min((i as u64 + 1) * cs);
+                let Some(slot) = plan.get_mut(i) else { break };
+                match slot {
+                    ChunkPlan::Keep(e) => {
+                        *slot = ChunkPlan::Patch(*e, vec![(pos, piece_end - pos)])
+                    }
+                    ChunkPlan::Patch(_, areas) => areas.push((pos, piece_end - pos)),
+                }
+                pos = piece_end;
             }
         }
-        Ok(Some(
-            touched
-                .iter()
-                .zip(&base_index.entries)
-                .map(|(t, e)| (!t).then_some(*e))
-                .collect(),
-        ))
+        Ok(Some(plan))
     }
 
     /// Store an index; returns its id.
