@@ -312,9 +312,7 @@ fn patch(
     for &(offset, n) in areas {
         let from = (offset - start) as usize;
         let to = from + n as usize;
-        let Some(dst) = buf.get_mut(from..to) else {
-            return None;
-        };
+        let dst = buf.get_mut(from..to)?;
         if let Err(e) = source.read_at(offset, dst) {
             return Some(Err(e.into()));
         }
