@@ -135,6 +135,23 @@ fn issue_12_a_running_vm_is_backed_up_incrementally_through_qemus_dirty_bitmaps(
     );
     eprintln!("figure: running VM: full backup read {full} bytes, incremental {incremental}");
 
+    // A user snapshot taken and removed while the guest runs (live snapshot and live
+    // commit of the user's redo log) keeps the tracking too.
+    env.ok("vcb", &["vm", "snapshot", "live", "--name", "user"]);
+    let (out, read) = live.backup(Some(&run));
+    assert!(
+        out.contains("changed areas"),
+        "tracking lost across a live user snapshot: {out}"
+    );
+    assert!(read <= 4 * MB + 64 * 1024, "read {read} bytes");
+    env.ok("vcb", &["vm", "remove-snapshot", "live", "user"]);
+    let (out, read) = live.backup(Some(&run));
+    assert!(
+        out.contains("changed areas"),
+        "tracking lost across a live commit: {out}"
+    );
+    assert!(read <= 4 * MB + 64 * 1024, "read {read} bytes");
+
     // A clean shutdown hands QEMU's last writes to the tracking file.
     env.ok("vcb", &["vm", "shutdown", "live", "--timeout", "120"]);
     let status = env.ok("vcb", &["vm", "ctk", "status", "live"]);
