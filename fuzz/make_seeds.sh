@@ -152,3 +152,29 @@ printf '\x01vcbindex\x01\x00\x00\x00\x00\x00\x01\x00\x00\x00\x03\x00\x00\x00\x00
 printf '\x02{"version":1,"id":"0123456789abcdef","group":"00","vm":{"name":"vm","uuid":null},"time":1,"written_ns":2,"hostname":"h","quiesced":true,"power_state":"poweredOn","catalog":"x","files":[{"name":"vm.vmx","size":1,"sha256":"00","chunks":["ab"]}],"disks":[{"node":"scsi0:0","name":"d.vmdk","capacity":1,"adapter":"lsilogic","index":"cd","data_bytes":0}]}' > "$corpus/repo_object/point"
 printf '\x03{"version":1,"id":"00","created":0,"user":"u","hostname":"h","kdf":"argon2id","kdf_params":{"memory_kib":65536,"iterations":3,"parallelism":1},"salt":"00","cipher":"aes-256-gcm","nonce":"00","wrapped":"00"}' > "$corpus/repo_object/key"
 printf '\x00vcbO\x01\x01\x00\x01(\xb5/\xfd' > "$corpus/repo_object/envelope"
+mkdir -p "$corpus/ctk_file" "$corpus/nbd_server_bytes"
+python3 - "$corpus" <<'PY'
+import json, struct, sys, zlib
+corpus = sys.argv[1]
+# A change-tracking file: 1 MiB disk in 64 KiB blocks, blocks 1 and 9 written.
+gens = [0] * 16
+gens[1], gens[9] = 2, 3
+header = json.dumps({"version": 1, "epoch": "6f1c0e52-8d1b-4a4e-9a53-0c7d2b0e9f11", "sequence": 4,
+                     "capacity": 1 << 20, "block_size": 65536, "leaf": "vm.vmdk", "cid": "3c1f0a9d",
+                     "state": "live", "session": "qemu-1"}).encode()
+body = zlib.compress(b"".join(struct.pack("<I", g) for g in gens))
+data = b"VCBCTK\r\n" + struct.pack("<I", len(header)) + header + struct.pack("<Q", len(body)) + body
+data += struct.pack("<I", zlib.crc32(data) & 0xffffffff)
+open(f"{corpus}/ctk_file/live", "wb").write(data)
+# What QEMU's NBD server answers to the client: greeting, option replies, one block status.
+def rep(opt, typ, payload=b""):
+    return struct.pack(">QIII", 0x0003e889045565a9, opt, typ, len(payload)) + payload
+ctx = b"qemu:dirty-bitmap:vcb-ctk-1"
+s = struct.pack(">QQH", 0x4e42444d41474943, 0x49484156454F5054, 3)
+s += rep(8, 1)
+s += rep(10, 4, struct.pack(">I", 1) + ctx) + rep(10, 1)
+s += rep(7, 3, struct.pack(">HQH", 0, 1 << 20, 1)) + rep(7, 1)
+desc = struct.pack(">III", 1, 65536, 0) + struct.pack(">II", 65536, 1) + struct.pack(">II", (1 << 20) - 131072, 0)
+s += struct.pack(">IHHQI", 0x668e33ef, 1, 5, 1, len(desc)) + desc
+open(f"{corpus}/nbd_server_bytes/qemu", "wb").write(s)
+PY

@@ -41,6 +41,14 @@ impl Client {
     /// [`Error::Protocol`] for a server that breaks the protocol.
     pub fn connect(socket: &Path, export: &str, context: &str) -> Result<Client> {
         let sock = UnixStream::connect(socket).map_err(io("connect"))?;
+        Client::over(sock, export, context)
+    }
+
+    /// [`connect`](Client::connect) over a connected stream.
+    ///
+    /// # Errors
+    /// As for [`connect`](Client::connect).
+    pub fn over(sock: UnixStream, export: &str, context: &str) -> Result<Client> {
         sock.set_read_timeout(Some(Duration::from_secs(60)))
             .map_err(io("set timeout"))?;
         let mut c = Client {
