@@ -10,21 +10,6 @@ use vmdk::DiskFormat;
 const MB: u64 = 1 << 20;
 const DISK: &str = "scsi0-0-0-vm1.vmdk";
 
-fn vcb_write(env: &Env, disk: &Path, offset: u64, data: &[u8]) {
-    let f = env.path("payload.bin");
-    std::fs::write(&f, data).unwrap();
-    env.ok(
-        "vcb",
-        &[
-            "disk",
-            "write",
-            disk.to_str().unwrap(),
-            &offset.to_string(),
-            f.to_str().unwrap(),
-        ],
-    );
-}
-
 /// Backs up the first VM (by moref: a restored copy has the same name).
 fn mount(env: &Env, dest: &Path, extra: &[&str]) -> String {
     let mut args = vec!["-a", "moref:16", "-r", dest.to_str().unwrap()];

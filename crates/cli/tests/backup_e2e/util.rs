@@ -284,3 +284,21 @@ pub fn random_bytes(len: u64, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Writes `data` at `offset` of `disk` through `vcb disk write` (vcb's own tool, which
+/// keeps changed-block tracking).
+#[allow(dead_code)] // used by the tracking tests
+pub fn vcb_write(env: &Env, disk: &Path, offset: u64, data: &[u8]) {
+    let f = env.path("payload.bin");
+    std::fs::write(&f, data).unwrap();
+    env.ok(
+        "vcb",
+        &[
+            "disk",
+            "write",
+            disk.to_str().unwrap(),
+            &offset.to_string(),
+            f.to_str().unwrap(),
+        ],
+    );
+}

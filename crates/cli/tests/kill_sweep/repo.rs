@@ -52,12 +52,20 @@ fn sound(root: &Path, what: &str) -> usize {
 /// A host with `vm1` (a thin and a zeroedthick disk) and an encrypted repository
 /// holding `points` backups of it (the disk changed before each).
 fn template(points: usize) -> Env {
+    template_tracked(points, false)
+}
+
+/// [`template`], with changed-block tracking on for `vm1` when `tracked`.
+pub(crate) fn template_tracked(points: usize, tracked: bool) -> Env {
     let env = Env::new();
     env.vm(
         "vm1",
         &[(4 * MB, DiskFormat::Thin), (MB, DiskFormat::ZeroedThick)],
         4,
     );
+    if tracked {
+        env.ok("vcb", &["vm", "ctk", "enable", "vm1"]);
+    }
     std::fs::write(env.path("pass"), PASS).unwrap();
     let pass = env.path("pass");
     let vars = [("VCB_PASSWORD_FILE", s(&pass))];

@@ -3,9 +3,8 @@
 //! killed backup never makes a later incremental miss a change).
 
 use crate::harness::{sweep, Cmd};
-use crate::util::{disk_paths, write, Env};
+use crate::util::{disk_paths, write};
 use std::path::Path;
-use vmdk::DiskFormat;
 
 const MB: u64 = 1 << 20;
 const PASS: &str = "kill sweep passphrase";
@@ -52,39 +51,8 @@ fn newest_point_is_the_vm(root: &Path, what: &str) {
 
 #[test]
 fn issue_12_a_tracked_incremental_backup_survives_kill_9() {
-    let env = Env::new();
-    env.vm(
-        "vm1",
-        &[(4 * MB, DiskFormat::Thin), (MB, DiskFormat::ZeroedThick)],
-        4,
-    );
-    std::fs::write(env.path("pass"), PASS).unwrap();
-    let vars = [("VCB_PASSWORD_FILE", s(&env.path("pass")).to_owned())];
-    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let r = s(&env.path("repo")).to_owned();
-    let init = [
-        "repo",
-        "init",
-        &r,
-        "--kdf-memory-mib",
-        "8",
-        "--kdf-iterations",
-        "1",
-        "--chunk-size",
-        "262144",
-    ];
-    assert!(env.run_env("vcb", &init, &vars).status.success());
-    env.ok("vcb", &["vm", "ctk", "enable", "vm1"]);
+    let env = crate::repo_sweep::template_tracked(1, true);
     let disks = disk_paths(&env, "vm1");
-    write(&disks[0], 0, &crate::util::random_bytes(3 * MB, 5));
-    assert!(env
-        .run_env(
-            "vcbMounter",
-            &["-a", "name:vm1", "-r", &format!("repo:{r}")],
-            &vars
-        )
-        .status
-        .success());
     // Tracked changes on both disks since that point.
     write(&disks[0], MB + 4096, &[7; 300_000]);
     write(&disks[1], 512 * 1024, &[9; 4096]);

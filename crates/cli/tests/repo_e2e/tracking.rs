@@ -5,7 +5,6 @@
 
 use crate::store::Repo;
 use crate::util::*;
-use std::path::Path;
 use vmdk::DiskFormat;
 
 const MB: u64 = 1 << 20;
@@ -57,21 +56,6 @@ fn read_bytes(stats: &serde_json::Value) -> u64 {
 
 /// More than the configuration files of the test VM hold.
 const CONFIG: u64 = 16 * 1024;
-
-fn vcb_write(env: &Env, disk: &Path, offset: u64, data: &[u8]) {
-    let f = env.path("payload.bin");
-    std::fs::write(&f, data).unwrap();
-    env.ok(
-        "vcb",
-        &[
-            "disk",
-            "write",
-            disk.to_str().unwrap(),
-            &offset.to_string(),
-            f.to_str().unwrap(),
-        ],
-    );
-}
 
 #[test]
 fn issue_12_offline_incrementals_read_only_what_changed_and_restore_exactly() {
