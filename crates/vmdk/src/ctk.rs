@@ -197,7 +197,7 @@ impl Tracking {
             return;
         }
         let first = offset / self.block_size;
-        let last = (offset + len - 1).min(self.capacity - 1) / self.block_size;
+        let last = (offset.saturating_add(len).min(self.capacity) - 1) / self.block_size;
         let seq = u32::try_from(self.seq).unwrap_or(u32::MAX);
         for g in &mut self.gens[first as usize..=last as usize] {
             *g = seq;

@@ -58,9 +58,15 @@ fn marks_past_the_end_are_clipped() {
     let mut t = tracking();
     let id = t.checkpoint();
     t.mark(t.capacity() - 1, 1 << 40);
+    // Found by the ctk_file fuzz target: a length reaching past u64::MAX overflowed.
+    t.mark(t.capacity() / 2, u64::MAX);
+    t.mark(t.capacity() - 1, u64::MAX);
     t.mark(t.capacity(), 10);
     t.mark(0, 0);
-    assert_eq!(t.changed_since(&id).unwrap(), vec![(10 * 1024 * 1024, 512)]);
+    assert_eq!(
+        t.changed_since(&id).unwrap(),
+        vec![(5 * 1024 * 1024, 5 * 1024 * 1024 + 512)]
+    );
 }
 
 #[test]
