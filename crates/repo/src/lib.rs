@@ -36,6 +36,7 @@ pub mod prune;
 pub mod reader;
 mod repository;
 pub mod session;
+mod tracked;
 pub mod verify;
 pub mod writer;
 

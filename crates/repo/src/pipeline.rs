@@ -5,7 +5,8 @@
 use crate::error::{Error, Result};
 use crate::index::{DiskIndex, Entry};
 use crate::point::Stats;
-use crate::writer::{Advance, BackupWriter, ChunkPlan, StoreProgress};
+use crate::tracked::ChunkPlan;
+use crate::writer::{Advance, BackupWriter, StoreProgress};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Mutex;
 

@@ -78,6 +78,7 @@ mod paths;
 mod process;
 pub mod qmp;
 mod quiesce;
+mod stop;
 mod suspend;
 mod tracking;
 mod vm;

@@ -295,9 +295,8 @@ fn remove_bitmap(q: &mut Qmp, node: &str, name: &str) -> Result<()> {
             json!({"node": node, "name": name}),
         ) {
             Ok(_) => return Ok(()),
-            Err(e) if tries < 50 => {
+            Err(_) if tries < 50 => {
                 tries += 1;
-                let _ = e;
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err(e) => return Err(e),
