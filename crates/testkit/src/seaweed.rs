@@ -7,7 +7,7 @@
 //! (fail under `VCB_REQUIRE_TOOLS`).
 
 use crate::tools::tools_required;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -44,10 +44,7 @@ pub fn weed_binary() -> Option<PathBuf> {
     crate::tools::tool_exists("weed").then(|| PathBuf::from("weed"))
 }
 
-fn free_port() -> u16 {
-    let l = TcpListener::bind(("127.0.0.1", 0)).expect("bind");
-    l.local_addr().expect("addr").port()
-}
+use crate::tools::free_port;
 
 impl Cluster {
     /// Start a cluster with bucket `bucket`, or `None` (SKIP) when `weed` is missing.

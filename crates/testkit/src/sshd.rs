@@ -5,7 +5,7 @@
 
 use crate::tools::{require_tools, run};
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -262,10 +262,7 @@ fn local_user() -> String {
         .unwrap_or_else(|| run(Command::new("id").arg("-un")).trim().to_owned())
 }
 
-fn free_port() -> u16 {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).expect("bind");
-    listener.local_addr().expect("addr").port()
-}
+use crate::tools::free_port;
 
 /// Every process below `root` (by parent pid), found by scanning /proc.
 fn descendants(root: u32) -> Vec<i32> {

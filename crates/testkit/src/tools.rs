@@ -74,3 +74,24 @@ pub fn run(cmd: &mut Command) -> String {
     }
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A loopback TCP port no other caller in this process was given: free when asked, and
+/// never handed out twice (servers started one after the other bind their ports a moment
+/// after they are chosen, so a port released by one probe could otherwise be chosen
+/// again for the next server before the first one binds it).
+pub fn free_port() -> u16 {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let given = given.get_or_insert_with(HashSet::new);
+    loop {
+        let l = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind a loopback port");
+        let port = l.local_addr().expect("local address").port();
+        if given.insert(port) {
+            return port;
+        }
+    }
+}
