@@ -105,6 +105,34 @@ fn cmd(root: &Path, program: &str, args: &[&str]) -> Cmd {
         .env("VCB_PASSWORD_FILE", s(&root.join("pass")))
 }
 
+/// vcbMounter backing `vm1` up into the repository of the sweep's copy at `root`.
+pub(crate) fn backup_cmd(root: &Path) -> Cmd {
+    let target = format!("repo:{}", s(&root.join("repo")));
+    let host = root.join("host");
+    cmd(
+        root,
+        "vcbMounter",
+        &["-a", "name:vm1", "-r", &target, "--root", s(&host)],
+    )
+}
+
+/// Runs `c` to its end (the backup after a killed one) and requires success; returns
+/// its standard output.
+pub(crate) fn run_to_end(c: &Cmd, what: &str) -> String {
+    let out = std::process::Command::new(&c.program)
+        .args(&c.args)
+        .envs(c.env.iter().cloned())
+        .env("VCB_CONF", "")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: the next backup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn issue_11_backup_into_a_repository_survives_kill_9() {
     let env = template(1);
@@ -113,73 +141,32 @@ fn issue_11_backup_into_a_repository_survives_kill_9() {
     let data = crate::util::random_bytes(3 * MB, 99);
     write(&disk, 0, &data);
     let reuse_checked = std::cell::Cell::new(0);
-    let (kills, _) = sweep(
-        env.dir.path(),
-        |root| {
-            let target = format!("repo:{}", s(&root.join("repo")));
-            cmd(
-                root,
-                "vcbMounter",
-                &[
-                    "-a",
-                    "name:vm1",
-                    "-r",
-                    &target,
-                    "--root",
-                    s(&root.join("host")),
-                ],
-            )
-        },
-        |root, what| {
-            let n = sound(root, what);
-            assert!(n == 1 || n == 2, "{what}: {n} points");
-            if n == 1 {
-                // The next backup succeeds, and reuses what the killed one stored.
-                let stored = std::process::Command::new(bin("vcb"))
-                    .args(["repo", "check", s(&root.join("repo")), "--json"])
-                    .env("VCB_PASSWORD_FILE", s(&root.join("pass")))
-                    .output()
-                    .unwrap();
-                let before: serde_json::Value = serde_json::from_slice(&stored.stdout).unwrap();
-                let unused = before["chunks_unused"].as_u64().unwrap();
-                let target = format!("repo:{}", s(&root.join("repo")));
-                let c = cmd(
-                    root,
-                    "vcbMounter",
-                    &[
-                        "-a",
-                        "name:vm1",
-                        "-r",
-                        &target,
-                        "--root",
-                        s(&root.join("host")),
-                    ],
-                );
-                let out = std::process::Command::new(&c.program)
-                    .args(&c.args)
-                    .envs(c.env.iter().cloned())
-                    .env("VCB_CONF", "")
-                    .output()
-                    .unwrap();
+    let (kills, _) = sweep(env.dir.path(), backup_cmd, |root, what| {
+        let n = sound(root, what);
+        assert!(n == 1 || n == 2, "{what}: {n} points");
+        if n == 1 {
+            // The next backup succeeds, and reuses what the killed one stored.
+            let stored = std::process::Command::new(bin("vcb"))
+                .args(["repo", "check", s(&root.join("repo")), "--json"])
+                .env("VCB_PASSWORD_FILE", s(&root.join("pass")))
+                .output()
+                .unwrap();
+            let before: serde_json::Value = serde_json::from_slice(&stored.stdout).unwrap();
+            let unused = before["chunks_unused"].as_u64().unwrap();
+            run_to_end(&backup_cmd(root), what);
+            let r = open(root);
+            let newest = r.find_point("vm1").unwrap();
+            if unused > 0 {
                 assert!(
-                    out.status.success(),
-                    "{what}: the next backup failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
+                    newest.stats.reused_chunks > 0,
+                    "{what}: nothing reused of {unused} chunks"
                 );
-                let r = open(root);
-                let newest = r.find_point("vm1").unwrap();
-                if unused > 0 {
-                    assert!(
-                        newest.stats.reused_chunks > 0,
-                        "{what}: nothing reused of {unused} chunks"
-                    );
-                    reuse_checked.set(reuse_checked.get() + 1);
-                }
-                assert_eq!(sound(root, what), 2);
+                reuse_checked.set(reuse_checked.get() + 1);
             }
-            n == 2
-        },
-    );
+            assert_eq!(sound(root, what), 2);
+        }
+        n == 2
+    });
     eprintln!("figure: backup into a repository: {kills} kills, the next backup reused a killed one's chunks {} times", reuse_checked.get());
     assert!(reuse_checked.get() > 0);
 }

@@ -2,7 +2,7 @@
 //! reports: the next backup succeeds, and its point holds exactly the VM's disks (a
 //! killed backup never makes a later incremental miss a change).
 
-use crate::harness::{sweep, Cmd};
+use crate::harness::sweep;
 use crate::util::{disk_paths, write};
 use std::path::Path;
 
@@ -11,22 +11,6 @@ const PASS: &str = "kill sweep passphrase";
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-fn backup(root: &Path) -> Cmd {
-    let target = format!("repo:{}", s(&root.join("repo")));
-    Cmd::new(
-        env!("CARGO_BIN_EXE_vcbMounter"),
-        &[
-            "-a",
-            "name:vm1",
-            "-r",
-            &target,
-            "--root",
-            s(&root.join("host")),
-        ],
-    )
-    .env("VCB_PASSWORD_FILE", s(&root.join("pass")))
 }
 
 /// Every disk of the newest point of vm1 equals the VM's disk now.
@@ -57,26 +41,18 @@ fn issue_12_a_tracked_incremental_backup_survives_kill_9() {
     write(&disks[0], MB + 4096, &[7; 300_000]);
     write(&disks[1], 512 * 1024, &[9; 4096]);
     let incremental = std::cell::Cell::new(0);
-    let (kills, _) = sweep(env.dir.path(), backup, |root, what| {
-        let c = backup(root);
-        let out = std::process::Command::new(&c.program)
-            .args(&c.args)
-            .envs(c.env.iter().cloned())
-            .env("VCB_CONF", "")
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{what}: the next backup failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if text.contains("changed areas") {
-            incremental.set(incremental.get() + 1);
-        }
-        newest_point_is_the_vm(root, what);
-        true
-    });
+    let (kills, _) = sweep(
+        env.dir.path(),
+        crate::repo_sweep::backup_cmd,
+        |root, what| {
+            let text = crate::repo_sweep::run_to_end(&crate::repo_sweep::backup_cmd(root), what);
+            if text.contains("changed areas") {
+                incremental.set(incremental.get() + 1);
+            }
+            newest_point_is_the_vm(root, what);
+            true
+        },
+    );
     eprintln!(
         "figure: tracked incremental backup: {kills} kills; the next backup was incremental {} times, exact every time",
         incremental.get()

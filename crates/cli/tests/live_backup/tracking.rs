@@ -23,7 +23,7 @@ struct Live<'a> {
     n: usize,
 }
 
-impl Live<'_> {
+impl<'a> Live<'a> {
     fn vars(&self) -> Vec<(&str, &str)> {
         self.vars
             .iter()
@@ -84,44 +84,59 @@ impl Live<'_> {
         });
         g.run().to_owned()
     }
+
+    /// A repository, tracking on and the VM powered on; returns the guest's run once it
+    /// wrote a full lap.
+    fn start(env: &'a Env, t: &'a TestVm, fill: Vec<u8>) -> (Live<'a>, String) {
+        let pass = env.path("pass");
+        std::fs::write(&pass, "live passphrase").unwrap();
+        let repo = env.path("repo").to_str().unwrap().to_owned();
+        let vars = vec![(
+            "VCB_PASSWORD_FILE".to_owned(),
+            pass.to_str().unwrap().to_owned(),
+        )];
+        let live = Live {
+            env,
+            t,
+            repo: repo.clone(),
+            vars,
+            fill,
+            n: 0,
+        };
+        let init = [
+            "repo",
+            "init",
+            &repo,
+            "--kdf-memory-mib",
+            "8",
+            "--kdf-iterations",
+            "1",
+        ];
+        live.run("vcb", &init);
+        env.ok("vcb", &["vm", "ctk", "enable", "live"]);
+        env.ok("vcb", &["vm", "power-on", "live"]);
+        let run = live.lap("a full lap of writes");
+        (live, run)
+    }
+}
+
+/// The test VM with `FILL` bytes of data (from `seed`) beside the guest's blocks,
+/// registered on a host of its own.
+fn filled_vm(guest: &std::path::Path, seed: u64) -> (TestVm, Env, Vec<u8>) {
+    let t = TestVm::new(guest, "live", layout(false));
+    let fill = crate::e2e::random_bytes(FILL, seed);
+    let mut d = vmdk::Disk::open(&t.disk, &vmdk::OpenOptions::writable()).unwrap();
+    d.write_at(FILL_AT, &fill).unwrap();
+    d.close().unwrap();
+    let env = host_with(&t);
+    (t, env, fill)
 }
 
 #[test]
 fn issue_12_a_running_vm_is_backed_up_incrementally_through_qemus_dirty_bitmaps() {
     let Some(guest) = rt::guest() else { return };
-    let t = TestVm::new(&guest, "live", layout(false));
-    let fill = crate::e2e::random_bytes(FILL, 77);
-    {
-        let mut d = vmdk::Disk::open(&t.disk, &vmdk::OpenOptions::writable()).unwrap();
-        d.write_at(FILL_AT, &fill).unwrap();
-        d.close().unwrap();
-    }
-    let env = host_with(&t);
-    let pass = env.path("pass");
-    std::fs::write(&pass, "live passphrase").unwrap();
-    let mut live = Live {
-        env: &env,
-        t: &t,
-        repo: env.path("repo").to_str().unwrap().to_owned(),
-        vars: vec![("VCB_PASSWORD_FILE".into(), pass.to_str().unwrap().into())],
-        fill,
-        n: 0,
-    };
-    live.run(
-        "vcb",
-        &[
-            "repo",
-            "init",
-            &live.repo.clone(),
-            "--kdf-memory-mib",
-            "8",
-            "--kdf-iterations",
-            "1",
-        ],
-    );
-    env.ok("vcb", &["vm", "ctk", "enable", "live"]);
-    env.ok("vcb", &["vm", "power-on", "live"]);
-    let run = live.lap("a full lap of writes");
+    let (t, env, fill) = filled_vm(&guest, 77);
+    let (mut live, run) = Live::start(&env, &t, fill);
 
     let (out, full) = live.backup(Some(&run));
     assert!(out.contains("reading all of scsi0:0"), "{out}");
@@ -250,44 +265,8 @@ fn issue_12_random_sequences_with_qemu_never_miss_a_change() {
 fn random_sequence(guest: &std::path::Path, seed: u64) {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let t = TestVm::new(guest, "live", layout(false));
-    let mut fill = crate::e2e::random_bytes(FILL, seed);
-    {
-        let mut d = vmdk::Disk::open(&t.disk, &vmdk::OpenOptions::writable()).unwrap();
-        d.write_at(FILL_AT, &fill).unwrap();
-        d.close().unwrap();
-    }
-    let env = host_with(&t);
-    let pass = env.path("pass");
-    std::fs::write(&pass, "live passphrase").unwrap();
-    let repo = env.path("repo").to_str().unwrap().to_owned();
-    let vars = vec![(
-        "VCB_PASSWORD_FILE".to_owned(),
-        pass.to_str().unwrap().to_owned(),
-    )];
-    let mut live = Live {
-        env: &env,
-        t: &t,
-        repo: repo.clone(),
-        vars,
-        fill: fill.clone(),
-        n: 0,
-    };
-    live.run(
-        "vcb",
-        &[
-            "repo",
-            "init",
-            &repo,
-            "--kdf-memory-mib",
-            "8",
-            "--kdf-iterations",
-            "1",
-        ],
-    );
-    env.ok("vcb", &["vm", "ctk", "enable", "live"]);
-    env.ok("vcb", &["vm", "power-on", "live"]);
-    let mut run = live.lap("a full lap of writes");
+    let (t, env, mut fill) = filled_vm(guest, seed);
+    let (mut live, mut run) = Live::start(&env, &t, fill.clone());
     let mut power = Power::On;
     let mut snapshots = 0;
     let mut ops = Vec::new();
