@@ -111,16 +111,14 @@ impl Vm {
         let removed = remove_bitmap(q, qemu_node, name);
         let dirty = dirty?;
         removed?;
-        let path = ctk::ctk_path(file);
-        let mut t = match ctk::Tracking::load(&path) {
-            Ok(Some(t)) if matches!(t.state, State::Live { .. }) => t,
-            _ => return Ok(()), // nothing owned by this QEMU to hand the writes to
-        };
-        for (offset, len) in &dirty {
-            t.mark(*offset, *len);
-        }
-        t.save(&path)
-            .map_err(|e| Error::vmdk("save change tracking", e))
+        // Tracking no QEMU owns has nothing to take the writes.
+        ctk::update_live(file, |t| {
+            for (offset, len) in &dirty {
+                t.mark(*offset, *len);
+            }
+        })
+        .map(drop)
+        .map_err(|e| Error::vmdk("save change tracking", e))
     }
 
     /// With the guest stopped, before QEMU ends: every bitmap handed over. Returns the
@@ -158,19 +156,12 @@ impl Vm {
 /// `clean`, bound to each link's CID as QEMU left it.
 pub(crate) fn finish_tracking(files: &[PathBuf]) {
     for f in files {
-        let finished = (|| -> vmdk::Result<()> {
-            let path = ctk::ctk_path(f);
-            let Some(mut t) = ctk::Tracking::load(&path)? else {
-                return Ok(());
-            };
-            if !matches!(t.state, State::Live { .. }) {
-                return Ok(());
-            }
-            let (desc, _) = vmdk::read_descriptor(f)?;
-            t.state = State::Clean;
-            t.cid = desc.cid;
-            t.save(&path)
-        })();
+        let finished = vmdk::read_descriptor(f).and_then(|(desc, _)| {
+            ctk::update_live(f, |t| {
+                t.state = State::Clean;
+                t.cid = desc.cid;
+            })
+        });
         if let Err(e) = finished {
             let _ = ctk::mark_lost(f, &format!("could not record QEMU's last writes: {e}"));
         }

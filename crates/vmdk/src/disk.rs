@@ -29,8 +29,8 @@ pub struct Disk {
     links: Vec<Link>,
     capacity: u64,
     closed: bool,
-    /// Change tracking of the top link, looked up at the first write.
-    tracker: Option<Option<crate::ctk::Tracker>>,
+    /// Change tracking of a writable top link that has tracking to believe.
+    tracker: Option<crate::ctk::Tracker>,
 }
 
 impl Disk {
@@ -95,11 +95,16 @@ impl Disk {
             seen.push(canon);
             links.push(parent);
         }
+        let top = &links[0];
+        let tracker = opts
+            .writable
+            .then(|| crate::ctk::Tracker::begin(&top.path, top.descriptor.cid, capacity))
+            .flatten();
         Ok(Disk {
             links,
             capacity,
             closed: false,
-            tracker: None,
+            tracker,
         })
     }
 
@@ -187,11 +192,7 @@ impl Disk {
                 reason: "disk opened read-only",
             });
         }
-        if self.tracker.is_none() {
-            let leaf = crate::ctk::Tracker::begin(&top.path, top.descriptor.cid, self.capacity)?;
-            self.tracker = Some(leaf);
-        }
-        if let Some(Some(t)) = &mut self.tracker {
+        if let Some(t) = &mut self.tracker {
             t.writing()?;
             t.mark(offset, data.len() as u64);
         }
@@ -273,7 +274,7 @@ impl Disk {
     /// Record this session's writes in the top link's change tracking (after the data
     /// they describe is durable).
     fn record_changes(&mut self) -> Result<()> {
-        if let Some(Some(t)) = &mut self.tracker {
+        if let Some(t) = &mut self.tracker {
             t.record(self.links[0].descriptor.cid)?;
         }
         Ok(())

@@ -43,13 +43,8 @@ pub fn status_for(disk: &Path, session: Option<&str>) -> Result<Status> {
     };
     let (desc, _) = crate::read_descriptor(disk)?;
     let leaf = file_name(disk);
-    if let (State::Live { session: s }, Some(running)) = (&tracking.state, session) {
-        if s == running && tracking.leaf == leaf && tracking.capacity == desc.capacity_bytes() {
-            return Ok(Status::Valid(tracking));
-        }
-    }
     Ok(
-        match tracking.invalid_reason(&leaf, desc.cid, desc.capacity_bytes()) {
+        match tracking.invalid_reason_for(&leaf, desc.cid, desc.capacity_bytes(), session) {
             Some(reason) => Status::Invalid(reason),
             None => Status::Valid(tracking),
         },
@@ -61,10 +56,19 @@ pub fn status_for(disk: &Path, session: Option<&str>) -> Result<Status> {
 /// # Errors
 /// Errors reading the descriptor or writing the file.
 pub fn start(disk: &Path) -> Result<Tracking> {
-    let (desc, _) = crate::read_descriptor(disk)?;
-    let t = Tracking::new(desc.capacity_bytes(), &file_name(disk), desc.cid);
+    let t = fresh(disk)?;
     t.save(&ctk_path(disk))?;
     Ok(t)
+}
+
+/// New tracking (a new epoch) bound to the link `disk` as it is now.
+fn fresh(disk: &Path) -> Result<Tracking> {
+    let (desc, _) = crate::read_descriptor(disk)?;
+    Ok(Tracking::new(
+        desc.capacity_bytes(),
+        &file_name(disk),
+        desc.cid,
+    ))
 }
 
 /// Remove the tracking file of the link `disk`, if any (the link is deleted, renamed or
@@ -105,8 +109,7 @@ pub fn carry(from: &Path, to: &Path) -> Result<bool> {
 /// # Errors
 /// Errors reading the descriptor or writing the file.
 pub fn mark_lost(disk: &Path, reason: &str) -> Result<()> {
-    let (desc, _) = crate::read_descriptor(disk)?;
-    let mut t = Tracking::new(desc.capacity_bytes(), &file_name(disk), desc.cid);
+    let mut t = fresh(disk)?;
     t.state = State::Lost {
         reason: reason.to_owned(),
     };
@@ -126,6 +129,24 @@ pub fn move_live(from: &Path, to: &Path) -> Result<()> {
             forget(from)
         }
         _ => carry(from, to).map(drop),
+    }
+}
+
+/// Changes the tracking of the link `disk` with `change` when a QEMU session owns it
+/// (state `live`); tracking in any other state, or none, is left alone. Returns whether
+/// it was changed.
+///
+/// # Errors
+/// Errors reading or writing the file.
+pub fn update_live(disk: &Path, change: impl FnOnce(&mut Tracking)) -> Result<bool> {
+    let path = ctk_path(disk);
+    match Tracking::load(&path)? {
+        Some(mut t) if matches!(t.state, State::Live { .. }) => {
+            change(&mut t);
+            t.save(&path)?;
+            Ok(true)
+        }
+        _ => Ok(false),
     }
 }
 
@@ -157,26 +178,23 @@ pub(crate) struct Tracker {
 }
 
 impl Tracker {
-    /// Before the first write into `top` (whose CID is still `cid`): the tracker, when the
+    /// Before any write into `top` (whose CID is still `cid`): the tracker, when the
     /// link has a tracking file that can be believed. Untracked or invalid tracking is
     /// left as it is: the CID this write session gives the link keeps it invalid.
-    pub(crate) fn begin(top: &Path, cid: u32, capacity: u64) -> Result<Option<Tracker>> {
+    pub(crate) fn begin(top: &Path, cid: u32, capacity: u64) -> Option<Tracker> {
         let path = ctk_path(top);
-        let Ok(Some(tracking)) = Tracking::load(&path) else {
-            return Ok(None);
-        };
-        let leaf = top.file_name().map(|n| n.to_string_lossy().into_owned());
+        let tracking = Tracking::load(&path).ok()??;
         if tracking
-            .invalid_reason(&leaf.unwrap_or_default(), cid, capacity)
+            .invalid_reason(&file_name(top), cid, capacity)
             .is_some()
         {
-            return Ok(None);
+            return None;
         }
-        Ok(Some(Tracker {
+        Some(Tracker {
             path,
             tracking,
             writing: false,
-        }))
+        })
     }
 
     /// Before a write: the file says a writer is at work, so a crash before

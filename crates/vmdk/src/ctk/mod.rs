@@ -26,7 +26,8 @@ mod links;
 
 pub(crate) use links::Tracker;
 pub use links::{
-    carry, forget, mark_lost, move_live, qemu_session, rebind, start, status, status_for, Status,
+    carry, forget, mark_lost, move_live, qemu_session, rebind, start, status, status_for,
+    update_live, Status,
 };
 
 use crate::error::{Error, Result};
@@ -255,6 +256,19 @@ impl Tracking {
     /// Why this tracking cannot be believed for the link `leaf` whose CID is `cid` and
     /// capacity `capacity`; `None` when it can.
     pub fn invalid_reason(&self, leaf: &str, cid: u32, capacity: u64) -> Option<String> {
+        self.invalid_reason_for(leaf, cid, capacity, None)
+    }
+
+    /// [`invalid_reason`](Self::invalid_reason), where tracking owned by the QEMU session
+    /// `running` (running now) is believed whatever the link's CID: that QEMU holds the
+    /// writes not recorded yet, and hands them over before it stops.
+    pub fn invalid_reason_for(
+        &self,
+        leaf: &str,
+        cid: u32,
+        capacity: u64,
+        running: Option<&str>,
+    ) -> Option<String> {
         if self.leaf != leaf {
             return Some(format!("it belongs to {}, not {leaf}", self.leaf));
         }
@@ -270,6 +284,7 @@ impl Tracking {
                     "process {pid} was writing the disk and never recorded its writes"
                 ))
             }
+            State::Live { session } if running == Some(session.as_str()) => return None,
             State::Live { .. } => {
                 return Some(
                     "the QEMU process running the disk ended without handing over its changes"
