@@ -85,12 +85,10 @@ impl Vm {
                 // Change tracking: the target gets its own bitmap; every block the job
                 // copies into it (all the redo log holds) counts as written.
                 if let Some(old) = crate::tracking::bitmap_on(&mut q, &chain.top_node)? {
-                    let granularity =
-                        crate::tracking::granularity_of(&mut q, &chain.top_node, &old)?;
-                    let name = crate::tracking::next_bitmap(Some(&old));
                     q.execute(
                         "block-dirty-bitmap-add",
-                        json!({"node": base_node, "name": name, "granularity": granularity}),
+                        json!({"node": base_node, "name": old.next_name(),
+                               "granularity": old.granularity}),
                     )?;
                 }
                 let args = json!({"job-id": job, "device": chain.top_node, "base-node": base_node});

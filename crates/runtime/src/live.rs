@@ -62,7 +62,7 @@ struct Prepared {
     added: Vec<String>,
     /// vcb's dirty bitmap on each disk's top (same order as `taken`), rotated onto the
     /// redo log by the switch.
-    bitmaps: Vec<Option<String>>,
+    bitmaps: Vec<Option<crate::tracking::Bitmap>>,
 }
 
 /// A disk device's block chain in the running QEMU.
@@ -229,10 +229,12 @@ impl Vm {
     fn hand_over_tracking(&self, q: &mut Qmp, work: &Prepared, log: &Path) {
         for ((d, top), bitmap) in work.taken.iter().zip(&work.tops).zip(&work.bitmaps) {
             let Some(old) = bitmap else { continue };
-            let moved = self.drain_bitmap(q, top, old, &d.parent).and_then(|()| {
-                vmdk::ctk::move_live(&d.parent, &d.redo_log)
-                    .map_err(|e| Error::vmdk("move change tracking", e))
-            });
+            let moved = self
+                .drain_bitmap(q, top, &old.name, &d.parent)
+                .and_then(|()| {
+                    vmdk::ctk::move_live(&d.parent, &d.redo_log)
+                        .map_err(|e| Error::vmdk("move change tracking", e))
+                });
             if let Err(e) = moved {
                 vmlog::append(log, "vcb", &format!("change tracking of {}: {e}", d.node));
                 let _ = vmdk::ctk::forget(&d.parent);
@@ -266,15 +268,14 @@ impl Vm {
         // the old ones stop, in the same transaction.
         for ((d, top), bitmap) in work.taken.iter().zip(&work.tops).zip(&work.bitmaps) {
             let Some(old) = bitmap else { continue };
-            let granularity = crate::tracking::granularity_of(q, top, old)?;
             actions.push(json!({
                 "type": "block-dirty-bitmap-add",
-                "data": {"node": d.qemu_node, "name": crate::tracking::next_bitmap(Some(old)),
-                         "granularity": granularity},
+                "data": {"node": d.qemu_node, "name": old.next_name(),
+                         "granularity": old.granularity},
             }));
             actions.push(json!({
                 "type": "block-dirty-bitmap-disable",
-                "data": {"node": top, "name": old},
+                "data": {"node": top, "name": old.name},
             }));
         }
         Ok(actions)

@@ -49,7 +49,7 @@ pub(crate) struct TrackedDisk {
     /// Its file.
     pub(crate) top_file: PathBuf,
     /// vcb's bitmap on that node, if any.
-    pub(crate) bitmap: Option<String>,
+    pub(crate) bitmap: Option<Bitmap>,
 }
 
 impl Vm {
@@ -130,7 +130,8 @@ impl Vm {
             return done;
         };
         for d in disks {
-            let Some(name) = &d.bitmap else { continue };
+            let Some(bitmap) = &d.bitmap else { continue };
+            let name = &bitmap.name;
             let drained = q
                 .execute(
                     "block-dirty-bitmap-disable",
@@ -180,14 +181,6 @@ fn begin_disk(q: &mut Qmp, d: &TrackedDisk, session: &str) -> Result<()> {
     };
     t.save(&ctk::ctk_path(&d.top_file))
         .map_err(|e| Error::vmdk("save change tracking", e))?;
-    if let Some(old) = &d.bitmap {
-        // A bitmap of an earlier session on the same node cannot exist (bitmaps live
-        // in QEMU's memory); one found here is ours from a retried start.
-        let _ = q.execute(
-            "block-dirty-bitmap-remove",
-            json!({"node": d.top_node, "name": old}),
-        );
-    }
     q.execute(
         "block-dirty-bitmap-add",
         json!({"node": d.top_node, "name": format!("{BITMAP_PREFIX}1"), "granularity": t.block_size()}),
@@ -195,37 +188,23 @@ fn begin_disk(q: &mut Qmp, d: &TrackedDisk, session: &str) -> Result<()> {
     Ok(())
 }
 
-/// vcb's bitmap on `node`, if it has one.
-pub(crate) fn bitmap_on(q: &mut Qmp, node: &str) -> Result<Option<String>> {
-    let nodes = q.execute("query-named-block-nodes", json!({ "flat": true }))?;
-    let entry = nodes
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|n| n["node-name"] == node);
-    Ok(entry
-        .and_then(|n| n["dirty-bitmaps"].as_array())
-        .into_iter()
-        .flatten()
-        .filter_map(|b| b["name"].as_str())
-        .filter(|n| n.starts_with(BITMAP_PREFIX))
-        .max_by_key(|n| bitmap_number(n))
-        .map(str::to_owned))
+/// One of vcb's dirty bitmaps in QEMU.
+#[derive(Debug, Clone)]
+pub(crate) struct Bitmap {
+    pub(crate) name: String,
+    /// Bytes per bit.
+    pub(crate) granularity: u64,
 }
 
-/// The name following `name` in the rotation.
-pub(crate) fn next_bitmap(name: Option<&str>) -> String {
-    format!("{BITMAP_PREFIX}{}", name.map_or(0, bitmap_number) + 1)
+impl Bitmap {
+    /// The name following this one in the rotation.
+    pub(crate) fn next_name(&self) -> String {
+        format!("{BITMAP_PREFIX}{}", bitmap_number(&self.name) + 1)
+    }
 }
 
-fn bitmap_number(name: &str) -> u64 {
-    name.strip_prefix(BITMAP_PREFIX)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
-/// The granularity of bitmap `name` on `node`, bytes.
-pub(crate) fn granularity_of(q: &mut Qmp, node: &str, name: &str) -> Result<u64> {
+/// vcb's bitmap on `node`, if it has one (the newest, should there be several).
+pub(crate) fn bitmap_on(q: &mut Qmp, node: &str) -> Result<Option<Bitmap>> {
     let nodes = q.execute("query-named-block-nodes", json!({ "flat": true }))?;
     Ok(nodes
         .as_array()
@@ -234,9 +213,23 @@ pub(crate) fn granularity_of(q: &mut Qmp, node: &str, name: &str) -> Result<u64>
         .filter(|n| n["node-name"] == node)
         .filter_map(|n| n["dirty-bitmaps"].as_array())
         .flatten()
-        .find(|b| b["name"] == name)
-        .and_then(|b| b["granularity"].as_u64())
-        .unwrap_or(vmdk::ctk::MIN_BLOCK))
+        .filter_map(|b| {
+            let name = b["name"]
+                .as_str()
+                .filter(|n| n.starts_with(BITMAP_PREFIX))?;
+            let granularity = b["granularity"].as_u64().unwrap_or(vmdk::ctk::MIN_BLOCK);
+            Some(Bitmap {
+                name: name.to_owned(),
+                granularity,
+            })
+        })
+        .max_by_key(|b| bitmap_number(&b.name)))
+}
+
+fn bitmap_number(name: &str) -> u64 {
+    name.strip_prefix(BITMAP_PREFIX)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The dirty areas of the disabled bitmap `name` of `node`, through a temporary NBD export.
