@@ -20,7 +20,7 @@ impl BackupWriter {
         &self,
         source: &mut dyn vmdk::DiskSource,
         index: &mut DiskIndex,
-        kept: Option<Vec<ChunkPlan>>,
+        plans: Option<Vec<ChunkPlan>>,
         progress: &mut dyn StoreProgress,
     ) -> Result<(Stats, u64)> {
         // Local storage is bound by the CPU; remote storage by round trips, which more
@@ -41,12 +41,12 @@ impl BackupWriter {
         let mut stats = Stats::default();
         let mut data_bytes = 0u64;
         std::thread::scope(|scope| -> Result<()> {
-            let (ranges, stop_flag, kept) = (&ranges, &stop, kept.as_deref());
+            let (ranges, stop_flag, plans) = (&ranges, &stop, plans.as_deref());
             let repo = &self.repo;
             let reader = scope.spawn(move || {
                 let plan = ReadPlan {
                     ranges,
-                    kept,
+                    plans,
                     chunk,
                     repo,
                 };
@@ -198,7 +198,7 @@ struct Done {
 /// it skip (take the base point's entry unread, or patch the base's chunk).
 struct ReadPlan<'a> {
     ranges: &'a [(u64, u64)],
-    kept: Option<&'a [ChunkPlan]>,
+    plans: Option<&'a [ChunkPlan]>,
     chunk: u32,
     repo: &'a crate::repository::Repository,
 }
@@ -218,7 +218,7 @@ fn read_pieces(
         if stop.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(data_bytes);
         }
-        let piece = match plan.kept.and_then(|k| k.get(i)) {
+        let piece = match plan.plans.and_then(|k| k.get(i)) {
             Some(ChunkPlan::Keep(entry)) => {
                 if matches!(entry, Entry::Data(_)) {
                     data_bytes += end - start;

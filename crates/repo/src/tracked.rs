@@ -39,7 +39,7 @@ impl BackupWriter {
     /// base point's entry when no changed area touches it, else patch the base's chunk
     /// with the changed areas read from the disk. `None` (read everything) without
     /// areas or without a base disk of the same node, size and chunk size.
-    pub(crate) fn unchanged_entries(
+    pub(crate) fn chunk_plans(
         &self,
         node: &str,
         index: &DiskIndex,

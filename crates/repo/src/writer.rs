@@ -300,9 +300,9 @@ impl BackupWriter {
         let capacity = source.capacity();
         let adapter = source.adapter().as_str().to_owned();
         let mut index = DiskIndex::new(capacity, self.repo.config.chunk_size);
-        let kept = self.unchanged_entries(node, &index, changes)?;
+        let plans = self.chunk_plans(node, &index, changes)?;
         progress.start(capacity);
-        let (stats, data_bytes) = self.store_pieces(source, &mut index, kept, progress)?;
+        let (stats, data_bytes) = self.store_pieces(source, &mut index, plans, progress)?;
         progress.finish();
         self.stats.add(&stats);
         let entry = DiskEntry {

@@ -197,6 +197,15 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// Whether this is a backup of the VM with `uuid` and display name `name`: the
+    /// uuids decide when both are known, else the names.
+    pub fn is_backup_of(&self, uuid: Option<Uuid>, name: &str) -> bool {
+        match (self.uuid, uuid) {
+            (Some(a), Some(b)) => a == b,
+            _ => self.display_name == name,
+        }
+    }
+
     /// A new catalog with nothing but a name and a state; it writes in [`Style::Catalog`].
     pub fn new(display_name: &str, state: PowerState) -> Catalog {
         Catalog {

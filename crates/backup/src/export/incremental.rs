@@ -73,11 +73,7 @@ impl BaseBackup {
             .ok_or_else(|| refuse(format!("{} has no usable name", dir.display())))?
             .to_owned();
         let catalog = crate::restore::read_catalog(&crate::dest::LocalDir::new(dir.clone()))?;
-        let same_vm = match (catalog.uuid, vm.uuid()) {
-            (Some(a), Some(b)) => a == b,
-            _ => catalog.display_name == vm.name(),
-        };
-        if !same_vm {
+        if !catalog.is_backup_of(vm.uuid(), &vm.name()) {
             return Err(Error::BadCatalog {
                 location: dir.display().to_string(),
                 reason: format!(

@@ -344,11 +344,7 @@ fn parents_of(dir: &Path, catalog: &vmx::Catalog, seen: &mut Vec<PathBuf>) -> Re
         }
         let local = crate::dest::LocalDir::new(pdir.clone());
         let pc = read_catalog(&local)?;
-        let same_vm = match (pc.uuid, catalog.uuid) {
-            (Some(a), Some(b)) => a == b,
-            _ => pc.display_name == catalog.display_name,
-        };
-        if !same_vm {
+        if !pc.is_backup_of(catalog.uuid, &catalog.display_name) {
             return Err(bad(format!(
                 "its parent backup {} is a backup of {}, not of {}",
                 pdir.display(),

@@ -52,12 +52,14 @@ impl LockedVm<'_> {
         self.save_vmx()?;
         let disk = |e| Error::disk("change tracking", e);
         if !on {
+            // Every link of every chain: a file left on an old link is removed too.
             for link in self.vm.all_chains(self.host).into_iter().flatten() {
                 ctk::forget(&link).map_err(disk)?;
             }
+            return Ok(());
         }
         for d in self.vm.disks(self.host)? {
-            if !on || d.independent {
+            if d.independent {
                 ctk::forget(&d.path).map_err(disk)?;
             } else if !matches!(ctk::status(&d.path).map_err(disk)?, Status::Valid(_)) {
                 ctk::start(&d.path).map_err(disk)?;

@@ -29,7 +29,7 @@ pub(super) fn open_options(disk: &Path, writable: bool, anywhere: bool) -> vmdk:
             return confined.disk_options(writable);
         }
     }
-    if let Some(root) = backup_chain_root(disk).filter(|_| !writable) {
+    if let Some(root) = (!writable).then(|| backup_chain_root(disk)).flatten() {
         return base.confined(vmdk::Confinement::Roots(std::sync::Arc::from(vec![root])));
     }
     base
