@@ -7,28 +7,9 @@ use vmdk::DiskFormat;
 
 const MB: u64 = 1 << 20;
 
-/// A VM `vm37` with a thin 8 MiB and a zeroedthick 4 MiB disk, a user snapshot, and
-/// data written after the snapshot. Returns the expected content of each disk.
+/// The expected content of each disk of [`vm37_with_snapshot`].
 fn vm_with_snapshot(env: &Env) -> Vec<Vec<u8>> {
-    env.vm(
-        "vm37",
-        &[
-            (8 * MB, DiskFormat::Thin),
-            (4 * MB, DiskFormat::ZeroedThick),
-        ],
-        7,
-    );
-    let h = env.host();
-    let vm = h.find_vm("vm37").unwrap();
-    let mut locked = h.lock_vm(vm.moref, host::LockMode::Wait).unwrap();
-    locked
-        .create_snapshot("before-upgrade", "a user snapshot")
-        .unwrap();
-    drop(locked);
-    let tops = disk_paths(env, "vm37");
-    write(&tops[0], 3 * MB, b"written after the user snapshot");
-    write(&tops[1], 0, b"also after the snapshot");
-    tops.iter().map(|p| content(p)).collect()
+    vm37_with_snapshot(env).iter().map(|p| content(p)).collect()
 }
 
 #[test]

@@ -302,3 +302,29 @@ pub fn vcb_write(env: &Env, disk: &Path, offset: u64, data: &[u8]) {
         ],
     );
 }
+
+/// A VM `vm37` with a thin 8 MiB and a zeroedthick 4 MiB disk, a user snapshot, and data
+/// written after the snapshot. Returns the disks as the .vmx names them (the redo logs).
+pub fn vm37_with_snapshot(env: &Env) -> Vec<PathBuf> {
+    env.vm(
+        "vm37",
+        &[
+            (8 * MIB, vmdk::DiskFormat::Thin),
+            (4 * MIB, vmdk::DiskFormat::ZeroedThick),
+        ],
+        7,
+    );
+    let h = env.host();
+    let vm = h.find_vm("vm37").unwrap();
+    let mut locked = h.lock_vm(vm.moref, host::LockMode::Wait).unwrap();
+    locked
+        .create_snapshot("before-upgrade", "a user snapshot")
+        .unwrap();
+    drop(locked);
+    let tops = disk_paths(env, "vm37");
+    write(&tops[0], 3 * MIB, b"written after the user snapshot");
+    write(&tops[1], 0, b"also after the snapshot");
+    tops
+}
+
+const MIB: u64 = 1 << 20;

@@ -10,29 +10,6 @@ use vmdk::DiskFormat;
 
 const MB: u64 = 1 << 20;
 
-/// `vm37`: a thin 8 MiB and a zeroedthick 4 MiB disk, a user snapshot, data after it.
-fn vm37(env: &Env) -> Vec<std::path::PathBuf> {
-    env.vm(
-        "vm37",
-        &[
-            (8 * MB, DiskFormat::Thin),
-            (4 * MB, DiskFormat::ZeroedThick),
-        ],
-        7,
-    );
-    let h = env.host();
-    let vm = h.find_vm("vm37").unwrap();
-    let mut locked = h.lock_vm(vm.moref, host::LockMode::Wait).unwrap();
-    locked
-        .create_snapshot("before-upgrade", "a user snapshot")
-        .unwrap();
-    drop(locked);
-    let tops = disk_paths(env, "vm37");
-    write(&tops[0], 3 * MB, b"written after the user snapshot");
-    write(&tops[1], 0, b"also after the snapshot");
-    tops
-}
-
 /// Restores point `id` of `repo` to `[datastore1] <folder>/` through `vcbRestore -a`.
 pub fn restore_point_to(env: &Env, repo: &Repo, id: &str, folder: &str) -> Vec<std::path::PathBuf> {
     let shown = repo.json(env, "show", &[id]);
@@ -70,7 +47,7 @@ fn allocated(disk: &std::path::Path) -> u64 {
 
 fn three_points_restore_exactly(env: &Env, repo: &Repo) {
     require_tool("qemu-img");
-    let tops = vm37(env);
+    let tops = vm37_with_snapshot(env);
     repo.init(env);
     let mut expected: Vec<Vec<Vec<u8>>> = Vec::new();
     // 1: vcbMounter; 2: vcb backup --repo; 3: vcbSnapAll. Guest-visible changes between.
@@ -156,7 +133,7 @@ fn issue_11_three_points_restore_exactly_from_seaweedfs() {
 fn issue_11_restore_in_place_and_export_to_a_folder() {
     let env = Env::new();
     let repo = Repo::local(&env, "repo");
-    let tops = vm37(&env);
+    let tops = vm37_with_snapshot(&env);
     let before: Vec<Vec<u8>> = tops.iter().map(|p| content(p)).collect();
     repo.init(&env);
     repo.ok(
