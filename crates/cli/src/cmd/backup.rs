@@ -134,14 +134,25 @@ pub struct RestoreSafety {
 }
 
 impl RestoreSafety {
-    /// Restore options with these settings and the rest from `base`.
-    pub fn apply(&self, base: RestoreOptions) -> RestoreOptions {
-        RestoreOptions {
+    /// The options of a restore with these settings, the alternate catalog at `catalog`,
+    /// the conflict `policy` and the disk format named `disk_format` (both restore tools).
+    ///
+    /// # Errors
+    /// An unreadable alternate catalog; an unknown disk format.
+    pub fn options(
+        &self,
+        catalog: Option<&Path>,
+        policy: ConflictPolicy,
+        disk_format: Option<&str>,
+    ) -> Result<RestoreOptions> {
+        Ok(RestoreOptions {
+            alternate_catalog: catalog.map(read_alternate_catalog).transpose()?,
+            policy,
+            disk_format: disk_format.map(parse_restore_format).transpose()?,
             allow_rdm: self.allow_rdm,
             power_off: self.power_off,
             wait: self.wait,
-            ..base
-        }
+        })
     }
 }
 
@@ -387,20 +398,9 @@ pub fn backup(a: BackupArgs) -> Result<()> {
 pub fn restore(a: RestoreArgs) -> Result<()> {
     let (mut host, conf) = open_host(&a.host, &Overrides::default())?;
     let remote = a.remote.options(&conf);
-    let opts = a.safety.apply(RestoreOptions {
-        alternate_catalog: a
-            .catalog
-            .as_deref()
-            .map(read_alternate_catalog)
-            .transpose()?,
-        policy: a.policy,
-        disk_format: a
-            .disk_format
-            .as_deref()
-            .map(parse_restore_format)
-            .transpose()?,
-        ..RestoreOptions::default()
-    });
+    let opts = a
+        .safety
+        .options(a.catalog.as_deref(), a.policy, a.disk_format.as_deref())?;
     run_restore(
         &mut host,
         &a.src,

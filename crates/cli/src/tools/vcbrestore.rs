@@ -8,12 +8,10 @@
 //! ```
 
 use crate::cmd::backup::RemoteArgs;
-use crate::cmd::backup::{
-    open_host, parse_restore_format, read_alternate_catalog, render::Render, run_restore,
-};
+use crate::cmd::backup::{open_host, render::Render, run_restore};
 use crate::tools::conf::ToolArgs;
 use anyhow::{bail, Result};
-use backup::{ConflictPolicy, RestoreOptions};
+use backup::ConflictPolicy;
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,20 +57,10 @@ fn run(a: Args) -> Result<()> {
     }
     let (mut host, conf) = open_host(&a.tool.host_args, &a.tool.overrides(None))?;
     let remote = a.remote.options(&conf);
-    let opts = a.safety.apply(RestoreOptions {
-        alternate_catalog: a
-            .catalog
-            .as_deref()
-            .map(read_alternate_catalog)
-            .transpose()?,
-        policy: a.policy.or(a.policy_b).unwrap_or_default(),
-        disk_format: a
-            .disk_format
-            .as_deref()
-            .map(parse_restore_format)
-            .transpose()?,
-        ..RestoreOptions::default()
-    });
+    let policy = a.policy.or(a.policy_b).unwrap_or_default();
+    let opts = a
+        .safety
+        .options(a.catalog.as_deref(), policy, a.disk_format.as_deref())?;
     run_restore(
         &mut host,
         &a.src,
