@@ -75,8 +75,8 @@ pub(crate) struct FolderSink<'d> {
     base: Option<super::incremental::BaseBackup>,
     /// Change tracking's answer per disk node.
     changes: std::collections::HashMap<String, host::snapshot::DiskChanges>,
-    /// Disks written as children of the base's disks (node → base folder name).
-    parents: std::collections::HashMap<String, String>,
+    /// Nodes whose disks were written as children of the base's disks.
+    children: std::collections::HashSet<String>,
 }
 
 impl<'d> FolderSink<'d> {
@@ -87,7 +87,7 @@ impl<'d> FolderSink<'d> {
             streamed: Vec::new(),
             base: None,
             changes: std::collections::HashMap::new(),
-            parents: std::collections::HashMap::new(),
+            children: std::collections::HashSet::new(),
         }
     }
 
@@ -129,7 +129,7 @@ impl<'d> FolderSink<'d> {
         self.hashing
             .get_or_insert_with(Hashing::new)
             .spawn(name, dst);
-        self.parents.insert(node, base.name.clone());
+        self.children.insert(node);
         Ok(true)
     }
 }
@@ -223,7 +223,11 @@ impl Sink for FolderSink<'_> {
                 .get(&node)
                 .and_then(|c| c.change_id)
                 .map(|id| id.to_string());
-            d.parent_backup = self.parents.get(&node).cloned();
+            d.parent_backup = self
+                .base
+                .as_ref()
+                .filter(|_| self.children.contains(&node))
+                .map(|b| b.name.clone());
         }
     }
 
