@@ -2,6 +2,8 @@
 //! external tools ([`tools`]), a real OpenSSH server per test ([`sshd`]) and a real
 //! SeaweedFS cluster per test ([`seaweed`]).
 
+pub mod guestimg;
+pub mod lvm;
 pub mod seaweed;
 pub mod sshd;
 pub mod tools;

@@ -1,0 +1,236 @@
+//! NTFS through the `ntfs` crate (resident and non-resident data, sparse runs, attribute
+//! lists, B-tree indexes), behind vcb's interface: inode numbers are MFT record numbers.
+//!
+//! Compressed (LZNT1) data the crate does not decode is refused per file with a clear
+//! error, never returned as raw compressed bytes.
+
+use crate::device::Device;
+use crate::vfs::{Attr, DirEntry, FileSystem, Kind, Time};
+use crate::{Error, Result};
+use ntfs::structured_values::{NtfsFileAttributeFlags, NtfsFileNamespace};
+use ntfs::{Ntfs as Volume, NtfsReadSeek};
+use std::io::{Read, Seek, SeekFrom};
+use std::sync::Arc;
+
+const ROOT: u64 = 5;
+/// MFT records below this are the file system's own ($MFT, $Bitmap, ..., reserved).
+const FIRST_USER_RECORD: u64 = 24;
+
+/// An NTFS file system.
+pub struct Ntfs {
+    dev: Arc<dyn Device>,
+    volume: Volume,
+    label: Option<String>,
+}
+
+/// Whether `dev` starts with an NTFS boot sector.
+pub fn detect(dev: &dyn Device) -> bool {
+    let mut b = [0u8; 8];
+    dev.size() >= 512 && dev.read_at(3, &mut b).is_ok() && &b == b"NTFS    "
+}
+
+/// `std::io` over a [`Device`], for the crate.
+struct Cursor<'a> {
+    dev: &'a dyn Device,
+    pos: u64,
+}
+
+impl Read for Cursor<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.dev.size().saturating_sub(self.pos)) as usize;
+        self.dev
+            .read_at(self.pos, &mut buf[..n])
+            .map_err(std::io::Error::other)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for Cursor<'_> {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        let next = match pos {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.dev.size().checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = next.ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before the start")
+        })?;
+        Ok(self.pos)
+    }
+}
+
+fn err(ino: u64, e: ntfs::NtfsError) -> Error {
+    Error::corrupt(format!("ntfs record {ino}"), e.to_string())
+}
+
+fn nt_time(t: ntfs::NtfsTime) -> Time {
+    // 100 ns intervals since 1601-01-01.
+    let ticks = t.nt_timestamp();
+    let secs = (ticks / 10_000_000) as i64 - 11_644_473_600;
+    Time {
+        secs,
+        nanos: ((ticks % 10_000_000) * 100) as u32,
+    }
+}
+
+impl Ntfs {
+    /// Open the file system on `dev`.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] for a boot sector or MFT the crate rejects.
+    pub fn open(dev: Arc<dyn Device>) -> Result<Ntfs> {
+        let mut fs = Cursor {
+            dev: dev.as_ref(),
+            pos: 0,
+        };
+        let mut volume = Volume::new(&mut fs).map_err(|e| err(0, e))?;
+        volume.read_upcase_table(&mut fs).map_err(|e| err(0, e))?;
+        let label = volume
+            .volume_name(&mut fs)
+            .and_then(std::result::Result::ok)
+            .map(|n| n.name().to_string_lossy())
+            .filter(|n| !n.is_empty());
+        Ok(Ntfs { volume, label, dev })
+    }
+
+    fn cursor(&self) -> Cursor<'_> {
+        Cursor {
+            dev: self.dev.as_ref(),
+            pos: 0,
+        }
+    }
+
+    fn file(&self, fs: &mut Cursor<'_>, ino: u64) -> Result<ntfs::NtfsFile<'_>> {
+        self.volume.file(fs, ino).map_err(|e| err(ino, e))
+    }
+}
+
+impl FileSystem for Ntfs {
+    fn format(&self) -> &'static str {
+        "ntfs"
+    }
+
+    fn label(&self) -> Option<String> {
+        self.label.clone()
+    }
+
+    fn uuid(&self) -> Option<String> {
+        Some(format!("{:016X}", self.volume.serial_number()))
+    }
+
+    fn root(&self) -> u64 {
+        ROOT
+    }
+
+    fn stat(&self, ino: u64) -> Result<Attr> {
+        let mut fs = self.cursor();
+        let file = self.file(&mut fs, ino)?;
+        let info = file.info().map_err(|e| err(ino, e))?;
+        let flags = info.file_attributes();
+        let kind = if file.is_directory() {
+            Kind::Dir
+        } else if flags.contains(NtfsFileAttributeFlags::REPARSE_POINT) {
+            Kind::Special
+        } else {
+            Kind::File
+        };
+        let size = match (kind, file.data(&mut fs, "")) {
+            (Kind::File, Some(item)) => {
+                let item = item.map_err(|e| err(ino, e))?;
+                item.to_attribute().map_err(|e| err(ino, e))?.value_length()
+            }
+            _ => 0,
+        };
+        let perm = match kind {
+            Kind::Dir => 0o755,
+            _ if flags.contains(NtfsFileAttributeFlags::READ_ONLY) => 0o444,
+            _ => 0o644,
+        };
+        Ok(Attr {
+            ino,
+            kind,
+            size,
+            perm,
+            uid: 0,
+            gid: 0,
+            nlink: u32::from(file.hard_link_count()).max(1),
+            mtime: nt_time(info.modification_time()),
+            atime: nt_time(info.access_time()),
+            ctime: nt_time(info.mft_record_modification_time()),
+        })
+    }
+
+    fn read_dir(&self, ino: u64) -> Result<Vec<DirEntry>> {
+        let mut fs = self.cursor();
+        let file = self.file(&mut fs, ino)?;
+        if !file.is_directory() {
+            return Err(Error::NotADirectory(format!("ntfs record {ino}")));
+        }
+        let index = file.directory_index(&mut fs).map_err(|e| err(ino, e))?;
+        let mut entries = index.entries();
+        let mut out = Vec::new();
+        while let Some(entry) = entries.next(&mut fs) {
+            let entry = entry.map_err(|e| err(ino, e))?;
+            let Some(name) = entry.key() else { continue };
+            let name = name.map_err(|e| err(ino, e))?;
+            let child = entry.file_reference().file_record_number();
+            if name.namespace() == NtfsFileNamespace::Dos || child < FIRST_USER_RECORD {
+                continue;
+            }
+            if out.len() > 1 << 20 {
+                return Err(Error::Limit {
+                    what: format!("ntfs record {ino}"),
+                    why: "over a million names".into(),
+                });
+            }
+            out.push(DirEntry {
+                name: name.name().to_string_lossy().into_bytes(),
+                ino: child,
+            });
+        }
+        Ok(out)
+    }
+
+    fn read(&self, ino: u64, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let mut fs = self.cursor();
+        let file = self.file(&mut fs, ino)?;
+        let Some(item) = file.data(&mut fs, "") else {
+            return Ok(0);
+        };
+        let item = item.map_err(|e| err(ino, e))?;
+        let attribute = item.to_attribute().map_err(|e| err(ino, e))?;
+        if attribute.flags().bits() & 0x00FF != 0 {
+            return Err(Error::unsupported(
+                format!("ntfs record {ino}"),
+                "compressed data",
+            ));
+        }
+        let mut value = attribute.value(&mut fs).map_err(|e| err(ino, e))?;
+        if offset >= value.len() {
+            return Ok(0);
+        }
+        value
+            .seek(&mut fs, SeekFrom::Start(offset))
+            .map_err(|e| err(ino, e))?;
+        let want = (buf.len() as u64).min(value.len() - offset) as usize;
+        let mut done = 0;
+        while done < want {
+            let n = value
+                .read(&mut fs, &mut buf[done..want])
+                .map_err(|e| err(ino, e))?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        Ok(done)
+    }
+
+    fn read_link(&self, ino: u64) -> Result<Vec<u8>> {
+        Err(Error::unsupported(
+            format!("ntfs record {ino}"),
+            "reparse points",
+        ))
+    }
+}
