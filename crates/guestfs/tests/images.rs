@@ -238,3 +238,83 @@ fn ntfs_tree_reads_back_exactly() {
     assert_eq!(fs.label().as_deref(), Some("guest-ntfs"));
     assert_same(&manifest(fs.as_ref()), &want, false, true);
 }
+
+fn disk_volumes(disk: &Path) -> Vec<guestfs::Volume> {
+    let dev: Arc<dyn Device> = Arc::new(FileDevice::open(disk).unwrap());
+    guestfs::volumes(&[dev]).unwrap()
+}
+
+#[test]
+fn mbr_with_logical_partitions_and_gpt_hold_their_file_systems() {
+    if !tools() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let tree = d.path().join("tree");
+    guestimg::make_tree(&tree, TreeKind { max_file: 1 << 20, ..FULL }, 5);
+    let want = guestimg::manifest(&tree);
+    let fat_tree = d.path().join("fat");
+    guestimg::make_tree(&fat_tree, TreeKind { symlinks: false, hardlinks: false, sparse: false, max_file: 1 << 20 }, 6);
+    std::fs::set_permissions(fat_tree.join("plain.txt-0"), std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let want_fat = guestimg::manifest(&fat_tree);
+    let (ext, fat) = (d.path().join("ext.img"), d.path().join("fat.img"));
+    guestimg::ext4(&tree, &ext, 32 << 20, &[]);
+    guestimg::vfat(&fat_tree, &fat, 32 << 20, 16);
+
+    // MBR: a primary FAT partition, then an extended one holding two logical partitions.
+    let mbr = d.path().join("mbr.img");
+    guestimg::blank(&mbr, 128 << 20);
+    let parts = guestimg::sfdisk(&mbr, "label: dos\n,33M,c\n,,E\n,33M,83\n,33M,83\n");
+    assert_eq!(parts.len(), 4, "{parts:?}");
+    guestimg::place(&mbr, parts[0].0, &fat);
+    guestimg::place(&mbr, parts[3].0, &ext);
+    let vols = disk_volumes(&mbr);
+    let places: Vec<_> = vols.iter().map(|v| v.place.clone()).collect();
+    assert_eq!(places, ["disk 0 partition 1", "disk 0 partition 6"]);
+    assert_same(&manifest(vols[0].fs.as_ref().unwrap().as_ref()), &want_fat, false, true);
+    assert_same(&manifest(vols[1].fs.as_ref().unwrap().as_ref()), &want, true, true);
+
+    // GPT: ext4 and FAT.
+    let gpt = d.path().join("gpt.img");
+    guestimg::blank(&gpt, 96 << 20);
+    let parts = guestimg::sgdisk(&gpt, &[(33, "8300"), (33, "0700")]);
+    guestimg::place(&gpt, parts[0].0, &ext);
+    guestimg::place(&gpt, parts[1].0, &fat);
+    let vols = disk_volumes(&gpt);
+    assert_eq!(vols.len(), 2);
+    assert!(vols[0].gpt_guid.is_some());
+    assert_same(&manifest(vols[0].fs.as_ref().unwrap().as_ref()), &want, true, true);
+    assert_same(&manifest(vols[1].fs.as_ref().unwrap().as_ref()), &want_fat, false, true);
+}
+
+#[test]
+fn lvm_linear_and_striped_volumes_hold_their_file_systems() {
+    if !tools() {
+        return;
+    }
+    use testkit::lvm::{make_vg, write_striped, Segment};
+    let d = tempfile::tempdir().unwrap();
+    let tree = d.path().join("tree");
+    guestimg::make_tree(&tree, TreeKind { max_file: 2 << 20, ..FULL }, 7);
+    let want = guestimg::manifest(&tree);
+    let ext = d.path().join("ext.img");
+    guestimg::ext4(&tree, &ext, 24 << 20, &[]);
+    let disk = d.path().join("lvm.img");
+    guestimg::blank(&disk, 128 << 20);
+    let parts = guestimg::sgdisk(&disk, &[(60, "8E00"), (0, "8E00")]);
+    let vg = format!("vcbtest{}", std::process::id());
+    // root: 24 extents linear on pv0 from extent 3; data: 24 extents striped over both PVs.
+    let lvs = vec![
+        ("root", vec![Segment { start: 0, extents: 24, stripes: vec![(0, 3)], stripe_kib: 0 }]),
+        ("data", vec![Segment { start: 0, extents: 24, stripes: vec![(0, 30), (1, 5)], stripe_kib: 64 }]),
+    ];
+    let (pe, extent) = make_vg(&disk, &vg, &parts, &lvs);
+    guestimg::place(&disk, pe[0] + 3 * extent, &ext);
+    write_striped(&disk, &ext, &[pe[0] + 30 * extent, pe[1] + 5 * extent], 64 << 10);
+    let vols = disk_volumes(&disk);
+    let places: Vec<_> = vols.iter().map(|v| v.place.clone()).collect();
+    assert_eq!(places, [format!("{vg}/root"), format!("{vg}/data")]);
+    for v in &vols {
+        assert_same(&manifest(v.fs.as_ref().unwrap().as_ref()), &want, true, true);
+    }
+}
