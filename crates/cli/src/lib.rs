@@ -48,6 +48,8 @@ enum Command {
     Vm(cmd::vm::VmArgs),
     /// The deduplicating, encrypted backup repository.
     Repo(cmd::repo::RepoArgs),
+    /// Browse, mount and restore single files from any backup (folder or repository point).
+    Files(cmd::files::FilesArgs),
 }
 
 /// Entry point of the `vcb` binary.
@@ -68,6 +70,7 @@ pub fn run_vcb() -> ExitCode {
         Command::Pool(a) => cmd::folder::run(host::ContainerKind::Pool, a),
         Command::Vm(a) => cmd::vm::run(a),
         Command::Repo(a) => cmd::repo::run(a),
+        Command::Files(a) => cmd::files::run(a),
     };
     output::exit_with(result)
 }

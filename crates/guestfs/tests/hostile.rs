@@ -5,7 +5,12 @@ use std::path::Path;
 use std::sync::Arc;
 use testkit::guestimg::{self, Rng, TreeKind};
 
-const SMALL: TreeKind = TreeKind { symlinks: true, hardlinks: true, sparse: true, max_file: 256 << 10 };
+const SMALL: TreeKind = TreeKind {
+    symlinks: true,
+    hardlinks: true,
+    sparse: true,
+    max_file: 256 << 10,
+};
 
 fn tools() -> bool {
     testkit::tools::require_tools(guestimg::TOOLS)
@@ -52,9 +57,22 @@ fn images(d: &Path) -> Vec<(&'static str, Vec<u8>)> {
     let tree = d.join("tree");
     guestimg::make_tree(&tree, SMALL, 9);
     let flat = d.join("flat");
-    guestimg::make_tree(&flat, TreeKind { symlinks: false, hardlinks: false, sparse: false, ..SMALL }, 9);
+    guestimg::make_tree(
+        &flat,
+        TreeKind {
+            symlinks: false,
+            hardlinks: false,
+            sparse: false,
+            ..SMALL
+        },
+        9,
+    );
     for entry in guestimg::walk(&tree).into_iter().rev() {
-        let name = entry.file_name().unwrap().to_string_lossy().replace(' ', "_");
+        let name = entry
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .replace(' ', "_");
         std::fs::rename(tree.join(&entry), tree.join(&entry).with_file_name(name)).unwrap();
     }
     let mut out = Vec::new();
@@ -113,8 +131,14 @@ fn a_directory_loop_is_reported_and_the_walk_ends() {
     let img = d.path().join("loop.img");
     guestimg::ext4(&tree, &img, 16 << 20, &[]);
     // debugfs links a directory under its own child: a loop no kernel would allow.
-    testkit::tools::run(std::process::Command::new("debugfs").args(["-w", "-R", "link deep deep/level0/back-to-deep"]).arg(&img));
-    let fs = guestfs::open_file_system(mem(std::fs::read(&img).unwrap())).unwrap().unwrap();
+    testkit::tools::run(
+        std::process::Command::new("debugfs")
+            .args(["-w", "-R", "link deep deep/level0/back-to-deep"])
+            .arg(&img),
+    );
+    let fs = guestfs::open_file_system(mem(std::fs::read(&img).unwrap()))
+        .unwrap()
+        .unwrap();
     let errors = read_everything(fs.as_ref());
     assert!(errors.iter().any(|e| e.contains("met twice")), "{errors:?}");
 }
@@ -126,21 +150,37 @@ fn sizes_and_extents_past_the_volume_are_errors_per_file() {
     }
     let d = tempfile::tempdir().unwrap();
     let tree = d.path().join("tree");
-    guestimg::make_tree(&tree, TreeKind { max_file: 8 << 20, ..SMALL }, 11);
+    guestimg::make_tree(
+        &tree,
+        TreeKind {
+            max_file: 8 << 20,
+            ..SMALL
+        },
+        11,
+    );
     let img = d.path().join("cut.img");
     guestimg::ext4(&tree, &img, 48 << 20, &[]);
     // Keep the superblock's claim but cut the volume: the superblock is refused.
     let mut bytes = std::fs::read(&img).unwrap();
     bytes.truncate(24 << 20);
-    let e = guestfs::open_file_system(mem(bytes.clone())).err().unwrap().to_string();
+    let e = guestfs::open_file_system(mem(bytes.clone()))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("do not fit the volume"), "{e}");
     // An inode claiming a size of 2^60 bytes: read up to the end of its extents, no more.
-    let fs = guestfs::open_file_system(mem(std::fs::read(&img).unwrap())).unwrap().unwrap();
+    let fs = guestfs::open_file_system(mem(std::fs::read(&img).unwrap()))
+        .unwrap()
+        .unwrap();
     let ino = guestfs::lookup(fs.as_ref(), "plain.txt-5").unwrap();
     assert!(fs.stat(ino).unwrap().size > 0);
-    let e = guestfs::lookup(fs.as_ref(), "plain.txt-5/x").unwrap_err().to_string();
+    let e = guestfs::lookup(fs.as_ref(), "plain.txt-5/x")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("not a directory"), "{e}");
-    let e = guestfs::lookup(fs.as_ref(), "../etc").unwrap_err().to_string();
+    let e = guestfs::lookup(fs.as_ref(), "../etc")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("not followed"), "{e}");
 }
 

@@ -251,11 +251,31 @@ fn mbr_with_logical_partitions_and_gpt_hold_their_file_systems() {
     }
     let d = tempfile::tempdir().unwrap();
     let tree = d.path().join("tree");
-    guestimg::make_tree(&tree, TreeKind { max_file: 1 << 20, ..FULL }, 5);
+    guestimg::make_tree(
+        &tree,
+        TreeKind {
+            max_file: 1 << 20,
+            ..FULL
+        },
+        5,
+    );
     let want = guestimg::manifest(&tree);
     let fat_tree = d.path().join("fat");
-    guestimg::make_tree(&fat_tree, TreeKind { symlinks: false, hardlinks: false, sparse: false, max_file: 1 << 20 }, 6);
-    std::fs::set_permissions(fat_tree.join("plain.txt-0"), std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    guestimg::make_tree(
+        &fat_tree,
+        TreeKind {
+            symlinks: false,
+            hardlinks: false,
+            sparse: false,
+            max_file: 1 << 20,
+        },
+        6,
+    );
+    std::fs::set_permissions(
+        fat_tree.join("plain.txt-0"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
     let want_fat = guestimg::manifest(&fat_tree);
     let (ext, fat) = (d.path().join("ext.img"), d.path().join("fat.img"));
     guestimg::ext4(&tree, &ext, 32 << 20, &[]);
@@ -271,8 +291,18 @@ fn mbr_with_logical_partitions_and_gpt_hold_their_file_systems() {
     let vols = disk_volumes(&mbr);
     let places: Vec<_> = vols.iter().map(|v| v.place.clone()).collect();
     assert_eq!(places, ["disk 0 partition 1", "disk 0 partition 6"]);
-    assert_same(&manifest(vols[0].fs.as_ref().unwrap().as_ref()), &want_fat, false, true);
-    assert_same(&manifest(vols[1].fs.as_ref().unwrap().as_ref()), &want, true, true);
+    assert_same(
+        &manifest(vols[0].fs.as_ref().unwrap().as_ref()),
+        &want_fat,
+        false,
+        true,
+    );
+    assert_same(
+        &manifest(vols[1].fs.as_ref().unwrap().as_ref()),
+        &want,
+        true,
+        true,
+    );
 
     // GPT: ext4 and FAT.
     let gpt = d.path().join("gpt.img");
@@ -283,8 +313,18 @@ fn mbr_with_logical_partitions_and_gpt_hold_their_file_systems() {
     let vols = disk_volumes(&gpt);
     assert_eq!(vols.len(), 2);
     assert!(vols[0].gpt_guid.is_some());
-    assert_same(&manifest(vols[0].fs.as_ref().unwrap().as_ref()), &want, true, true);
-    assert_same(&manifest(vols[1].fs.as_ref().unwrap().as_ref()), &want_fat, false, true);
+    assert_same(
+        &manifest(vols[0].fs.as_ref().unwrap().as_ref()),
+        &want,
+        true,
+        true,
+    );
+    assert_same(
+        &manifest(vols[1].fs.as_ref().unwrap().as_ref()),
+        &want_fat,
+        false,
+        true,
+    );
 }
 
 #[test]
@@ -295,7 +335,14 @@ fn lvm_linear_and_striped_volumes_hold_their_file_systems() {
     use testkit::lvm::{make_vg, write_striped, Segment};
     let d = tempfile::tempdir().unwrap();
     let tree = d.path().join("tree");
-    guestimg::make_tree(&tree, TreeKind { max_file: 2 << 20, ..FULL }, 7);
+    guestimg::make_tree(
+        &tree,
+        TreeKind {
+            max_file: 2 << 20,
+            ..FULL
+        },
+        7,
+    );
     let want = guestimg::manifest(&tree);
     let ext = d.path().join("ext.img");
     guestimg::ext4(&tree, &ext, 24 << 20, &[]);
@@ -305,16 +352,42 @@ fn lvm_linear_and_striped_volumes_hold_their_file_systems() {
     let vg = format!("vcbtest{}", std::process::id());
     // root: 24 extents linear on pv0 from extent 3; data: 24 extents striped over both PVs.
     let lvs = vec![
-        ("root", vec![Segment { start: 0, extents: 24, stripes: vec![(0, 3)], stripe_kib: 0 }]),
-        ("data", vec![Segment { start: 0, extents: 24, stripes: vec![(0, 30), (1, 5)], stripe_kib: 64 }]),
+        (
+            "root",
+            vec![Segment {
+                start: 0,
+                extents: 24,
+                stripes: vec![(0, 3)],
+                stripe_kib: 0,
+            }],
+        ),
+        (
+            "data",
+            vec![Segment {
+                start: 0,
+                extents: 24,
+                stripes: vec![(0, 30), (1, 5)],
+                stripe_kib: 64,
+            }],
+        ),
     ];
     let (pe, extent) = make_vg(&disk, &vg, &parts, &lvs);
     guestimg::place(&disk, pe[0] + 3 * extent, &ext);
-    write_striped(&disk, &ext, &[pe[0] + 30 * extent, pe[1] + 5 * extent], 64 << 10);
+    write_striped(
+        &disk,
+        &ext,
+        &[pe[0] + 30 * extent, pe[1] + 5 * extent],
+        64 << 10,
+    );
     let vols = disk_volumes(&disk);
     let places: Vec<_> = vols.iter().map(|v| v.place.clone()).collect();
     assert_eq!(places, [format!("{vg}/root"), format!("{vg}/data")]);
     for v in &vols {
-        assert_same(&manifest(v.fs.as_ref().unwrap().as_ref()), &want, true, true);
+        assert_same(
+            &manifest(v.fs.as_ref().unwrap().as_ref()),
+            &want,
+            true,
+            true,
+        );
     }
 }

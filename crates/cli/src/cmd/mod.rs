@@ -3,6 +3,7 @@
 pub mod backup;
 pub mod datastore;
 pub mod disk;
+pub mod files;
 pub mod folder;
 pub mod host;
 pub mod repo;

@@ -3,7 +3,7 @@
 //! `vcbMounter -r repo:REPO`; restores `vcb restore repo:REPO#POINT`.
 
 pub mod access;
-mod show;
+pub(crate) mod show;
 
 use crate::cmd::backup::RemoteArgs;
 use access::RepoAccess;

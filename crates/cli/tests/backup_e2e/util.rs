@@ -75,7 +75,8 @@ impl Env {
         cmd.args(args);
         // Repository and disk commands take no host.
         let hostless = tool == "vmkfstools"
-            || (tool == "vcb" && matches!(args.first(), Some(&"repo") | Some(&"disk")));
+            || (tool == "vcb"
+                && matches!(args.first(), Some(&"repo") | Some(&"disk") | Some(&"files")));
         if !hostless {
             cmd.arg("--root").arg(&self.root);
         }

@@ -1,0 +1,335 @@
+//! Issue 13: file-level access to backups through the real binary: `vcb files ls|stat|
+//! cat|get|find|mount` on backup folders and repository points of a VM whose disk holds a
+//! GPT with ext4 and FAT built by Debian's tools.
+
+#[path = "backup_e2e/util.rs"]
+#[allow(dead_code)]
+mod util;
+
+#[path = "repo_e2e/store.rs"]
+#[allow(dead_code)]
+mod store;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use testkit::guestimg::{self, Entry, TreeKind};
+use util::Env;
+
+const TREE: TreeKind = TreeKind {
+    symlinks: true,
+    hardlinks: true,
+    sparse: true,
+    max_file: 6 << 20,
+};
+const FLAT: TreeKind = TreeKind {
+    symlinks: false,
+    hardlinks: false,
+    sparse: false,
+    max_file: 1 << 20,
+};
+const DISK: u64 = 96 << 20;
+
+fn tools() -> bool {
+    testkit::tools::require_tools(guestimg::TOOLS)
+        && testkit::tools::require_tools(&["tar", "umount"])
+}
+
+/// A raw disk: GPT, partition 1 ext4 of `tree`, partition 2 FAT of `flat`.
+fn raw_disk(dir: &Path, tree: &Path, flat: &Path) -> PathBuf {
+    let (ext, fat, raw) = (
+        dir.join("ext.img"),
+        dir.join("fat.img"),
+        dir.join("disk.raw"),
+    );
+    guestimg::ext4(tree, &ext, 48 << 20, &[]);
+    guestimg::vfat(flat, &fat, 32 << 20, 16);
+    guestimg::blank(&raw, DISK);
+    let parts = guestimg::sgdisk(&raw, &[(48, "8300"), (33, "0700")]);
+    guestimg::place(&raw, parts[0].0, &ext);
+    guestimg::place(&raw, parts[1].0, &fat);
+    raw
+}
+
+/// A VM `files` whose one disk holds `raw`.
+fn vm_with(env: &Env, raw: &Path) {
+    env.vm("files", &[(DISK, vmdk::DiskFormat::Thin)], 1);
+    put(env, raw);
+}
+
+fn put(env: &Env, raw: &Path) {
+    let disk = &util::disk_paths(env, "files")[0];
+    util::write(disk, 0, &std::fs::read(raw).unwrap());
+}
+
+fn trees(dir: &Path) -> (PathBuf, PathBuf) {
+    let (tree, flat) = (dir.join("tree"), dir.join("flat"));
+    guestimg::make_tree(&tree, TREE, 21);
+    guestimg::make_tree(&flat, FLAT, 22);
+    std::fs::set_permissions(
+        flat.join("plain.txt-0"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    (tree, flat)
+}
+
+fn same(got: &Path, want: &Path, perms: bool) {
+    let mut g = guestimg::manifest(got);
+    g.remove("lost+found");
+    let w = guestimg::manifest(want);
+    let diff: Vec<(&String, Option<&Entry>, Option<&Entry>)> = w
+        .keys()
+        .chain(g.keys())
+        .filter_map(|k| {
+            let (a, b) = (g.get(k), w.get(k));
+            let differs = match (a, b) {
+                (Some(a), Some(b)) => {
+                    (a.kind, a.size, &a.content, a.mtime, &a.link_group)
+                        != (b.kind, b.size, &b.content, b.mtime, &b.link_group)
+                        || (perms && a.perm != b.perm)
+                }
+                _ => true,
+            };
+            differs.then_some((k, a, b))
+        })
+        .collect();
+    assert!(
+        diff.is_empty(),
+        "{} differs from {}: {diff:#?}",
+        got.display(),
+        want.display()
+    );
+}
+
+#[test]
+fn a_backup_folder_is_listed_read_restored_and_mounted() {
+    if !tools() {
+        return;
+    }
+    let env = Env::new();
+    let (tree, flat) = trees(env.dir.path());
+    vm_with(&env, &raw_disk(env.dir.path(), &tree, &flat));
+    let dest = env.path("bk");
+    env.ok("vcb", &["backup", "files", dest.to_str().unwrap()]);
+    let d = dest.to_str().unwrap();
+
+    let vols: serde_json::Value =
+        serde_json::from_str(&env.ok("vcb", &["files", "ls", d, "--json"])).unwrap();
+    let formats: Vec<_> = vols
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["number"].as_u64().unwrap(),
+                v["format"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(formats, [(1, "ext4".to_string()), (2, "vfat".to_string())]);
+    let listing = env.ok("vcb", &["files", "ls", d, "1/deep"]);
+    assert!(
+        listing.contains("link-up -> ../../../../outside"),
+        "{listing}"
+    );
+    let cat = env.ok("vcb", &["files", "cat", d, "guest-ext4/deep/level0/level1/level2/level3/level4/level5/level6/level7/level8/level9/level10/level11/bottom.txt"]);
+    assert_eq!(cat, "the bottom\n");
+    let st: serde_json::Value =
+        serde_json::from_str(&env.ok("vcb", &["files", "stat", d, "1/plain.txt-0", "--json"]))
+            .unwrap();
+    assert_eq!(st["mode"], "600");
+
+    // get: whole trees, with modes, times, symlinks, hard links and holes.
+    let out = env.path("out");
+    env.ok(
+        "vcb",
+        &["files", "get", d, "1/", "2/", "--to", out.to_str().unwrap()],
+    );
+    same(&out.join("volume-1"), &tree, true);
+    same(&out.join("volume-2"), &flat, false);
+    let sparse = std::fs::metadata(out.join("volume-1/sparse.img")).unwrap();
+    assert!(
+        std::os::unix::fs::MetadataExt::blocks(&sparse) * 512 < 1 << 20,
+        "the sparse file stayed sparse"
+    );
+    assert!(!env.path("outside").exists());
+    // A single file, and refusing to overwrite.
+    env.ok(
+        "vcb",
+        &[
+            "files",
+            "get",
+            d,
+            "1/deep/hardlink-to-space",
+            "--to",
+            env.path("one").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        std::fs::read(env.path("one/hardlink-to-space")).unwrap(),
+        std::fs::read(tree.join("with space.dat-2")).unwrap()
+    );
+    let err = env.fails(
+        "vcb",
+        &[
+            "files",
+            "get",
+            d,
+            "1/deep/hardlink-to-space",
+            "--to",
+            env.path("one").to_str().unwrap(),
+        ],
+    );
+    assert!(err.contains("exists"), "{err}");
+
+    // mount: VCB's layout, and `tar` of the whole mount.
+    let mnt = env.path("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mut server = env
+        .command("vcb", &["files", "mount", d, mnt.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !mnt.join("digits/1").exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60) && server.try_wait().unwrap().is_none(),
+            "the mount did not appear"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let result = std::panic::catch_unwind(|| {
+        same(&mnt.join("digits/1"), &tree, true);
+        same(&mnt.join("letters/C"), &flat, false);
+        assert!(mnt.join("volumes/guest-ext4/deep").is_dir());
+        assert!(mnt.join("volumes/GUESTFAT").is_dir());
+        testkit::tools::run(
+            std::process::Command::new("tar")
+                .arg("-cf")
+                .arg("/dev/null")
+                .arg("-C")
+                .arg(&mnt)
+                .arg("."),
+        );
+        assert!(
+            std::fs::write(mnt.join("digits/1/new"), b"x").is_err(),
+            "the mount is read-only"
+        );
+    });
+    testkit::tools::run(std::process::Command::new("umount").arg(&mnt));
+    let status = server.wait().unwrap();
+    result.unwrap();
+    assert!(status.success(), "vcb files mount ended with {status}");
+}
+
+#[test]
+fn a_file_deleted_between_two_points_is_found_and_restored_from_the_older() {
+    if !tools() {
+        return;
+    }
+    let env = Env::new();
+    let (tree, flat) = trees(env.dir.path());
+    std::fs::write(
+        tree.join("victim.doc"),
+        b"the file that gets deleted\n".repeat(1000),
+    )
+    .unwrap();
+    vm_with(&env, &raw_disk(env.dir.path(), &tree, &flat));
+    let repo = store::Repo::local(&env, "repo");
+    repo.init(&env);
+    repo.ok(&env, "vcb", &["backup", "files", "--repo", &repo.spec]);
+    let first = repo.points(&env)[0]["id"].as_str().unwrap().to_string();
+    std::fs::remove_file(tree.join("victim.doc")).unwrap();
+    put(&env, &raw_disk(env.dir.path(), &tree, &flat));
+    repo.ok(&env, "vcb", &["backup", "files", "--repo", &repo.spec]);
+    assert_eq!(repo.points(&env).len(), 2);
+
+    let target = repo.target();
+    let found: serde_json::Value = serde_json::from_str(&repo.ok(
+        &env,
+        "vcb",
+        &["files", "find", &target, "--name", "victim*", "--json"],
+    ))
+    .unwrap();
+    let hits = found.as_array().unwrap();
+    assert_eq!(hits.len(), 1, "{found}");
+    assert_eq!(hits[0]["point"], first.as_str());
+    assert_eq!(hits[0]["path"], "1/victim.doc");
+    assert_eq!(hits[0]["size"], 27_000);
+    let out = env.path("restored");
+    repo.ok(
+        &env,
+        "vcb",
+        &[
+            "files",
+            "get",
+            &format!("{target}#{first}"),
+            "1/victim.doc",
+            "--to",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        std::fs::read(out.join("victim.doc")).unwrap(),
+        b"the file that gets deleted\n".repeat(1000)
+    );
+    let err = repo.fails(
+        &env,
+        "vcb",
+        &["files", "find", &target, "--name", "nothing-like-this"],
+    );
+    assert!(err.contains("no point holds"), "{err}");
+}
+
+#[test]
+fn hostile_names_and_links_never_write_outside_the_target() {
+    if !tools() {
+        return;
+    }
+    let env = Env::new();
+    let (tree, flat) = trees(env.dir.path());
+    std::fs::write(tree.join("qXq1"), b"slash").unwrap();
+    std::fs::write(tree.join("dXd"), b"dots").unwrap();
+    std::os::unix::fs::symlink(env.path("escape-target"), tree.join("escape")).unwrap();
+    let raw = raw_disk(env.dir.path(), &tree, &flat);
+    // Rename in the image itself: "qXq1" becomes "q/q1", "dXd" becomes "..." then "..".
+    let mut bytes = std::fs::read(&raw).unwrap();
+    let mut patched = 0;
+    for (from, to) in [
+        (&b"\x04\x01qXq1"[..], &b"\x04\x01q/q1"[..]),
+        (&b"\x03\x01dXd"[..], &b"\x02\x01..d"[..]),
+    ] {
+        while let Some(at) = bytes.windows(from.len()).position(|w| w == from) {
+            bytes[at..at + to.len()].copy_from_slice(to);
+            patched += 1;
+        }
+    }
+    assert_eq!(patched, 2, "the names were found in the directory block");
+    std::fs::write(&raw, &bytes).unwrap();
+    vm_with(&env, &raw);
+    let dest = env.path("bk");
+    env.ok("vcb", &["backup", "files", dest.to_str().unwrap()]);
+    let out = env.path("out");
+    let err = env.fails(
+        "vcb",
+        &[
+            "files",
+            "get",
+            dest.to_str().unwrap(),
+            "1/",
+            "--to",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(err.contains("refused the name \"q/q1\""), "{err}");
+    assert!(!out.join("volume-1/q").exists());
+    // The symlink is restored as a link, never followed.
+    assert_eq!(
+        std::fs::read_link(out.join("volume-1/escape")).unwrap(),
+        env.path("escape-target")
+    );
+    assert!(!env.path("escape-target").exists());
+    assert_eq!(
+        std::fs::read(out.join("volume-1/plain.txt-5")).unwrap(),
+        std::fs::read(tree.join("plain.txt-5")).unwrap()
+    );
+}
