@@ -178,3 +178,18 @@ desc = struct.pack(">III", 1, 65536, 0) + struct.pack(">II", 65536, 1) + struct.
 s += struct.pack(">IHHQI", 0x668e33ef, 1, 5, 1, len(desc)) + desc
 open(f"{corpus}/nbd_server_bytes/qemu", "wb").write(s)
 PY
+
+# Guest file systems (issue 13): small images made by Debian's tools; XFS and NTFS cannot
+# be made this small, so their seeds are the first 256 KiB of real images (superblock,
+# first inodes, root directory). Run these targets with MAX_LEN=262144.
+seed_tmp="$(mktemp -d)"
+mkdir -p "$seed_tmp/t/d" "$corpus"/guest_{ext4,xfs,fat,ntfs,volumes} "$corpus/lvm_text"
+echo hi > "$seed_tmp/t/a"; head -c 3000 /dev/urandom > "$seed_tmp/t/d/b"; ln -s a "$seed_tmp/t/l"
+( cd "$seed_tmp"
+  truncate -s 256K e.img && mkfs.ext4 -q -F -b 1024 -N 16 -d t e.img && cp e.img "$corpus/guest_ext4/ext4"
+  truncate -s 300M x.img && mkfs.xfs -q -f x.img && head -c 262144 x.img > "$corpus/guest_xfs/xfs-head"
+  mkfs.vfat -C f.img 200 >/dev/null && MTOOLS_SKIP_CHECK=1 mcopy -s -i f.img t/a t/d ::/ && cp f.img "$corpus/guest_fat/fat12"
+  truncate -s 2M n.img && mkntfs -F -Q -q n.img 2>/dev/null && head -c 262144 n.img > "$corpus/guest_ntfs/ntfs-head"
+  truncate -s 256K p.img && printf 'label: dos\n,100K,83\n,,5\n,50K,83\n' | sfdisk -q p.img >/dev/null && cp p.img "$corpus/guest_volumes/mbr"
+  printf 'vg {\n id = "a"\n seqno = 2\n extent_size = 2048\n physical_volumes { pv0 { id = "b" pe_start = 2048 pe_count = 10 } }\n logical_volumes { lv { segment1 { start_extent = 0 extent_count = 2 type = "striped" stripe_count = 1 stripes = ["pv0", 0] } } }\n}\n' > "$corpus/lvm_text/vg" )
+rm -rf "$seed_tmp"

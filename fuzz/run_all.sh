@@ -13,7 +13,7 @@ cd "$here"
 for t in "${targets[@]}"; do
   log="/tmp/fuzz-$t.log"
   mkdir -p "corpus/$t"
-  cargo fuzz run "$t" -- -max_total_time="$secs" -rss_limit_mb=1024 -timeout=10 -max_len=65536 >"$log" 2>&1
+  cargo fuzz run "$t" -- -max_total_time="$secs" -rss_limit_mb=1024 -timeout=10 -max_len="${MAX_LEN:-65536}" >"$log" 2>&1
   rc=$?
   stats="$(grep -E '^(#[0-9]+|Done)' "$log" | tail -n 1)"
   echo "$t: exit $rc: $stats"

@@ -3,7 +3,7 @@
 //! GPT with ext4 and FAT built by Debian's tools.
 
 #[path = "backup_e2e/util.rs"]
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 mod util;
 
 #[path = "repo_e2e/store.rs"]

@@ -21,3 +21,66 @@ pub use device::{Device, DiskDevice, FileDevice, MemDevice, Slice};
 pub use error::{Error, Result};
 pub use vfs::{lookup, walk, Attr, DirEntry, FileSystem, Kind, Time, Walked};
 pub use volumes::{open_file_system, volumes, Volume};
+
+/// Entry points for the fuzz targets (not an API): open `data` as one kind of volume and
+/// read everything in it, with the same bounds as real use.
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::{Device, FileSystem, MemDevice};
+    use std::sync::Arc;
+
+    /// Which reader to feed.
+    #[derive(Clone, Copy, Debug)]
+    pub enum Reader {
+        /// Partition tables and LVM, then whatever file systems they hold.
+        Volumes,
+        /// ext2/3/4.
+        Ext4,
+        /// XFS.
+        Xfs,
+        /// FAT.
+        Fat,
+        /// NTFS.
+        Ntfs,
+    }
+
+    /// Open `data` with `reader` and read every directory, file and link.
+    pub fn exercise(reader: Reader, data: &[u8]) {
+        let dev: Arc<dyn Device> = Arc::new(MemDevice(data.to_vec()));
+        let fs: Option<Arc<dyn FileSystem>> = match reader {
+            Reader::Volumes => {
+                if let Ok(vols) = crate::volumes(&[dev]) {
+                    for v in vols {
+                        if let Ok(fs) = v.fs {
+                            read_all(fs.as_ref());
+                        }
+                    }
+                }
+                None
+            }
+            Reader::Ext4 => crate::ext4::Ext4::open(dev).ok().map(|f| Arc::new(f) as _),
+            Reader::Xfs => crate::xfs::Xfs::open(dev).ok().map(|f| Arc::new(f) as _),
+            Reader::Fat => crate::fat::Fat::open(dev).ok().map(|f| Arc::new(f) as _),
+            Reader::Ntfs => crate::ntfs::Ntfs::open(dev).ok().map(|f| Arc::new(f) as _),
+        };
+        if let Some(fs) = fs {
+            read_all(fs.as_ref());
+        }
+    }
+
+    fn read_all(fs: &dyn FileSystem) {
+        let mut found = Vec::new();
+        crate::walk(fs, fs.root(), &mut |w| {
+            if let Ok((_, a)) = w {
+                found.push(a);
+            }
+        });
+        let mut buf = vec![0u8; 64 * 1024];
+        for a in found.iter().take(4096) {
+            let _ = fs.read_link(a.ino);
+            let _ = fs.data_ranges(a.ino);
+            let _ = fs.read(a.ino, 0, &mut buf);
+            let _ = fs.read(a.ino, a.size.saturating_sub(100), &mut buf);
+        }
+    }
+}

@@ -103,8 +103,8 @@ fn random_damage_to_metadata_gives_errors_not_panics() {
         for round in 0..60 {
             let mut bad = image.clone();
             for _ in 0..1 + round % 16 {
-                let at = (rng.next() as usize) % span;
-                bad[at] = rng.next() as u8;
+                let at = (rng.next_u64() as usize) % span;
+                bad[at] = rng.next_u64() as u8;
             }
             match guestfs::open_file_system(mem(bad)) {
                 Ok(Some(fs)) => {

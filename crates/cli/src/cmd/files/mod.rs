@@ -398,6 +398,10 @@ fn find(f: &FindArgs, remote: &crate::cmd::backup::RemoteArgs) -> Result<()> {
     Ok(())
 }
 
+fn time_text(secs: i64) -> String {
+    crate::cmd::repo::show::local_time(u64::try_from(secs).unwrap_or(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::glob;
@@ -418,8 +422,4 @@ mod tests {
             assert_eq!(glob(p.as_bytes(), n.as_bytes()), want, "{p} {n}");
         }
     }
-}
-
-fn time_text(secs: i64) -> String {
-    crate::cmd::repo::show::local_time(u64::try_from(secs).unwrap_or(0))
 }

@@ -1,0 +1,7 @@
+//! Whole small images through guestfs's xfs reader: no panic, bounded work.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    guestfs::fuzzing::exercise(guestfs::fuzzing::Reader::Xfs, data);
+});
