@@ -49,6 +49,7 @@ mod snapall;
 
 pub use dest::{Destination, LocalDir, CATALOG_NAME, INCOMPLETE_MARKER};
 pub use error::{Error, Result};
+pub use export::hold::{hold_snapshot, release_snapshot, HeldSnapshot, FILE_SNAPSHOT_NAME};
 pub use export::{
     backup_vm, backup_vm_to_repo, BackupOptions, BackupReport, ExportFormat, BACKUP_SNAPSHOT_NAME,
 };

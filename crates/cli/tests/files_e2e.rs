@@ -333,3 +333,133 @@ fn hostile_names_and_links_never_write_outside_the_target() {
         std::fs::read(tree.join("plain.txt-5")).unwrap()
     );
 }
+
+/// The record `vcbMounter -t file` keeps under the host root.
+fn mount_record(env: &Env) -> Option<serde_json::Value> {
+    let dir = env.root.join("file-mounts");
+    let entry = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .find(|e| e.path().extension().is_some_and(|x| x == "json"))?;
+    serde_json::from_slice(&std::fs::read(entry.path()).unwrap()).ok()
+}
+
+fn snapshots(env: &Env) -> String {
+    env.ok("vcb", &["vm", "snapshots", "files"])
+}
+
+#[test]
+fn vcbmounter_file_mode_mounts_the_snapshot_and_u_commits_what_was_written_meanwhile() {
+    if !tools() {
+        return;
+    }
+    let env = Env::new();
+    let (tree, flat) = trees(env.dir.path());
+    std::fs::write(tree.join("victim.doc"), b"still in the snapshot\n").unwrap();
+    vm_with(&env, &raw_disk(env.dir.path(), &tree, &flat));
+    let mnt = env.path("mnt");
+    let out = env.ok(
+        "vcbMounter",
+        &[
+            "-a",
+            "name:files",
+            "-r",
+            mnt.to_str().unwrap(),
+            "-t",
+            "file",
+        ],
+    );
+    assert!(out.contains("vcbMounter -U"), "{out}");
+    // The mount outlives vcbMounter; the VM's disk is now a redo log over a static base.
+    assert!(snapshots(&env).contains("_vcb-file-access_"));
+    same(&mnt.join("digits/1"), &tree, true);
+    same(&mnt.join("letters/C"), &flat, false);
+    // "The guest" writes meanwhile: the new image goes into the redo log.
+    std::fs::remove_file(tree.join("victim.doc")).unwrap();
+    put(&env, &raw_disk(env.dir.path(), &tree, &flat));
+    assert!(
+        mnt.join("digits/1/victim.doc").exists(),
+        "the mount shows the snapshot's state"
+    );
+    testkit::tools::run(
+        std::process::Command::new("tar")
+            .arg("-cf")
+            .arg("/dev/null")
+            .arg("-C")
+            .arg(&mnt)
+            .arg("."),
+    );
+    env.ok("vcbMounter", &["-U", mnt.to_str().unwrap()]);
+    assert!(!mnt.exists(), "-U removes the folder it created");
+    assert!(mount_record(&env).is_none());
+    assert!(!snapshots(&env).contains("_vcb-file-access_"));
+    // Nothing the guest wrote was lost: the committed disk, read through a VM source.
+    let vols = env.ok("vcb", &["files", "ls", "files", "1/"]);
+    assert!(
+        !vols.contains("victim.doc") && vols.contains("plain.txt-0"),
+        "{vols}"
+    );
+    assert!(
+        !snapshots(&env).contains("_vcb-file-access_"),
+        "vcb files removes its own snapshot"
+    );
+    let err = env.fails("vcbMounter", &["-U", mnt.to_str().unwrap()]);
+    assert!(err.contains("no file-level mount"), "{err}");
+}
+
+#[test]
+fn vcbmounter_u_undoes_a_mount_whose_server_was_killed() {
+    if !tools() {
+        return;
+    }
+    let env = Env::new();
+    let (tree, flat) = trees(env.dir.path());
+    vm_with(&env, &raw_disk(env.dir.path(), &tree, &flat));
+    let mnt = env.path("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    env.ok(
+        "vcbMounter",
+        &[
+            "-a",
+            "name:files",
+            "-r",
+            mnt.to_str().unwrap(),
+            "-t",
+            "file",
+        ],
+    );
+    let pid = mount_record(&env).unwrap()["server_pid"].as_u64().unwrap();
+    testkit::tools::run(std::process::Command::new("kill").args(["-9", &pid.to_string()]));
+    let started = Instant::now();
+    while std::fs::metadata(format!("/proc/{pid}")).is_ok()
+        && started.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        std::fs::read_dir(&mnt).is_err(),
+        "a dead FUSE mount cannot be read"
+    );
+    env.ok("vcbMounter", &["-U", mnt.to_str().unwrap()]);
+    assert!(
+        mnt.is_dir() && std::fs::read_dir(&mnt).unwrap().next().is_none(),
+        "the folder it did not create stays, empty"
+    );
+    assert!(!snapshots(&env).contains("_vcb-file-access_"));
+    assert!(mount_record(&env).is_none());
+    // A non-empty folder is refused before any snapshot is taken.
+    std::fs::write(mnt.join("x"), b"x").unwrap();
+    let err = env.fails(
+        "vcbMounter",
+        &[
+            "-a",
+            "name:files",
+            "-r",
+            mnt.to_str().unwrap(),
+            "-t",
+            "file",
+        ],
+    );
+    assert!(err.contains("not empty"), "{err}");
+    assert!(!snapshots(&env).contains("_vcb-file-access_"));
+}

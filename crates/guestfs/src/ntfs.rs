@@ -36,14 +36,28 @@ struct Cursor<'a> {
 }
 
 impl Read for Cursor<'_> {
+    /// Past the end of the volume reads zeros: the crate turns a short read inside one of
+    /// its structures into a panic (`unreachable!`), while zeros fail its own checks.
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = (buf.len() as u64).min(self.dev.size().saturating_sub(self.pos)) as usize;
         self.dev
             .read_at(self.pos, &mut buf[..n])
             .map_err(std::io::Error::other)?;
-        self.pos += n as u64;
-        Ok(n)
+        buf[n..].fill(0);
+        self.pos += buf.len() as u64;
+        Ok(buf.len())
     }
+}
+
+/// Run a call into the `ntfs` crate, turning a panic inside it (it has `unreachable!` on
+/// I/O errors it did not expect) into an error for this one operation.
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err(Error::corrupt(
+            what,
+            "the NTFS reader failed on this structure",
+        ))
+    })
 }
 
 impl Seek for Cursor<'_> {
@@ -80,6 +94,10 @@ impl Ntfs {
     /// # Errors
     /// [`Error::Corrupt`] for a boot sector or MFT the crate rejects.
     pub fn open(dev: Arc<dyn Device>) -> Result<Ntfs> {
+        guarded("ntfs boot sector", || Ntfs::open_inner(dev))
+    }
+
+    fn open_inner(dev: Arc<dyn Device>) -> Result<Ntfs> {
         let mut fs = Cursor {
             dev: dev.as_ref(),
             pos: 0,
@@ -124,6 +142,29 @@ impl FileSystem for Ntfs {
     }
 
     fn stat(&self, ino: u64) -> Result<Attr> {
+        guarded(&format!("ntfs record {ino}"), || self.stat_inner(ino))
+    }
+
+    fn read_dir(&self, ino: u64) -> Result<Vec<DirEntry>> {
+        guarded(&format!("ntfs record {ino}"), || self.read_dir_inner(ino))
+    }
+
+    fn read(&self, ino: u64, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        guarded(&format!("ntfs record {ino}"), || {
+            self.read_inner(ino, offset, buf)
+        })
+    }
+
+    fn read_link(&self, ino: u64) -> Result<Vec<u8>> {
+        Err(Error::unsupported(
+            format!("ntfs record {ino}"),
+            "reparse points",
+        ))
+    }
+}
+
+impl Ntfs {
+    fn stat_inner(&self, ino: u64) -> Result<Attr> {
         let mut fs = self.cursor();
         let file = self.file(&mut fs, ino)?;
         let info = file.info().map_err(|e| err(ino, e))?;
@@ -161,7 +202,7 @@ impl FileSystem for Ntfs {
         })
     }
 
-    fn read_dir(&self, ino: u64) -> Result<Vec<DirEntry>> {
+    fn read_dir_inner(&self, ino: u64) -> Result<Vec<DirEntry>> {
         let mut fs = self.cursor();
         let file = self.file(&mut fs, ino)?;
         if !file.is_directory() {
@@ -192,7 +233,7 @@ impl FileSystem for Ntfs {
         Ok(out)
     }
 
-    fn read(&self, ino: u64, offset: u64, buf: &mut [u8]) -> Result<usize> {
+    fn read_inner(&self, ino: u64, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let mut fs = self.cursor();
         let file = self.file(&mut fs, ino)?;
         let Some(item) = file.data(&mut fs, "") else {
@@ -225,12 +266,5 @@ impl FileSystem for Ntfs {
             done += n;
         }
         Ok(done)
-    }
-
-    fn read_link(&self, ino: u64) -> Result<Vec<u8>> {
-        Err(Error::unsupported(
-            format!("ntfs record {ino}"),
-            "reparse points",
-        ))
     }
 }

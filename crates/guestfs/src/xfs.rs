@@ -92,7 +92,7 @@ impl Xfs {
             && block.is_power_of_two()
             && (256..=2048).contains(&inode_size)
             && inode_size.is_power_of_two()
-            && block >> inopblog == inode_size
+            && block.checked_shr(inopblog) == Some(inode_size)
             && agblklog < 32
             && ag_blocks > 0
             && ag_blocks <= 1 << agblklog

@@ -34,8 +34,10 @@
 
 mod disks;
 mod files;
+pub(crate) mod hold;
 pub(crate) mod incremental;
 mod live;
+mod quiesced;
 pub(crate) mod sink;
 
 pub(crate) use disks::convert_observed;
@@ -43,10 +45,11 @@ pub use disks::{DiskKind, DiskPlan, ExportFormat};
 
 use crate::dest::Destination;
 use crate::error::{Error, Result};
-use crate::hooks::{self, HookEnv, Stage};
+use crate::hooks::HookEnv;
 use crate::observer::{Event, Observer};
 pub(crate) use live::LiveInfo;
-use live::{mark_independent, quiesce, thaw, warn};
+use live::{mark_independent, warn};
+use quiesced::{pre_freeze, snapshot_quiesced, SnapshotRequest};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -234,14 +237,7 @@ fn run(
         vm_uuid: vm.uuid().map(|u| u.to_string()).unwrap_or_default(),
         vm_folder: vm.dir.clone(),
     };
-    check_cancel(obs)?;
-    for hook in hooks::hooks_for(host.root(), &vm.dir, Stage::PreFreeze)? {
-        hooks::run_hook(&hook, Stage::PreFreeze, &env)?;
-        obs.event(&Event::HookRan {
-            path: hook,
-            stage: Stage::PreFreeze.as_str(),
-        });
-    }
+    pre_freeze(host, &env, obs)?;
     let mut locked = host.lock_vm(vm.moref, host::LockMode::Wait)?;
     consolidate_leftovers(&mut locked, obs)?;
     check_cancel(obs)?;
@@ -268,63 +264,20 @@ fn run(
         quiesced: false,
     };
     let disks = &mark_independent(disks, running, obs, &mut warnings);
-    let quiesce = if running {
-        quiesce(&mut locked, &name, opts, obs, &mut warnings)
-    } else {
-        None
-    };
-    if let (Some(_), Some(pause)) = (&quiesce, opts.pause_while_frozen) {
-        std::thread::sleep(pause);
-    }
-    let snap_started = Instant::now();
-    let created = locked.create_snapshot(
-        BACKUP_SNAPSHOT_NAME,
-        "vcb backup in progress; removed when it ends",
-    );
-    let snap_elapsed = snap_started.elapsed();
-    if created.is_ok() {
-        obs.event(&Event::SnapshotTaken {
-            vm: name.clone(),
-            live: running,
-            elapsed: snap_elapsed,
-        });
-    }
-    // Thaw at once, also when the snapshot failed.
-    let thawed = match quiesce {
-        Some(guard) => thaw(&mut locked, guard, &name, obs, &mut warnings),
-        None => Ok(false),
-    };
-    let live = LiveInfo {
-        quiesced: matches!(thawed, Ok(true)) && created.is_ok(),
-        ..live
-    };
-    let created = created?;
-    if let Err(e) = thawed.and_then(|_| check_cancel(obs)) {
-        // A guest that may still be frozen, or a cancel: the backup fails, and the
-        // snapshot goes (its redo logs are committed back).
-        if let Err(r) = locked.remove_snapshot(created.uid, &mut ()) {
-            warn(
-                obs,
-                &mut warnings,
-                format!("could not remove the backup snapshot (the next backup commits it): {r}"),
-            );
-        }
-        return Err(e);
-    }
-    // From here on the snapshot exists: nothing may return before it is removed.
-    let post_thaw = hooks::hooks_for(host.root(), &vm.dir, Stage::PostThaw).unwrap_or_else(|e| {
-        warn(obs, &mut warnings, e.to_string());
-        Vec::new()
-    });
-    for hook in post_thaw {
-        match hooks::run_hook(&hook, Stage::PostThaw, &env) {
-            Ok(()) => obs.event(&Event::HookRan {
-                path: hook,
-                stage: Stage::PostThaw.as_str(),
-            }),
-            Err(e) => warn(obs, &mut warnings, e.to_string()),
-        }
-    }
+    let (created, quiesced) = snapshot_quiesced(
+        &mut locked,
+        SnapshotRequest {
+            name: BACKUP_SNAPSHOT_NAME,
+            description: "vcb backup in progress; removed when it ends",
+            running,
+            env: &env,
+            host,
+        },
+        opts,
+        obs,
+        &mut warnings,
+    )?;
+    let live = LiveInfo { quiesced, ..live };
     let exported = begin_tracked(&mut locked, sink, obs, &mut warnings).and_then(|()| {
         files::export_all(
             host,

@@ -1,6 +1,7 @@
 //! The VMware-compatible tools, each a thin front end over the same command code.
 
 pub mod conf;
+pub mod filemount;
 pub mod vcbmounter;
 pub mod vcbrestore;
 pub mod vcbsnapall;

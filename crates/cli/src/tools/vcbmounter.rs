@@ -1,4 +1,5 @@
-//! `vcbMounter`: back up one VM (`-t fullvm`), over `vcb backup`'s code.
+//! `vcbMounter`: back up one VM (`-t fullvm`, over `vcb backup`'s code), or mount its
+//! guest file systems read-only (`-t file`, undone by `-U`; see [`super::filemount`]).
 //!
 //! ```text
 //! vcbMounter -a <vm identifier> -r <destination> [-t fullvm|file] [-M 0|1]
@@ -11,6 +12,7 @@
 use crate::cmd::backup::{backup_options, open_host, render::Render, run_backup};
 use crate::cmd::backup::{QuiesceArgs, RemoteArgs};
 use crate::tools::conf::ToolArgs;
+use crate::tools::filemount;
 use anyhow::{bail, Result};
 use backup::ExportFormat;
 use clap::Parser;
@@ -40,6 +42,9 @@ struct Args {
     /// Undo a file-level mount.
     #[arg(short = 'U', value_name = "MOUNTPOINT")]
     unmount: Option<PathBuf>,
+    /// The mount server of `-t file` (started by vcbMounter itself).
+    #[arg(long, value_name = "RECORD", hide = true)]
+    serve_file_mount: Option<PathBuf>,
     /// Back up a VM with a physical-compatibility RDM, leaving that disk out.
     #[arg(long)]
     skip_physical_rdm: bool,
@@ -61,8 +66,6 @@ struct Args {
     remote: RemoteArgs,
 }
 
-const FILE_MODE: &str = "file-level backup (-t file, -U) is not supported yet (file-level mount arrives with a later issue)";
-
 /// Entry point of the `vcbMounter` binary.
 pub fn main() -> ExitCode {
     crate::output::exit_with(run(Args::parse()))
@@ -70,13 +73,16 @@ pub fn main() -> ExitCode {
 
 fn run(a: Args) -> Result<()> {
     crate::logging::init(a.tool.level);
-    if a.unmount.is_some() {
-        bail!(FILE_MODE);
+    if !matches!(a.kind.as_str(), "fullvm" | "file") {
+        bail!("-t {:?}: expected fullvm or file", a.kind);
     }
-    match a.kind.as_str() {
-        "fullvm" => {}
-        "file" => bail!(FILE_MODE),
-        other => bail!("-t {other:?}: expected fullvm or file"),
+    if let Some(record) = &a.serve_file_mount {
+        let (host, _) = open_host(&a.tool.host_args, &a.tool.overrides(a.cache.clone()))?;
+        return filemount::serve(&host, record);
+    }
+    if let Some(dir) = &a.unmount {
+        let (host, _) = open_host(&a.tool.host_args, &a.tool.overrides(a.cache.clone()))?;
+        return filemount::unmount_vm(&host, dir, &mut Render::new(a.tool.level));
     }
     let (Some(vm), Some(dest)) = (a.vm.as_deref(), a.dest.as_deref()) else {
         bail!("-a <vm identifier> and -r <destination> are required (see --help)");
@@ -90,6 +96,9 @@ fn run(a: Args) -> Result<()> {
     let mut opts = backup_options(format, a.skip_physical_rdm, &conf);
     a.quiesce.apply(&mut opts);
     opts.base_backup = a.incremental_from.or(a.differential_from);
+    if a.kind == "file" {
+        return filemount::mount_vm(&host, vm, dest, &opts, &mut Render::new(a.tool.level));
+    }
     let remote = a.remote.options(&conf);
     run_backup(
         &host,

@@ -75,8 +75,7 @@ impl Env {
         cmd.args(args);
         // Repository and disk commands take no host.
         let hostless = tool == "vmkfstools"
-            || (tool == "vcb"
-                && matches!(args.first(), Some(&"repo") | Some(&"disk") | Some(&"files")));
+            || (tool == "vcb" && matches!(args.first(), Some(&"repo") | Some(&"disk")));
         if !hostless {
             cmd.arg("--root").arg(&self.root);
         }

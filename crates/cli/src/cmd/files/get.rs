@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 /// `vcb files get SOURCE PATH... --to DIR`
 #[derive(Args, Debug)]
 pub struct GetArgs {
-    /// A backup folder, or `repo:REPO#POINT`.
+    /// A VM (a snapshot is taken and removed), a backup folder, `repo:REPO#POINT`, or a
+    /// disk file (VMDK or raw).
     pub source: String,
     /// VOLUME/PATH of each file or directory to restore.
     #[arg(required = true)]

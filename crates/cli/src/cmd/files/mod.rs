@@ -9,6 +9,9 @@ mod get;
 mod mount;
 mod source;
 
+pub(crate) use mount::{serve as serve_mount, unmount};
+pub(crate) use source::open_held;
+
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use guestfs::{Attr, FileSystem, Kind};
@@ -25,6 +28,10 @@ pub struct FilesArgs {
     /// SSH and repository settings.
     #[command(flatten)]
     remote: crate::cmd::backup::RemoteArgs,
+    /// The host's root folder, for a VM as the source (default: $VCB_ROOT, else
+    /// /var/lib/vcb for root, else ~/.local/share/vcb).
+    #[arg(long, value_name = "DIR", global = true)]
+    root: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -45,7 +52,7 @@ enum FilesCmd {
 
 #[derive(Args, Debug)]
 struct PathArgs {
-    /// A backup folder, or `repo:REPO#POINT`.
+    /// A backup folder, `repo:REPO#POINT`, or a disk file (VMDK or raw).
     source: String,
     /// VOLUME/PATH inside it (VOLUME: number, label or UUID).
     path: Option<String>,
@@ -70,15 +77,22 @@ struct FindArgs {
 pub fn run(a: FilesArgs) -> Result<()> {
     match a.cmd {
         FilesCmd::Ls(p) => ls(
-            &open_source(&p.source, &a.remote)?,
+            &open_source(&p.source, &a.remote, a.root.as_deref())?,
             p.path.as_deref(),
             p.json,
         ),
-        FilesCmd::Stat(p) => stat(&open_source(&p.source, &a.remote)?, &need_path(&p)?, p.json),
-        FilesCmd::Cat(p) => cat(&open_source(&p.source, &a.remote)?, &need_path(&p)?),
-        FilesCmd::Get(g) => get::run(&open_source(&g.source, &a.remote)?, &g),
+        FilesCmd::Stat(p) => stat(
+            &open_source(&p.source, &a.remote, a.root.as_deref())?,
+            &need_path(&p)?,
+            p.json,
+        ),
+        FilesCmd::Cat(p) => cat(
+            &open_source(&p.source, &a.remote, a.root.as_deref())?,
+            &need_path(&p)?,
+        ),
+        FilesCmd::Get(g) => get::run(&open_source(&g.source, &a.remote, a.root.as_deref())?, &g),
         FilesCmd::Find(f) => find(&f, &a.remote),
-        FilesCmd::Mount(m) => mount::run(open_source(&m.source, &a.remote)?, &m),
+        FilesCmd::Mount(m) => mount::run(open_source(&m.source, &a.remote, a.root.as_deref())?, &m),
     }
 }
 

@@ -16,16 +16,18 @@ use guestfs::{Attr, FileSystem, Kind};
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// `vcb files mount SOURCE MOUNTDIR`
 #[derive(Args, Debug)]
 pub struct MountArgs {
-    /// A backup folder, or `repo:REPO#POINT`.
+    /// A VM (a snapshot is taken and removed), a backup folder, `repo:REPO#POINT`, or a
+    /// disk file (VMDK or raw).
     pub source: String,
-    /// An empty folder to mount on; unmount with `umount MOUNTDIR` (or Ctrl-C here).
+    /// An empty folder to mount on; the mount ends with `umount MOUNTDIR`, or SIGINT or
+    /// SIGTERM to this process.
     pub mountdir: PathBuf,
 }
 
@@ -52,6 +54,18 @@ struct GuestFs {
 }
 
 pub(super) fn run(src: Opened, a: &MountArgs) -> Result<()> {
+    eprintln!(
+        "Mounting {} read-only on {}; `umount {}` ends it",
+        src.name,
+        a.mountdir.display(),
+        a.mountdir.display()
+    );
+    serve(src, &a.mountdir)
+}
+
+/// Serve `src` on `dir` until it is unmounted (or SIGINT/SIGTERM unmounts it); the
+/// backup (and a VM's snapshot) is closed after the mount ends.
+pub(crate) fn serve(src: Opened, dir: &Path) -> Result<()> {
     let fs = GuestFs::new(&src);
     let mut cfg = fuser::Config::default();
     cfg.mount_options = vec![
@@ -61,17 +75,34 @@ pub(super) fn run(src: Opened, a: &MountArgs) -> Result<()> {
         MountOption::DefaultPermissions,
     ];
     cfg.n_threads = Some(2);
-    eprintln!(
-        "Mounted {} read-only on {} ({} volumes); `umount {}` to end",
-        src.name,
-        a.mountdir.display(),
-        fs.vols.len(),
-        a.mountdir.display()
-    );
-    fuser::mount(fs, &a.mountdir, &cfg)
-        .with_context(|| format!("{}: mount", a.mountdir.display()))?;
+    let session =
+        fuser::spawn_mount(fs, dir, &cfg).with_context(|| format!("{}: mount", dir.display()))?;
+    crate::signals::install();
+    let target = dir.to_path_buf();
+    std::thread::spawn(move || loop {
+        if crate::signals::cancelled() {
+            unmount(&target).ok();
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    });
+    let ended = session.join();
     drop(src);
-    Ok(())
+    ended.with_context(|| format!("{}: FUSE session", dir.display()))
+}
+
+/// Unmount `dir` (a FUSE mount); `Ok(false)` when nothing was mounted there.
+pub(crate) fn unmount(dir: &Path) -> std::io::Result<bool> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    // SAFETY: `c` is a valid NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EINVAL) | Some(libc::ENOENT) => Ok(false),
+        _ => Err(e),
+    }
 }
 
 impl GuestFs {

@@ -1,5 +1,6 @@
 //! Opening a backup's disks for file access: a backup folder (verified against its
-//! catalog, with its incremental chain) or a repository point.
+//! catalog, with its incremental chain), a repository point, or one disk file (a VMDK
+//! chain opened read-only, or a raw image).
 
 use anyhow::{bail, Context, Result};
 use backup::restore::RestoreSource;
@@ -22,7 +23,26 @@ pub(crate) struct Opened {
     /// Its volumes.
     pub volumes: Vec<Vol>,
     /// The source, kept open while its disks are read.
-    _source: Box<dyn RestoreSource>,
+    _source: Option<Box<dyn RestoreSource>>,
+    /// The VM snapshot to remove once the disks are closed (fields drop in order).
+    _release: Option<Release>,
+}
+
+/// Removes a snapshot `vcb files` took of a VM when dropped.
+pub(crate) struct Release {
+    host: host::Host,
+    held: backup::HeldSnapshot,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let mut quiet = crate::cmd::backup::render::Render::new(1);
+        if let Err(e) =
+            backup::release_snapshot(&self.host, self.held.moref, self.held.uid, &mut quiet)
+        {
+            eprintln!("vcb: {}: could not remove snapshot {} (vcbMounter's next run or `vcb vm snapshot remove` does): {e}", self.held.vm, self.held.uid);
+        }
+    }
 }
 
 impl Opened {
@@ -53,8 +73,12 @@ impl Opened {
     }
 }
 
-/// Open `spec`: a backup folder or `repo:REPO#POINT`.
-pub(crate) fn open_source(spec: &str, remote: &crate::cmd::backup::RemoteArgs) -> Result<Opened> {
+/// Open `spec`: a backup folder, `repo:REPO#POINT`, a disk file, or a VM of the host.
+pub(crate) fn open_source(
+    spec: &str,
+    remote: &crate::cmd::backup::RemoteArgs,
+    root: Option<&std::path::Path>,
+) -> Result<Opened> {
     if let Some(r) = crate::cmd::backup::repo_spec(spec) {
         let Some((repo_spec, point)) = r.rsplit_once('#') else {
             bail!("{spec}: name the point: repo:REPO#POINT (a point id, or a VM name for its latest point)");
@@ -64,6 +88,12 @@ pub(crate) fn open_source(spec: &str, remote: &crate::cmd::backup::RemoteArgs) -
         let mut o = open_point(&repo, point)?;
         o.name = spec.to_string();
         return Ok(o);
+    }
+    if std::path::Path::new(spec).is_file() {
+        return open_image(spec);
+    }
+    if !std::path::Path::new(spec).exists() && !spec.contains('/') {
+        return open_vm(spec, root);
     }
     let dir = backup::LocalDir::new(spec);
     let catalog = backup::restore::read_catalog(&dir)
@@ -79,6 +109,63 @@ pub(crate) fn open_point(repo: &repo::Repository, point: repo::Point) -> Result<
     open_disks(&name, Box::new(src), &catalog)
 }
 
+/// A VM of the local host (`--root`): a quiesced snapshot is taken, its static disks are
+/// read, and the snapshot is removed when the returned value is dropped.
+fn open_vm(spec: &str, root: Option<&std::path::Path>) -> Result<Opened> {
+    use crate::cmd::backup::{backup_options, open_host, HostArgs};
+    use crate::tools::conf::Overrides;
+    let args = HostArgs {
+        root: root.map(std::path::Path::to_path_buf),
+        config: None,
+    };
+    let (host, conf) = open_host(&args, &Overrides::default())?;
+    let opts = backup_options(backup::ExportFormat::Split2Gb, true, &conf);
+    let held = backup::hold_snapshot(
+        &host,
+        spec,
+        &opts,
+        &mut crate::cmd::backup::render::Render::new(1),
+    )?;
+    let read = host.confined().disk_options(false);
+    let release = Release { host, held };
+    let mut o = open_held(spec, &release.held.disks, &read)?;
+    o._release = Some(release);
+    Ok(o)
+}
+
+/// The static disks of a held snapshot, opened read-only.
+pub(crate) fn open_held(
+    name: &str,
+    disks: &[(String, std::path::PathBuf)],
+    read: &vmdk::OpenOptions,
+) -> Result<Opened> {
+    let mut devices: Vec<Arc<dyn Device>> = Vec::new();
+    for (node, path) in disks {
+        let disk = vmdk::Disk::open(path, read)
+            .with_context(|| format!("{name}: disk {node} ({})", path.display()))?;
+        devices.push(Arc::new(DiskDevice::new(Box::new(disk))));
+    }
+    let nodes: Vec<String> = disks.iter().map(|d| d.0.clone()).collect();
+    build(name, &devices, &nodes, None)
+}
+
+/// A single disk file: a VMDK (any chain, opened read-only) or a raw image.
+fn open_image(spec: &str) -> Result<Opened> {
+    let path = std::path::Path::new(spec);
+    let dev: Arc<dyn Device> = match vmdk::Disk::open(path, &vmdk::OpenOptions::read_only()) {
+        Ok(disk) => Arc::new(DiskDevice::new(Box::new(disk))),
+        Err(e)
+            if path
+                .extension()
+                .is_some_and(|x| x.eq_ignore_ascii_case("vmdk")) =>
+        {
+            return Err(e).with_context(|| format!("{spec}: open disk"));
+        }
+        Err(_) => Arc::new(guestfs::FileDevice::open(path)?),
+    };
+    build(spec, &[dev], &["disk".to_string()], None)
+}
+
 fn open_disks(name: &str, src: Box<dyn RestoreSource>, catalog: &vmx::Catalog) -> Result<Opened> {
     let mut devices: Vec<Arc<dyn Device>> = Vec::new();
     let mut nodes = Vec::new();
@@ -92,7 +179,16 @@ fn open_disks(name: &str, src: Box<dyn RestoreSource>, catalog: &vmx::Catalog) -
         devices.push(Arc::new(DiskDevice::new(disk)));
         nodes.push(d.node.to_string());
     }
-    let volumes = guestfs::volumes(&devices)
+    build(name, &devices, &nodes, Some(src))
+}
+
+fn build(
+    name: &str,
+    devices: &[Arc<dyn Device>],
+    nodes: &[String],
+    src: Option<Box<dyn RestoreSource>>,
+) -> Result<Opened> {
+    let volumes = guestfs::volumes(devices)
         .with_context(|| format!("{name}: partition table"))?
         .into_iter()
         .map(|v| Vol {
@@ -119,5 +215,6 @@ fn open_disks(name: &str, src: Box<dyn RestoreSource>, catalog: &vmx::Catalog) -
         name: name.to_string(),
         volumes,
         _source: src,
+        _release: None,
     })
 }

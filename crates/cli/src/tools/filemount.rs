@@ -1,0 +1,254 @@
+//! `vcbMounter -t file` and `vcbMounter -U`: the guest's file systems of a VM snapshot
+//! mounted read-only under a folder, as VCB's file-level mode does, for any file-level
+//! backup agent to read.
+//!
+//! `-t file` takes the quiesced snapshot (kept: [`backup::hold_snapshot`]), records the
+//! mount in `<host root>/file-mounts/` (crash-safe write) and starts a detached mount
+//! server (this binary again), returning once the mount is there. The mount outlives
+//! vcbMounter. `-U` works from the record alone, from any process and also after the
+//! server died: it unmounts, ends the server, removes the snapshot (committing what the
+//! guest wrote meanwhile), removes the record and the folder it created.
+
+use crate::cmd::files::{open_held, serve_mount, unmount};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// What `-U` needs to undo a mount.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MountRecord {
+    /// The mount folder (absolute).
+    pub mountdir: PathBuf,
+    /// Whether `-t file` created the folder (then `-U` removes it).
+    pub created_dir: bool,
+    /// The VM's display name and reference.
+    pub vm: String,
+    /// Its moref.
+    pub moref: u32,
+    /// The held snapshot's uid.
+    pub uid: u64,
+    /// Each disk's node and static base.
+    pub disks: Vec<(String, PathBuf)>,
+    /// The mount server's process id, once started.
+    pub server_pid: Option<u32>,
+}
+
+fn records_dir(host: &host::Host) -> PathBuf {
+    host.root().join("file-mounts")
+}
+
+fn record_path(host: &host::Host, r: &MountRecord) -> PathBuf {
+    records_dir(host).join(format!("{}-{}.json", r.moref, r.uid))
+}
+
+fn write_record(path: &Path, r: &MountRecord) -> Result<()> {
+    fsio::write_atomic(path, &serde_json::to_vec_pretty(r)?)
+        .with_context(|| path.display().to_string())
+}
+
+/// `vcbMounter -a VM -r DIR -t file`.
+pub fn mount_vm(
+    host: &host::Host,
+    vm: &str,
+    dest: &str,
+    opts: &backup::BackupOptions,
+    render: &mut crate::cmd::backup::render::Render,
+) -> Result<()> {
+    if dest.contains("://") || dest.starts_with("repo:") {
+        bail!("{dest}: -t file mounts under a local folder");
+    }
+    let dir = std::path::absolute(dest).with_context(|| dest.to_string())?;
+    let created_dir = match std::fs::create_dir(&dir) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            if std::fs::read_dir(&dir)
+                .with_context(|| dir.display().to_string())?
+                .next()
+                .is_some()
+            {
+                bail!("{}: exists and is not empty", dir.display());
+            }
+            false
+        }
+        Err(e) => return Err(e).with_context(|| format!("{}: create", dir.display())),
+    };
+    let held = match backup::hold_snapshot(host, vm, opts, render) {
+        Ok(h) => h,
+        Err(e) => {
+            if created_dir {
+                let _ = std::fs::remove_dir(&dir);
+            }
+            return Err(e.into());
+        }
+    };
+    let mut record = MountRecord {
+        mountdir: dir.clone(),
+        created_dir,
+        vm: held.vm.clone(),
+        moref: held.moref.0,
+        uid: held.uid,
+        disks: held.disks.clone(),
+        server_pid: None,
+    };
+    let path = record_path(host, &record);
+    let started = std::fs::create_dir_all(records_dir(host))
+        .map_err(anyhow::Error::from)
+        .and_then(|()| write_record(&path, &record))
+        .and_then(|()| start_server(host, &path, &mut record));
+    if let Err(e) = started {
+        undo(host, &record, &path, render).ok();
+        return Err(e);
+    }
+    println!(
+        "Mounted the file systems of {} (snapshot {}, {}) read-only on {}; `vcbMounter -U {}` ends it",
+        held.vm,
+        held.uid,
+        if held.quiesced { "quiesced" } else { "crash-consistent" },
+        dir.display(),
+        dir.display()
+    );
+    Ok(())
+}
+
+/// Start the detached server and wait until its mount is visible.
+fn start_server(host: &host::Host, record_path: &Path, record: &mut MountRecord) -> Result<()> {
+    let exe = std::env::current_exe().context("locate vcbMounter")?;
+    let log = std::fs::File::create(record_path.with_extension("log"))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("--serve-file-mount")
+        .arg(record_path)
+        .arg("--root")
+        .arg(host.root());
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe; it detaches the server from our session.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("start the mount server")?;
+    record.server_pid = Some(child.id());
+    write_record(record_path, record)?;
+    let started = Instant::now();
+    while !is_mounted(&record.mountdir) {
+        if let Some(status) = child.try_wait()? {
+            let log =
+                std::fs::read_to_string(record_path.with_extension("log")).unwrap_or_default();
+            bail!(
+                "the mount server ended ({status}): {}",
+                log.lines().last().unwrap_or("no message")
+            );
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            bail!("the mount did not appear within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Whether a file system is mounted on `dir` (per /proc/self/mountinfo).
+fn is_mounted(dir: &Path) -> bool {
+    let want = dir.to_string_lossy().replace(' ', "\\040");
+    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
+        m.lines()
+            .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+    })
+}
+
+/// The hidden `--serve-file-mount RECORD`: serve the mount until it is unmounted.
+pub fn serve(host: &host::Host, record_path: &Path) -> Result<()> {
+    let record: MountRecord = serde_json::from_slice(&std::fs::read(record_path)?)
+        .with_context(|| record_path.display().to_string())?;
+    let read = host.confined().disk_options(false);
+    let opened = open_held(&record.vm, &record.disks, &read)?;
+    serve_mount(opened, &record.mountdir)
+}
+
+/// `vcbMounter -U DIR`.
+pub fn unmount_vm(
+    host: &host::Host,
+    dest: &Path,
+    render: &mut crate::cmd::backup::render::Render,
+) -> Result<()> {
+    let dir = std::path::absolute(dest).with_context(|| dest.display().to_string())?;
+    let mut found = None;
+    if let Ok(entries) = std::fs::read_dir(records_dir(host)) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "json") {
+                if let Ok(r) = serde_json::from_slice::<MountRecord>(&std::fs::read(&p)?) {
+                    if r.mountdir == dir {
+                        found = Some((p, r));
+                    }
+                }
+            }
+        }
+    }
+    let Some((path, record)) = found else {
+        bail!(
+            "{}: no file-level mount of vcbMounter is recorded there",
+            dir.display()
+        );
+    };
+    undo(host, &record, &path, render)?;
+    println!(
+        "Unmounted {} and removed snapshot {} of {}",
+        dir.display(),
+        record.uid,
+        record.vm
+    );
+    Ok(())
+}
+
+/// Unmount, stop the server, release the snapshot, forget the record. Each step is
+/// skipped when already done, so a half-finished `-U` is finished by the next one.
+fn undo(
+    host: &host::Host,
+    r: &MountRecord,
+    path: &Path,
+    render: &mut crate::cmd::backup::render::Render,
+) -> Result<()> {
+    unmount(&r.mountdir).with_context(|| {
+        format!(
+            "{}: unmount (is a program still using it?)",
+            r.mountdir.display()
+        )
+    })?;
+    if let Some(pid) = r.server_pid {
+        stop_server(pid);
+    }
+    let existed = backup::release_snapshot(host, host::VmRef(r.moref), r.uid, render)?;
+    if !existed {
+        eprintln!("warning: snapshot {} of {} was already gone", r.uid, r.vm);
+    }
+    if r.created_dir {
+        let _ = std::fs::remove_dir(&r.mountdir);
+    }
+    std::fs::remove_file(path).with_context(|| path.display().to_string())?;
+    let _ = std::fs::remove_file(path.with_extension("log"));
+    fsio::sync_dir(&records_dir(host)).ok();
+    Ok(())
+}
+
+/// Wait for the server (unmounted, it ends by itself); kill it if it does not.
+fn stop_server(pid: u32) {
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| c.contains("--serve-file-mount"))
+    };
+    let started = Instant::now();
+    while alive() && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if alive() {
+        // SAFETY: kill has no memory-safety preconditions; the pid was checked to be ours.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+}
