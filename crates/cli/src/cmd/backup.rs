@@ -2,6 +2,7 @@
 //! the same functions.
 
 mod demo;
+mod demo_files;
 mod demo_repo;
 pub mod render;
 

@@ -3,7 +3,8 @@
 //! Creates a host with two datastores, a VM whose disk holds recognisable text, backs it
 //! up with vcbMounter's code, changes the VM, restores the backup onto the second
 //! datastore under a new folder and resource pool (through an edited copy of the
-//! catalog, as the seed describes), and checks the restored disk byte for byte.
+//! catalog, as the seed describes), and checks the restored disk byte for byte; then
+//! restores one file of the guest's ext4 data disk from the backup (`vcb files get`).
 
 use super::render::Render;
 use super::{backup_options, run_backup, run_restore};
@@ -44,16 +45,30 @@ pub fn demo(a: DemoArgs) -> Result<()> {
     spec.disks.push(host::DiskSource::New {
         capacity_bytes: DISK_BYTES,
     });
+    let data = super::demo_files::data_disk(&root)?;
+    if data.is_some() {
+        spec.disks.push(host::DiskSource::New {
+            capacity_bytes: super::demo_files::DATA_DISK_BYTES,
+        });
+    }
     spec.format = vmdk::DiskFormat::Thin;
     spec.ip = Some("10.17.5.37".into());
     let vm = host.create_vm(&spec, &mut ())?;
-    let disk = vm.disks(&host)?.remove(0).path;
+    let mut disks = vm.disks(&host)?;
+    let disk = disks.remove(0).path;
     write_content(&disk)?;
     println!(
         "1. Created host {} and VM {VM} with a 64 MiB thin disk holding recognisable text:",
         root.display()
     );
     println!("   {}", disk.display());
+    if let (Some(bytes), Some(d)) = (&data, disks.first()) {
+        let mut w = vmdk::Disk::open(&d.path, &vmdk::OpenOptions::writable())?;
+        w.write_at(0, bytes)?;
+        w.close()?;
+        println!("   and a 32 MiB data disk with an MBR partition holding ext4 (mkfs.ext4 -d):");
+        println!("   {}", d.path.display());
+    }
 
     let backups = root.join("backups");
     std::fs::create_dir_all(&backups).with_context(|| format!("create {}", backups.display()))?;
@@ -106,6 +121,13 @@ pub fn demo(a: DemoArgs) -> Result<()> {
     );
     println!("5. Verified: the restored disk equals the backup byte for byte ({} MiB) and holds the content from before the change", DISK_BYTES >> 20);
     let repo_dir = super::demo_repo::run(&mut host, &root, vm.moref, &disk, &mut render)?;
+    let files_to = root.join("restored-files");
+    if data.is_some() {
+        println!("10. Restoring one file from the backup, no disk restored (vcb files get {} 1/{} --to {}):", dest.display(), super::demo_files::FILE, files_to.display());
+        super::demo_files::restore_one(&dest, &files_to)?;
+        println!("   Verified: the restored file equals the guest's");
+    }
+
     println!();
     println!("Where things are:");
     println!("  host           {}", root.display());
@@ -115,6 +137,9 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         dest.display()
     );
     println!("  alt. catalog   {}", alt.display());
+    if data.is_some() {
+        println!("  restored file  {}", files_to.display());
+    }
     println!(
         "  repository     {}  (passphrase in {})",
         repo_dir.display(),

@@ -9,8 +9,17 @@ mod get;
 mod mount;
 mod source;
 
+pub use get::GetArgs;
 pub(crate) use mount::{serve as serve_mount, unmount};
 pub(crate) use source::open_held;
+
+/// `vcb files get` with `a` (the demo's single-file restore).
+pub fn get(a: &GetArgs) -> Result<()> {
+    get::run(
+        &open_source(&a.source, &crate::cmd::backup::RemoteArgs::default(), None)?,
+        a,
+    )
+}
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
