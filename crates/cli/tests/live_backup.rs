@@ -10,6 +10,8 @@
 #[path = "backup_e2e/util.rs"]
 #[allow(dead_code, unused_imports)]
 mod e2e;
+#[path = "live_backup/files.rs"]
+mod files;
 #[path = "live_backup/repo.rs"]
 mod repo;
 #[path = "../../runtime/tests/it/util.rs"]
