@@ -10,6 +10,7 @@ mod error;
 pub mod ext4;
 pub mod fat;
 pub mod lvm;
+pub mod lznt1;
 pub mod ntfs;
 pub mod part;
 mod runs;

@@ -1,8 +1,8 @@
 //! NTFS through the `ntfs` crate (resident and non-resident data, sparse runs, attribute
 //! lists, B-tree indexes), behind vcb's interface: inode numbers are MFT record numbers.
 //!
-//! Compressed (LZNT1) data the crate does not decode is refused per file with a clear
-//! error, never returned as raw compressed bytes.
+//! Compressed (LZNT1) data, which the crate does not decode, is expanded by
+//! [`crate::lznt1`] from the attribute's data runs.
 
 use crate::device::Device;
 use crate::vfs::{Attr, DirEntry, FileSystem, Kind, Time};
@@ -19,6 +19,7 @@ const FIRST_USER_RECORD: u64 = 24;
 /// An NTFS file system.
 pub struct Ntfs {
     dev: Arc<dyn Device>,
+    runs: crate::runs::RunCache,
     volume: Volume,
     label: Option<String>,
 }
@@ -78,6 +79,33 @@ fn err(ino: u64, e: ntfs::NtfsError) -> Error {
     Error::corrupt(format!("ntfs record {ino}"), e.to_string())
 }
 
+/// The data runs of a non-resident attribute as byte runs (sparse runs without a position).
+fn byte_runs(
+    ino: u64,
+    data_runs: ntfs::attribute_value::NtfsDataRuns<'_, '_>,
+    size: u64,
+) -> Result<Vec<crate::runs::Run>> {
+    let mut out = Vec::new();
+    let mut logical = 0u64;
+    for run in data_runs {
+        let run = run.map_err(|e| err(ino, e))?;
+        let len = run.allocated_size();
+        out.push(crate::runs::Run {
+            logical,
+            len,
+            physical: run.data_position().value().map(std::num::NonZeroU64::get),
+        });
+        logical = logical.saturating_add(len);
+        if out.len() > crate::runs::MAX_RUNS || logical > size.saturating_add(1 << 30) {
+            return Err(Error::Limit {
+                what: format!("ntfs record {ino}"),
+                why: "data runs far past the file's size".into(),
+            });
+        }
+    }
+    Ok(out)
+}
+
 fn nt_time(t: ntfs::NtfsTime) -> Time {
     // 100 ns intervals since 1601-01-01.
     let ticks = t.nt_timestamp();
@@ -109,7 +137,12 @@ impl Ntfs {
             .and_then(std::result::Result::ok)
             .map(|n| n.name().to_string_lossy())
             .filter(|n| !n.is_empty());
-        Ok(Ntfs { volume, label, dev })
+        Ok(Ntfs {
+            volume,
+            label,
+            dev,
+            runs: crate::runs::RunCache::default(),
+        })
     }
 
     fn cursor(&self) -> Cursor<'_> {
@@ -152,6 +185,12 @@ impl FileSystem for Ntfs {
     fn read(&self, ino: u64, offset: u64, buf: &mut [u8]) -> Result<usize> {
         guarded(&format!("ntfs record {ino}"), || {
             self.read_inner(ino, offset, buf)
+        })
+    }
+
+    fn data_ranges(&self, ino: u64) -> Result<Vec<(u64, u64)>> {
+        guarded(&format!("ntfs record {ino}"), || {
+            self.data_ranges_inner(ino)
         })
     }
 
@@ -241,13 +280,41 @@ impl Ntfs {
         };
         let item = item.map_err(|e| err(ino, e))?;
         let attribute = item.to_attribute().map_err(|e| err(ino, e))?;
-        if attribute.flags().bits() & 0x00FF != 0 {
+        let mut value = attribute.value(&mut fs).map_err(|e| err(ino, e))?;
+        let flags = attribute.flags().bits();
+        if flags & 0x00FE != 0 {
             return Err(Error::unsupported(
                 format!("ntfs record {ino}"),
-                "compressed data",
+                format!("data flags {flags:#x}"),
             ));
         }
-        let mut value = attribute.value(&mut fs).map_err(|e| err(ino, e))?;
+        // Resident data is stored plainly even when flagged compressed.
+        if flags & 0x0001 != 0 {
+            use ntfs::attribute_value::NtfsAttributeValue as V;
+            let size = value.len();
+            match &value {
+                V::NonResident(nr) => {
+                    let runs = self
+                        .runs
+                        .get(ino, || byte_runs(ino, nr.data_runs(), size))?;
+                    return crate::lznt1::read(
+                        self.dev.as_ref(),
+                        &runs,
+                        u64::from(self.volume.cluster_size()),
+                        size,
+                        offset,
+                        buf,
+                    );
+                }
+                V::AttributeListNonResident(_) => {
+                    return Err(Error::unsupported(
+                        format!("ntfs record {ino}"),
+                        "compressed data in an attribute list",
+                    ))
+                }
+                V::Resident(_) => {}
+            }
+        }
         if offset >= value.len() {
             return Ok(0);
         }
@@ -266,5 +333,26 @@ impl Ntfs {
             done += n;
         }
         Ok(done)
+    }
+
+    /// Sparse runs of plain non-resident data are holes; everything else counts as data.
+    fn data_ranges_inner(&self, ino: u64) -> Result<Vec<(u64, u64)>> {
+        use ntfs::attribute_value::NtfsAttributeValue as V;
+        let mut fs = self.cursor();
+        let file = self.file(&mut fs, ino)?;
+        let Some(item) = file.data(&mut fs, "") else {
+            return Ok(vec![]);
+        };
+        let item = item.map_err(|e| err(ino, e))?;
+        let attribute = item.to_attribute().map_err(|e| err(ino, e))?;
+        let value = attribute.value(&mut fs).map_err(|e| err(ino, e))?;
+        let size = value.len();
+        match &value {
+            V::NonResident(nr) if attribute.flags().bits() & 0x00FF == 0 => {
+                let runs = byte_runs(ino, nr.data_runs(), size)?;
+                Ok(crate::runs::data_ranges(&runs, size))
+            }
+            _ => Ok(if size == 0 { vec![] } else { vec![(0, size)] }),
+        }
     }
 }

@@ -237,6 +237,48 @@ fn ntfs_tree_reads_back_exactly() {
     let fs = open(&img);
     assert_eq!(fs.label().as_deref(), Some("guest-ntfs"));
     assert_same(&manifest(fs.as_ref()), &want, false, true);
+    let sparse = guestfs::lookup(fs.as_ref(), "sparse.img").unwrap();
+    let held: u64 = fs.data_ranges(sparse).unwrap().iter().map(|r| r.1).sum();
+    assert!(
+        held < 1 << 20,
+        "the sparse file keeps its holes ({held} bytes of data)"
+    );
+}
+
+#[test]
+fn ntfs_compressed_files_read_back_exactly() {
+    if !tools() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let tree = d.path().join("tree");
+    guestimg::make_tree(
+        &tree,
+        TreeKind {
+            symlinks: false,
+            sparse: false,
+            ..FULL
+        },
+        8,
+    );
+    // Compressible data: text, long zero runs, and a mix across compression units.
+    std::fs::write(
+        tree.join("text.log"),
+        "compressible line of a log file\n".repeat(60_000),
+    )
+    .unwrap();
+    let mut mixed = vec![0u8; 700_000];
+    mixed[100_000..110_000].fill(7);
+    mixed[400_000..]
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, b)| *b = (i % 251) as u8);
+    std::fs::write(tree.join("deep/mixed.bin"), mixed).unwrap();
+    let want = guestimg::manifest(&tree);
+    let img = d.path().join("ntfs.img");
+    guestimg::ntfs_with(&tree, &img, 128 << 20, true);
+    let fs = open(&img);
+    assert_same(&manifest(fs.as_ref()), &want, false, true);
 }
 
 fn disk_volumes(disk: &Path) -> Vec<guestfs::Volume> {

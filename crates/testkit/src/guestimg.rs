@@ -322,13 +322,42 @@ pub fn vfat(tree: &Path, img: &Path, size: u64, fat_bits: u32) {
 
 /// An NTFS image of `tree`: mkntfs on a plain file, filled through ntfs-3g (FUSE).
 pub fn ntfs(tree: &Path, img: &Path, size: u64) {
+    ntfs_with(tree, img, size, false);
+}
+
+/// [`ntfs`], with every file written compressed (LZNT1) when `compressed`: the root is
+/// marked compressed (FILE_ATTRIBUTE_COMPRESSED) before the tree is copied in.
+pub fn ntfs_with(tree: &Path, img: &Path, size: u64, compressed: bool) {
     blank(img, size);
     run(Command::new("mkntfs")
         .args(["-F", "-Q", "-q", "-L", "guest-ntfs"])
         .arg(img));
     let mnt = img.with_extension("mnt");
     fs::create_dir_all(&mnt).unwrap();
-    run(Command::new("ntfs-3g").arg(img).arg(&mnt));
+    run(Command::new("ntfs-3g")
+        .args(["-o", "compression"])
+        .arg(img)
+        .arg(&mnt));
+    if compressed {
+        let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
+        let flag = 0x0000_0800u32.to_be_bytes();
+        // SAFETY: valid NUL-terminated strings and a 4-byte value.
+        let rc = unsafe {
+            libc::setxattr(
+                c.as_ptr(),
+                c"system.ntfs_attrib_be".as_ptr(),
+                flag.as_ptr().cast(),
+                4,
+                0,
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "mark the root compressed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
     let copied = Command::new("cp")
         .arg("-a")
         .arg(format!("{}/.", tree.display()))
