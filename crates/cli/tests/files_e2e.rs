@@ -344,6 +344,24 @@ fn mount_record(env: &Env) -> Option<serde_json::Value> {
     serde_json::from_slice(&std::fs::read(entry.path()).unwrap()).ok()
 }
 
+/// `vcbMounter -a name:files -r MNT -t file`, required to succeed (`ok`) or fail; its
+/// stdout or stderr.
+fn file_mount(env: &Env, mnt: &Path, ok: bool) -> String {
+    let args = [
+        "-a",
+        "name:files",
+        "-r",
+        mnt.to_str().unwrap(),
+        "-t",
+        "file",
+    ];
+    if ok {
+        env.ok("vcbMounter", &args)
+    } else {
+        env.fails("vcbMounter", &args)
+    }
+}
+
 fn snapshots(env: &Env) -> String {
     env.ok("vcb", &["vm", "snapshots", "files"])
 }
@@ -358,17 +376,7 @@ fn vcbmounter_file_mode_mounts_the_snapshot_and_u_commits_what_was_written_meanw
     std::fs::write(tree.join("victim.doc"), b"still in the snapshot\n").unwrap();
     vm_with(&env, &raw_disk(env.dir.path(), &tree, &flat));
     let mnt = env.path("mnt");
-    let out = env.ok(
-        "vcbMounter",
-        &[
-            "-a",
-            "name:files",
-            "-r",
-            mnt.to_str().unwrap(),
-            "-t",
-            "file",
-        ],
-    );
+    let out = file_mount(&env, &mnt, true);
     assert!(out.contains("vcbMounter -U"), "{out}");
     // The mount outlives vcbMounter; the VM's disk is now a redo log over a static base.
     assert!(snapshots(&env).contains("_vcb-file-access_"));
@@ -417,17 +425,7 @@ fn vcbmounter_u_undoes_a_mount_whose_server_was_killed() {
     vm_with(&env, &raw_disk(env.dir.path(), &tree, &flat));
     let mnt = env.path("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    env.ok(
-        "vcbMounter",
-        &[
-            "-a",
-            "name:files",
-            "-r",
-            mnt.to_str().unwrap(),
-            "-t",
-            "file",
-        ],
-    );
+    file_mount(&env, &mnt, true);
     let pid = mount_record(&env).unwrap()["server_pid"].as_u64().unwrap();
     testkit::tools::run(std::process::Command::new("kill").args(["-9", &pid.to_string()]));
     let started = Instant::now();
@@ -449,17 +447,7 @@ fn vcbmounter_u_undoes_a_mount_whose_server_was_killed() {
     assert!(mount_record(&env).is_none());
     // A non-empty folder is refused before any snapshot is taken.
     std::fs::write(mnt.join("x"), b"x").unwrap();
-    let err = env.fails(
-        "vcbMounter",
-        &[
-            "-a",
-            "name:files",
-            "-r",
-            mnt.to_str().unwrap(),
-            "-t",
-            "file",
-        ],
-    );
+    let err = file_mount(&env, &mnt, false);
     assert!(err.contains("not empty"), "{err}");
     assert!(!snapshots(&env).contains("_vcb-file-access_"));
 }

@@ -352,15 +352,6 @@ fn inode_size(raw: &[u8]) -> u64 {
     (u64::from(le::u32(raw, 108)) << 32) | u64::from(le::u32(raw, 4))
 }
 
-fn kind_of(mode: u16) -> Kind {
-    match mode & 0xF000 {
-        0x4000 => Kind::Dir,
-        0x8000 => Kind::File,
-        0xA000 => Kind::Symlink,
-        _ => Kind::Special,
-    }
-}
-
 fn time(raw: &[u8], at: usize, extra_at: usize) -> Time {
     let secs = i64::from(le::u32(raw, at) as i32);
     let extra_size = le::u16(raw, 128) as usize;
@@ -411,7 +402,7 @@ impl FileSystem for Ext4 {
         let mode = le::u16(&raw, 0);
         Ok(Attr {
             ino,
-            kind: kind_of(mode),
+            kind: Kind::from_mode(mode),
             size: inode_size(&raw),
             perm: u32::from(mode & 0o7777),
             uid: u32::from(le::u16(&raw, 2)) | (u32::from(le::u16(&raw, 120)) << 16),
@@ -425,7 +416,7 @@ impl FileSystem for Ext4 {
 
     fn read_dir(&self, ino: u64) -> Result<Vec<DirEntry>> {
         let raw = self.inode(ino)?;
-        if kind_of(le::u16(&raw, 0)) != Kind::Dir {
+        if Kind::from_mode(le::u16(&raw, 0)) != Kind::Dir {
             return Err(Error::NotADirectory(what(ino)));
         }
         let inline = le::u32(&raw, 32) & FLAG_INLINE != 0;

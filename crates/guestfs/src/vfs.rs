@@ -16,6 +16,18 @@ pub enum Kind {
     Special,
 }
 
+impl Kind {
+    /// The kind a POSIX `st_mode` names (ext2/3/4 and XFS store it as is).
+    pub fn from_mode(mode: u16) -> Kind {
+        match mode & 0xF000 {
+            0x4000 => Kind::Dir,
+            0x8000 => Kind::File,
+            0xA000 => Kind::Symlink,
+            _ => Kind::Special,
+        }
+    }
+}
+
 /// A time stamp: seconds since the epoch and nanoseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Time {

@@ -403,15 +403,6 @@ impl Xfs {
     }
 }
 
-fn kind_of(mode: u16) -> Kind {
-    match mode & 0xF000 {
-        0x4000 => Kind::Dir,
-        0x8000 => Kind::File,
-        0xA000 => Kind::Symlink,
-        _ => Kind::Special,
-    }
-}
-
 fn time(raw: &[u8], at: usize, bigtime: bool) -> Time {
     if bigtime {
         let ns = be::u64(raw, at);
@@ -455,7 +446,7 @@ impl FileSystem for Xfs {
         };
         Ok(Attr {
             ino,
-            kind: kind_of(i.mode()),
+            kind: Kind::from_mode(i.mode()),
             size: i.size(),
             perm: u32::from(i.mode() & 0o7777),
             uid: be::u32(raw, 8),
@@ -469,7 +460,7 @@ impl FileSystem for Xfs {
 
     fn read_dir(&self, ino: u64) -> Result<Vec<DirEntry>> {
         let i = self.inode(ino)?;
-        if kind_of(i.mode()) != Kind::Dir {
+        if Kind::from_mode(i.mode()) != Kind::Dir {
             return Err(Error::NotADirectory(what(ino)));
         }
         if i.format() == 1 {

@@ -111,20 +111,16 @@ fn ext4_ext3_and_inline_data_trees_read_back_exactly() {
         return;
     }
     let d = tempfile::tempdir().unwrap();
-    let tree = d.path().join("tree");
-    guestimg::make_tree(&tree, FULL, 1);
-    let want = guestimg::manifest(&tree);
+    let (tree, want) = guestimg::built_tree(&d.path().join("tree"), FULL, 1);
     // mke2fs 1.47.0 with inline_data drops a file's trailing hole: that tree has no sparse file.
-    let dense = d.path().join("dense");
-    guestimg::make_tree(
-        &dense,
+    let (dense, want_dense) = guestimg::built_tree(
+        &d.path().join("dense"),
         TreeKind {
             sparse: false,
             ..FULL
         },
         1,
     );
-    let want_dense = guestimg::manifest(&dense);
     for (name, extra) in [
         ("ext4", vec![]),
         ("ext3", vec!["-t", "ext3"]),
@@ -292,16 +288,14 @@ fn mbr_with_logical_partitions_and_gpt_hold_their_file_systems() {
         return;
     }
     let d = tempfile::tempdir().unwrap();
-    let tree = d.path().join("tree");
-    guestimg::make_tree(
-        &tree,
+    let (tree, want) = guestimg::built_tree(
+        &d.path().join("tree"),
         TreeKind {
             max_file: 1 << 20,
             ..FULL
         },
         5,
     );
-    let want = guestimg::manifest(&tree);
     let fat_tree = d.path().join("fat");
     guestimg::make_tree(
         &fat_tree,
@@ -376,16 +370,14 @@ fn lvm_linear_and_striped_volumes_hold_their_file_systems() {
     }
     use testkit::lvm::{make_vg, write_striped, Segment};
     let d = tempfile::tempdir().unwrap();
-    let tree = d.path().join("tree");
-    guestimg::make_tree(
-        &tree,
+    let (tree, want) = guestimg::built_tree(
+        &d.path().join("tree"),
         TreeKind {
             max_file: 2 << 20,
             ..FULL
         },
         7,
     );
-    let want = guestimg::manifest(&tree);
     let ext = d.path().join("ext.img");
     guestimg::ext4(&tree, &ext, 24 << 20, &[]);
     let disk = d.path().join("lvm.img");

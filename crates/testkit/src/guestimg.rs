@@ -425,3 +425,9 @@ pub fn sgdisk(disk: &Path, parts: &[(u64, &str)]) -> Vec<(u64, u64)> {
     run(cmd.arg(disk));
     partitions(disk)
 }
+
+/// [`make_tree`] at `root`, and its [`manifest`].
+pub fn built_tree(root: &Path, kind: TreeKind, seed: u64) -> (PathBuf, BTreeMap<String, Entry>) {
+    make_tree(root, kind, seed);
+    (root.to_path_buf(), manifest(root))
+}
