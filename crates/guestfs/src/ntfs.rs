@@ -41,9 +41,11 @@ impl Read for Cursor<'_> {
     /// its structures into a panic (`unreachable!`), while zeros fail its own checks.
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = (buf.len() as u64).min(self.dev.size().saturating_sub(self.pos)) as usize;
-        self.dev
-            .read_at(self.pos, &mut buf[..n])
-            .map_err(std::io::Error::other)?;
+        if n > 0 {
+            self.dev
+                .read_at(self.pos, &mut buf[..n])
+                .map_err(std::io::Error::other)?;
+        }
         buf[n..].fill(0);
         self.pos += buf.len() as u64;
         Ok(buf.len())
