@@ -52,6 +52,11 @@ pub fn read_table(dev: &dyn Device) -> Result<Option<(Table, Vec<Partition>)>> {
     if mbr[510] != 0x55 || mbr[511] != 0xAA {
         return Ok(None);
     }
+    // A file system on the whole disk: its boot sector also ends in 55 AA, and its boot
+    // code where a table's entries would be.
+    if crate::ntfs::detect(dev) || crate::fat::detect(dev) {
+        return Ok(None);
+    }
     let entries: Vec<[u8; 16]> = (0..4)
         .map(|i| {
             let mut e = [0u8; 16];

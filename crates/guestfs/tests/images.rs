@@ -232,6 +232,12 @@ fn ntfs_tree_reads_back_exactly() {
     guestimg::ntfs(&tree, &img, 128 << 20);
     let fs = open(&img);
     assert_eq!(fs.label().as_deref(), Some("guest-ntfs"));
+    let vols = disk_volumes(&img);
+    assert_eq!(
+        (vols.len(), vols[0].place.as_str()),
+        (1, "disk 0"),
+        "a whole-disk NTFS is one volume"
+    );
     assert_same(&manifest(fs.as_ref()), &want, false, true);
     let sparse = guestfs::lookup(fs.as_ref(), "sparse.img").unwrap();
     let held: u64 = fs.data_ranges(sparse).unwrap().iter().map(|r| r.1).sum();

@@ -431,3 +431,34 @@ pub fn built_tree(root: &Path, kind: TreeKind, seed: u64) -> (PathBuf, BTreeMap<
     make_tree(root, kind, seed);
     (root.to_path_buf(), manifest(root))
 }
+
+/// `tar` of everything under `dir` into a pipe (GNU tar skips reading files when the
+/// archive is /dev/null); the archive's size. Panics when tar fails.
+pub fn tar_bytes(dir: &Path) -> u64 {
+    let out = run(Command::new("bash")
+        .args([
+            "-c",
+            "set -o pipefail; tar -cf - -C \"$1\" . | wc -c",
+            "tar",
+        ])
+        .arg(dir));
+    out.trim().parse().unwrap()
+}
+
+/// The bytes of the regular files of a [`manifest`].
+pub fn file_bytes(tree: &BTreeMap<String, Entry>) -> u64 {
+    tree.values()
+        .filter(|e| e.kind == 'f')
+        .map(|e| e.size)
+        .sum()
+}
+
+/// Unmounts `0` (lazily) when dropped, so a failing test leaves no mount or FUSE server
+/// behind.
+pub struct Unmount(pub PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).output();
+    }
+}
