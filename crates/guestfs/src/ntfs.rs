@@ -19,7 +19,7 @@ const FIRST_USER_RECORD: u64 = 24;
 /// An NTFS file system.
 pub struct Ntfs {
     dev: Arc<dyn Device>,
-    runs: crate::runs::RunCache,
+    layouts: std::sync::Mutex<std::collections::HashMap<u64, Arc<Layout>>>,
     volume: Volume,
     label: Option<String>,
 }
@@ -28,6 +28,24 @@ pub struct Ntfs {
 pub fn detect(dev: &dyn Device) -> bool {
     let mut b = [0u8; 8];
     dev.size() >= 512 && dev.read_at(3, &mut b).is_ok() && &b == b"NTFS    "
+}
+
+/// Where a file's data is.
+enum Layout {
+    /// No data stream.
+    Empty,
+    /// Non-resident, plain: read straight from its runs (sparse runs read as zeros).
+    Plain {
+        size: u64,
+        runs: Vec<crate::runs::Run>,
+    },
+    /// Non-resident, LZNT1-compressed in compression units.
+    Compressed {
+        size: u64,
+        runs: Vec<crate::runs::Run>,
+    },
+    /// Resident, or spread over an attribute list: read through the crate.
+    Crate { size: u64 },
 }
 
 /// `std::io` over a [`Device`], for the crate.
@@ -143,7 +161,7 @@ impl Ntfs {
             volume,
             label,
             dev,
-            runs: crate::runs::RunCache::default(),
+            layouts: Default::default(),
         })
     }
 
@@ -274,7 +292,90 @@ impl Ntfs {
         Ok(out)
     }
 
+    /// How the unnamed data stream of `ino` is stored, looked up once per file.
+    fn layout(&self, ino: u64) -> Result<Arc<Layout>> {
+        let lock = || {
+            self.layouts
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if let Some(l) = lock().get(&ino) {
+            return Ok(Arc::clone(l));
+        }
+        use ntfs::attribute_value::NtfsAttributeValue as V;
+        let mut fs = self.cursor();
+        let file = self.file(&mut fs, ino)?;
+        let layout = match file.data(&mut fs, "") {
+            None => Layout::Empty,
+            Some(item) => {
+                let item = item.map_err(|e| err(ino, e))?;
+                let attribute = item.to_attribute().map_err(|e| err(ino, e))?;
+                let value = attribute.value(&mut fs).map_err(|e| err(ino, e))?;
+                let (flags, size) = (attribute.flags().bits(), value.len());
+                if flags & 0x00FE != 0 {
+                    return Err(Error::unsupported(
+                        format!("ntfs record {ino}"),
+                        format!("data flags {flags:#x}"),
+                    ));
+                }
+                match &value {
+                    V::NonResident(nr) => {
+                        let runs = byte_runs(ino, nr.data_runs(), size)?;
+                        if flags & 0x0001 != 0 {
+                            Layout::Compressed { size, runs }
+                        } else {
+                            Layout::Plain { size, runs }
+                        }
+                    }
+                    V::AttributeListNonResident(_) if flags & 0x0001 != 0 => {
+                        return Err(Error::unsupported(
+                            format!("ntfs record {ino}"),
+                            "compressed data in an attribute list",
+                        ));
+                    }
+                    // Resident data (stored plainly even when flagged compressed) and data
+                    // spread over an attribute list: read through the crate.
+                    _ => Layout::Crate { size },
+                }
+            }
+        };
+        let layout = Arc::new(layout);
+        let mut map = lock();
+        if map.len() >= 256 {
+            map.clear();
+        }
+        map.insert(ino, Arc::clone(&layout));
+        Ok(layout)
+    }
+
     fn read_inner(&self, ino: u64, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        match &*self.layout(ino)? {
+            Layout::Empty => Ok(0),
+            Layout::Plain { size, runs } => {
+                crate::runs::read_runs(self.dev.as_ref(), runs, *size, offset, buf)
+            }
+            Layout::Compressed { size, runs } => crate::lznt1::read(
+                self.dev.as_ref(),
+                runs,
+                u64::from(self.volume.cluster_size()),
+                *size,
+                offset,
+                buf,
+            ),
+            Layout::Crate { size } => self.read_through_crate(ino, *size, offset, buf),
+        }
+    }
+
+    fn read_through_crate(
+        &self,
+        ino: u64,
+        size: u64,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize> {
+        if offset >= size {
+            return Ok(0);
+        }
         let mut fs = self.cursor();
         let file = self.file(&mut fs, ino)?;
         let Some(item) = file.data(&mut fs, "") else {
@@ -283,47 +384,10 @@ impl Ntfs {
         let item = item.map_err(|e| err(ino, e))?;
         let attribute = item.to_attribute().map_err(|e| err(ino, e))?;
         let mut value = attribute.value(&mut fs).map_err(|e| err(ino, e))?;
-        let flags = attribute.flags().bits();
-        if flags & 0x00FE != 0 {
-            return Err(Error::unsupported(
-                format!("ntfs record {ino}"),
-                format!("data flags {flags:#x}"),
-            ));
-        }
-        // Resident data is stored plainly even when flagged compressed.
-        if flags & 0x0001 != 0 {
-            use ntfs::attribute_value::NtfsAttributeValue as V;
-            let size = value.len();
-            match &value {
-                V::NonResident(nr) => {
-                    let runs = self
-                        .runs
-                        .get(ino, || byte_runs(ino, nr.data_runs(), size))?;
-                    return crate::lznt1::read(
-                        self.dev.as_ref(),
-                        &runs,
-                        u64::from(self.volume.cluster_size()),
-                        size,
-                        offset,
-                        buf,
-                    );
-                }
-                V::AttributeListNonResident(_) => {
-                    return Err(Error::unsupported(
-                        format!("ntfs record {ino}"),
-                        "compressed data in an attribute list",
-                    ))
-                }
-                V::Resident(_) => {}
-            }
-        }
-        if offset >= value.len() {
-            return Ok(0);
-        }
         value
             .seek(&mut fs, SeekFrom::Start(offset))
             .map_err(|e| err(ino, e))?;
-        let want = (buf.len() as u64).min(value.len() - offset) as usize;
+        let want = (buf.len() as u64).min(value.len().saturating_sub(offset)) as usize;
         let mut done = 0;
         while done < want {
             let n = value
@@ -339,22 +403,16 @@ impl Ntfs {
 
     /// Sparse runs of plain non-resident data are holes; everything else counts as data.
     fn data_ranges_inner(&self, ino: u64) -> Result<Vec<(u64, u64)>> {
-        use ntfs::attribute_value::NtfsAttributeValue as V;
-        let mut fs = self.cursor();
-        let file = self.file(&mut fs, ino)?;
-        let Some(item) = file.data(&mut fs, "") else {
-            return Ok(vec![]);
-        };
-        let item = item.map_err(|e| err(ino, e))?;
-        let attribute = item.to_attribute().map_err(|e| err(ino, e))?;
-        let value = attribute.value(&mut fs).map_err(|e| err(ino, e))?;
-        let size = value.len();
-        match &value {
-            V::NonResident(nr) if attribute.flags().bits() & 0x00FF == 0 => {
-                let runs = byte_runs(ino, nr.data_runs(), size)?;
-                Ok(crate::runs::data_ranges(&runs, size))
+        Ok(match &*self.layout(ino)? {
+            Layout::Empty => vec![],
+            Layout::Plain { size, runs } => crate::runs::data_ranges(runs, *size),
+            Layout::Compressed { size, .. } | Layout::Crate { size } => {
+                if *size == 0 {
+                    vec![]
+                } else {
+                    vec![(0, *size)]
+                }
             }
-            _ => Ok(if size == 0 { vec![] } else { vec![(0, size)] }),
-        }
+        })
     }
 }

@@ -77,6 +77,7 @@ pub(crate) fn serve(src: Opened, dir: &Path) -> Result<()> {
     cfg.n_threads = Some(2);
     let session =
         fuser::spawn_mount(fs, dir, &cfg).with_context(|| format!("{}: mount", dir.display()))?;
+    raise_read_ahead(dir);
     crate::signals::install();
     let target = dir.to_path_buf();
     std::thread::spawn(move || loop {
@@ -89,6 +90,21 @@ pub(crate) fn serve(src: Opened, dir: &Path) -> Result<()> {
     let ended = session.join();
     drop(src);
     ended.with_context(|| format!("{}: FUSE session", dir.display()))
+}
+
+/// FUSE mounts get the kernel's default read-ahead of 128 KiB, which leaves whole-file
+/// readers (backup agents, tar) waiting on one small request after another; 2 MiB lets
+/// the kernel ask for the next pieces while this server answers. Needs root; best effort.
+fn raise_read_ahead(dir: &Path) {
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return;
+    };
+    let dev = std::os::unix::fs::MetadataExt::dev(&meta);
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    if let Err(e) = std::fs::write(&knob, "2048") {
+        tracing::debug!("{knob}: {e} (read-ahead stays at the kernel's default)");
+    }
 }
 
 /// Unmount `dir` (a FUSE mount); `Ok(false)` when nothing was mounted there.
