@@ -446,3 +446,54 @@ fn vcbmounter_u_undoes_a_mount_whose_server_was_killed() {
     assert!(err.contains("not empty"), "{err}");
     assert!(!snapshots(&env).contains("_vcb-file-access_"));
 }
+
+#[test]
+fn an_incremental_backup_folder_is_read_through_its_chain() {
+    if !tools() {
+        return;
+    }
+    let env = Env::new();
+    let (tree, flat) = trees(env.dir.path());
+    std::fs::write(tree.join("victim.doc"), b"only in the full backup\n").unwrap();
+    vm_with(&env, &raw_disk(env.dir.path(), &tree, &flat));
+    env.ok("vcb", &["vm", "ctk", "enable", "files"]);
+    let (full, inc) = (env.path("full"), env.path("inc"));
+    env.ok(
+        "vcbMounter",
+        &["-a", "name:files", "-r", full.to_str().unwrap()],
+    );
+    std::fs::remove_file(tree.join("victim.doc")).unwrap();
+    std::fs::write(tree.join("added.txt"), b"only in the incremental\n").unwrap();
+    put(&env, &raw_disk(env.dir.path(), &tree, &flat));
+    let args = [
+        "-a",
+        "name:files",
+        "-r",
+        inc.to_str().unwrap(),
+        "--incremental-from",
+        full.to_str().unwrap(),
+    ];
+    env.ok("vcbMounter", &args);
+    assert_eq!(
+        util::catalog(&inc).disks[0].parent_backup.as_deref(),
+        Some("full")
+    );
+    let out = env.path("out");
+    env.ok(
+        "vcb",
+        &[
+            "files",
+            "get",
+            inc.to_str().unwrap(),
+            "1/",
+            "--to",
+            out.to_str().unwrap(),
+        ],
+    );
+    same(&out.join("volume-1"), &tree, true);
+    let old = env.ok(
+        "vcb",
+        &["files", "cat", full.to_str().unwrap(), "1/victim.doc"],
+    );
+    assert_eq!(old, "only in the full backup\n");
+}
