@@ -337,3 +337,57 @@ fn segment(
         stripes,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemDevice;
+
+    fn group(stripes: &str, extent_count: u64) -> String {
+        format!(
+            "vg {{\n seqno = 3\n extent_size = 2048\n physical_volumes {{ pv0 {{ id = \"abc-def\" pe_start = 2048 pe_count = 4 }} }}\n logical_volumes {{ lv {{ id = \"x\" segment1 {{ start_extent = 0 extent_count = {extent_count} type = \"striped\" stripe_count = 1 stripes = [{stripes}] }} }} }}\n}}\n"
+        )
+    }
+
+    fn pv(text: String) -> PhysicalVolume {
+        PhysicalVolume {
+            uuid: "abcdef".into(),
+            dev: Arc::new(MemDevice(vec![0; 5 << 20])),
+            metadata: Some(text),
+        }
+    }
+
+    #[test]
+    fn extents_inside_the_pv_map_and_extents_past_it_are_refused() {
+        let ok = logical_volumes(&[pv(group("\"pv0\", 1", 2))]);
+        let lv = ok[0].as_ref().unwrap();
+        assert_eq!((lv.name.as_str(), lv.device.size()), ("vg/lv", 2 << 20));
+        for (stripes, count) in [
+            ("\"pv0\", 3", 2),
+            ("\"pv0\", 18446744073709551615", 1),
+            ("\"pv9\", 0", 1),
+            ("0, \"pv0\"", 1),
+        ] {
+            let r = logical_volumes(&[pv(group(stripes, count))]);
+            let e = r[0]
+                .as_ref()
+                .err()
+                .unwrap_or_else(|| panic!("{stripes}: accepted"))
+                .to_string();
+            assert!(e.contains("logical volume vg/lv"), "{stripes}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_group_whose_pv_is_missing_is_an_error() {
+        let mut p = pv(group("\"pv0\", 0", 1));
+        p.uuid = "someoneelse".into();
+        let r = logical_volumes(&[p]);
+        assert!(r[0]
+            .as_ref()
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("not on this disk"));
+    }
+}

@@ -118,3 +118,27 @@ impl RunCache {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlapping_extents_are_refused_and_neighbours_merge() {
+        let r = |logical, len, physical| Run {
+            logical,
+            len,
+            physical,
+        };
+        let merged =
+            normalize("f", vec![r(4096, 4096, Some(8192)), r(0, 4096, Some(4096))]).unwrap();
+        assert_eq!(merged, vec![r(0, 8192, Some(4096))]);
+        let e =
+            normalize("f", vec![r(0, 8192, Some(0)), r(4096, 4096, Some(1 << 20))]).unwrap_err();
+        assert!(e.to_string().contains("overlap"), "{e}");
+        let dev = crate::MemDevice(vec![7; 16]);
+        let mut buf = [1u8; 8];
+        // A run pointing past the volume is a read error, not a panic.
+        assert!(read_runs(&dev, &[r(0, 8, Some(12))], 8, 0, &mut buf).is_err());
+    }
+}

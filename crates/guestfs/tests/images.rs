@@ -176,6 +176,17 @@ fn xfs_tree_reads_back_exactly() {
             .replace(' ', "_");
         std::fs::rename(tree.join(&entry), tree.join(&entry).with_file_name(name)).unwrap();
     }
+    // A directory far past one directory block (node form: several leaf blocks and a
+    // free index), with names up to the 255-byte limit.
+    let huge = tree.join("huge");
+    std::fs::create_dir(&huge).unwrap();
+    for i in 0..3000 {
+        std::fs::write(
+            huge.join(format!("{i:05}-{}", "n".repeat(i % 250))),
+            i.to_string(),
+        )
+        .unwrap();
+    }
     let want = guestimg::manifest(&tree);
     let img = d.path().join("xfs.img");
     guestimg::xfs(&tree, &img, 320 << 20);
