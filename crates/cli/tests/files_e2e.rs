@@ -437,6 +437,12 @@ fn vcbmounter_u_undoes_a_mount_whose_server_was_killed() {
     std::fs::create_dir(&mnt).unwrap();
     file_mount(&env, &mnt, true);
     let _guard = guestimg::Unmount(mnt.clone());
+    let err = file_mount(&env, &env.path("second"), false);
+    assert!(
+        err.contains("file-mounted at") && err.contains("vcbMounter -U"),
+        "{err}"
+    );
+    assert!(!env.path("second").exists());
     let pid = mount_record(&env).unwrap()["server_pid"].as_u64().unwrap();
     testkit::tools::run(std::process::Command::new("kill").args(["-9", &pid.to_string()]));
     let started = Instant::now();

@@ -60,6 +60,17 @@ pub fn mount_vm(
         bail!("{dest}: -t file mounts under a local folder");
     }
     let dir = std::path::absolute(dest).with_context(|| dest.to_string())?;
+    let vm_ref = host.find_vm(vm)?.moref;
+    if let Some((_, r)) = records(host).into_iter().find(|(_, r)| r.moref == vm_ref.0) {
+        // A second snapshot's base would be the first one's redo log, which `-U` of the
+        // first merges away under the second mount.
+        bail!(
+            "{} is file-mounted at {} already; `vcbMounter -U {}` first",
+            r.vm,
+            r.mountdir.display(),
+            r.mountdir.display()
+        );
+    }
     let created_dir = match std::fs::create_dir(&dir) {
         Ok(()) => true,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -171,6 +182,22 @@ pub fn serve(host: &host::Host, record_path: &Path) -> Result<()> {
     serve_mount(opened, &record.mountdir)
 }
 
+/// Every mount record of the host, with its path (unreadable ones are skipped).
+fn records(host: &host::Host) -> Vec<(PathBuf, MountRecord)> {
+    let Ok(entries) = std::fs::read_dir(records_dir(host)) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .filter_map(|p| {
+            let r = serde_json::from_slice::<MountRecord>(&std::fs::read(&p).ok()?).ok()?;
+            Some((p, r))
+        })
+        .collect()
+}
+
 /// `vcbMounter -U DIR`.
 pub fn unmount_vm(
     host: &host::Host,
@@ -178,19 +205,7 @@ pub fn unmount_vm(
     render: &mut crate::cmd::backup::render::Render,
 ) -> Result<()> {
     let dir = std::path::absolute(dest).with_context(|| dest.display().to_string())?;
-    let mut found = None;
-    if let Ok(entries) = std::fs::read_dir(records_dir(host)) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.extension().is_some_and(|x| x == "json") {
-                if let Ok(r) = serde_json::from_slice::<MountRecord>(&std::fs::read(&p)?) {
-                    if r.mountdir == dir {
-                        found = Some((p, r));
-                    }
-                }
-            }
-        }
-    }
+    let found = records(host).into_iter().find(|(_, r)| r.mountdir == dir);
     let Some((path, record)) = found else {
         bail!(
             "{}: no file-level mount of vcbMounter is recorded there",
