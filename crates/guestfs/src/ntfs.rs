@@ -215,10 +215,28 @@ impl FileSystem for Ntfs {
     }
 
     fn read_link(&self, ino: u64) -> Result<Vec<u8>> {
-        Err(Error::unsupported(
-            format!("ntfs record {ino}"),
-            "reparse points",
-        ))
+        guarded(&format!("ntfs record {ino}"), || {
+            let a = self.stat_inner(ino)?;
+            let mut fs = self.cursor();
+            let flags = self
+                .file(&mut fs, ino)?
+                .info()
+                .map_err(|e| err(ino, e))?
+                .file_attributes();
+            let size = match &*self.layout(ino)? {
+                Layout::Plain { size, .. }
+                | Layout::Compressed { size, .. }
+                | Layout::Crate { size } => *size,
+                Layout::Empty => 0,
+            };
+            match (a.kind, self.interix_target(ino, Kind::File, flags, size)?) {
+                (Kind::Symlink, Some(t)) => Ok(t),
+                _ => Err(Error::unsupported(
+                    format!("ntfs record {ino}"),
+                    "links other than ntfs-3g's (reparse points)",
+                )),
+            }
+        })
     }
 }
 
@@ -242,8 +260,15 @@ impl Ntfs {
             }
             _ => 0,
         };
+        // ntfs-3g stores a symlink as an Interix one: a SYSTEM file holding "IntxLNK\x01"
+        // and the target in UTF-16.
+        let (kind, size) = match self.interix_target(ino, kind, flags, size)? {
+            Some(target) => (Kind::Symlink, target.len() as u64),
+            None => (kind, size),
+        };
         let perm = match kind {
             Kind::Dir => 0o755,
+            Kind::Symlink => 0o777,
             _ if flags.contains(NtfsFileAttributeFlags::READ_ONLY) => 0o444,
             _ => 0o644,
         };
@@ -259,6 +284,34 @@ impl Ntfs {
             atime: nt_time(info.access_time()),
             ctime: nt_time(info.mft_record_modification_time()),
         })
+    }
+
+    /// The target of an Interix symlink (UTF-8), when `ino` is one.
+    fn interix_target(
+        &self,
+        ino: u64,
+        kind: Kind,
+        flags: NtfsFileAttributeFlags,
+        size: u64,
+    ) -> Result<Option<Vec<u8>>> {
+        const MAGIC: &[u8; 8] = b"IntxLNK\x01";
+        if kind != Kind::File
+            || !flags.contains(NtfsFileAttributeFlags::SYSTEM)
+            || !(10..=8 + 2 * 4096).contains(&size)
+            || size % 2 != 0
+        {
+            return Ok(None);
+        }
+        let mut data = vec![0u8; size as usize];
+        let n = self.read_inner(ino, 0, &mut data)?;
+        if n != data.len() || &data[..8] != MAGIC {
+            return Ok(None);
+        }
+        let units: Vec<u16> = data[8..]
+            .chunks(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        Ok(Some(String::from_utf16_lossy(&units).into_bytes()))
     }
 
     fn read_dir_inner(&self, ino: u64) -> Result<Vec<DirEntry>> {

@@ -98,14 +98,7 @@ fn every_file_system_lvm_and_partition_table_through_get_and_the_mount() {
         42,
     );
     spaceless(&xtree);
-    let (ntree, _) = guestimg::built_tree(
-        &d.join("ntree"),
-        TreeKind {
-            symlinks: false,
-            ..FULL
-        },
-        43,
-    );
+    let (ntree, _) = guestimg::built_tree(&d.join("ntree"), FULL, 43);
     std::fs::write(
         ntree.join("compressible.log"),
         "a log line that compresses well\n".repeat(40_000),
