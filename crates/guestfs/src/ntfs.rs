@@ -298,7 +298,7 @@ impl Ntfs {
         if kind != Kind::File
             || !flags.contains(NtfsFileAttributeFlags::SYSTEM)
             || !(10..=8 + 2 * 4096).contains(&size)
-            || size % 2 != 0
+            || !size.is_multiple_of(2)
         {
             return Ok(None);
         }
