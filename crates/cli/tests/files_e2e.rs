@@ -519,3 +519,53 @@ fn an_incremental_backup_folder_is_read_through_its_chain() {
     );
     assert_eq!(old, "only in the full backup\n");
 }
+
+#[test]
+fn vcbmounter_killed_after_its_snapshot_leaves_what_u_finishes() {
+    if !tools() {
+        return;
+    }
+    let env = Env::new();
+    let (tree, flat) = trees(env.dir.path());
+    vm_with(&env, &raw_disk(env.dir.path(), &tree, &flat));
+    let before = util::content(&util::disk_paths(&env, "files")[0]);
+    let mnt = env.path("mnt");
+    let mut holder = env
+        .command(
+            "vcbMounter",
+            &[
+                "-a",
+                "name:files",
+                "-r",
+                mnt.to_str().unwrap(),
+                "-t",
+                "file",
+            ],
+        )
+        .env("VCB_TEST_PAUSE_AFTER_SNAPSHOT", "30")
+        .spawn()
+        .unwrap();
+    // The snapshot is in the .vmsd while the holder sleeps; its uid is in no record yet.
+    let vmsd = env.host().find_vm("files").unwrap().dir.join("files.vmsd");
+    let started = Instant::now();
+    while !std::fs::read_to_string(&vmsd)
+        .unwrap_or_default()
+        .contains("_vcb-file-access_")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no snapshot appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let record = mount_record(&env).expect("the record was written before the snapshot");
+    assert!(record["uid"].is_null());
+    let err = file_mount(&env, &env.path("other"), false);
+    assert!(err.contains("vcbMounter -U"), "{err}");
+    env.ok("vcbMounter", &["-U", mnt.to_str().unwrap()]);
+    assert!(!snapshots(&env).contains("_vcb-file-access_"));
+    assert!(mount_record(&env).is_none() && !mnt.exists());
+    assert_eq!(util::content(&util::disk_paths(&env, "files")[0]), before);
+}

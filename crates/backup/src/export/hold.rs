@@ -62,6 +62,10 @@ pub fn hold_snapshot(
         host,
     };
     let (created, quiesced) = snapshot_quiesced(&mut locked, req, opts, obs, &mut warnings)?;
+    if let Some(pause) = opts.pause_after_snapshot {
+        // Tests kill the holder here: the snapshot exists, its uid is not recorded yet.
+        std::thread::sleep(pause);
+    }
     for (node, why) in &created.skipped {
         warn(
             obs,
@@ -84,27 +88,34 @@ pub fn hold_snapshot(
 }
 
 /// Remove the held snapshot `uid` of VM `moref` (its redo logs are committed: live when the
-/// VM runs). `Ok(false)` when it no longer exists.
+/// VM runs), or with `uid` `None` (a holder killed before it learnt the uid) every snapshot
+/// named [`FILE_SNAPSHOT_NAME`]. Returns how many were removed.
 ///
 /// # Errors
 /// Locking and snapshot removal errors.
 pub fn release_snapshot(
     host: &host::Host,
     moref: host::VmRef,
-    uid: u64,
+    uid: Option<u64>,
     obs: &mut dyn Observer,
-) -> Result<bool> {
+) -> Result<usize> {
     let mut locked = host.lock_vm(moref, host::LockMode::Wait)?;
-    if !locked.snapshots().snapshots().iter().any(|s| s.uid == uid) {
-        return Ok(false);
+    let uids: Vec<u64> = locked
+        .snapshots()
+        .snapshots()
+        .iter()
+        .filter(|s| uid.map_or(s.display_name == FILE_SNAPSHOT_NAME, |u| s.uid == u))
+        .map(|s| s.uid)
+        .collect();
+    for u in &uids {
+        let started = std::time::Instant::now();
+        locked.remove_snapshot(*u, &mut ())?;
+        let live = locked.vm().power_state(host) == host::PowerState::PoweredOn;
+        obs.event(&Event::SnapshotRemoved {
+            vm: locked.vm().name(),
+            live,
+            elapsed: started.elapsed(),
+        });
     }
-    let started = std::time::Instant::now();
-    locked.remove_snapshot(uid, &mut ())?;
-    let live = locked.vm().power_state(host) == host::PowerState::PoweredOn;
-    obs.event(&Event::SnapshotRemoved {
-        vm: locked.vm().name(),
-        live,
-        elapsed: started.elapsed(),
-    });
-    Ok(true)
+    Ok(uids.len())
 }

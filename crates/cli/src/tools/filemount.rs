@@ -27,8 +27,9 @@ pub struct MountRecord {
     pub vm: String,
     /// Its moref.
     pub moref: u32,
-    /// The held snapshot's uid.
-    pub uid: u64,
+    /// The held snapshot's uid; `None` while it is being taken (the record is written
+    /// first, so a vcbMounter killed at any point leaves a record `-U` finishes from).
+    pub uid: Option<u64>,
     /// Each disk's node and static base.
     pub disks: Vec<(String, PathBuf)>,
     /// The mount server's process id, once started.
@@ -40,7 +41,7 @@ fn records_dir(host: &host::Host) -> PathBuf {
 }
 
 fn record_path(host: &host::Host, r: &MountRecord) -> PathBuf {
-    records_dir(host).join(format!("{}-{}.json", r.moref, r.uid))
+    records_dir(host).join(format!("{}.json", r.moref))
 }
 
 fn write_record(path: &Path, r: &MountRecord) -> Result<()> {
@@ -85,33 +86,42 @@ pub fn mount_vm(
         }
         Err(e) => return Err(e).with_context(|| format!("{}: create", dir.display())),
     };
-    let held = match backup::hold_snapshot(host, vm, opts, render) {
-        Ok(h) => h,
-        Err(e) => {
-            if created_dir {
-                let _ = std::fs::remove_dir(&dir);
-            }
-            return Err(e.into());
-        }
-    };
     let mut record = MountRecord {
         mountdir: dir.clone(),
         created_dir,
-        vm: held.vm.clone(),
-        moref: held.moref.0,
-        uid: held.uid,
-        disks: held.disks.clone(),
+        vm: vm.to_string(),
+        moref: vm_ref.0,
+        uid: None,
+        disks: Vec::new(),
         server_pid: None,
     };
     let path = record_path(host, &record);
-    let started = std::fs::create_dir_all(records_dir(host))
+    let pending = std::fs::create_dir_all(records_dir(host))
         .map_err(anyhow::Error::from)
-        .and_then(|()| write_record(&path, &record))
-        .and_then(|()| start_server(host, &path, &mut record));
-    if let Err(e) = started {
-        undo(host, &record, &path, render).ok();
+        .and_then(|()| write_record(&path, &record));
+    if let Err(e) = pending {
+        if created_dir {
+            let _ = std::fs::remove_dir(&dir);
+        }
         return Err(e);
     }
+    let held = backup::hold_snapshot(host, vm, opts, render)
+        .map_err(anyhow::Error::from)
+        .and_then(|held| {
+            record.vm = held.vm.clone();
+            record.uid = Some(held.uid);
+            record.disks = held.disks.clone();
+            write_record(&path, &record)?;
+            start_server(host, &path, &mut record)?;
+            Ok(held)
+        });
+    let held = match held {
+        Ok(h) => h,
+        Err(e) => {
+            undo(host, &record, &path, render).ok();
+            return Err(e);
+        }
+    };
     println!(
         "Mounted the file systems of {} (snapshot {}, {}) read-only on {}; `vcbMounter -U {}` ends it",
         held.vm,
@@ -214,9 +224,8 @@ pub fn unmount_vm(
     };
     undo(host, &record, &path, render)?;
     println!(
-        "Unmounted {} and removed snapshot {} of {}",
+        "Unmounted {} and removed the file-access snapshot of {}",
         dir.display(),
-        record.uid,
         record.vm
     );
     Ok(())
@@ -239,9 +248,12 @@ fn undo(
     if let Some(pid) = r.server_pid {
         stop_server(pid);
     }
-    let existed = backup::release_snapshot(host, host::VmRef(r.moref), r.uid, render)?;
-    if !existed {
-        eprintln!("warning: snapshot {} of {} was already gone", r.uid, r.vm);
+    let removed = backup::release_snapshot(host, host::VmRef(r.moref), r.uid, render)?;
+    if removed == 0 && r.uid.is_some() {
+        eprintln!(
+            "warning: the file-access snapshot of {} was already gone",
+            r.vm
+        );
     }
     if r.created_dir {
         let _ = std::fs::remove_dir(&r.mountdir);

@@ -38,7 +38,7 @@ impl Drop for Release {
     fn drop(&mut self) {
         let mut quiet = crate::cmd::backup::render::Render::new(1);
         if let Err(e) =
-            backup::release_snapshot(&self.host, self.held.moref, self.held.uid, &mut quiet)
+            backup::release_snapshot(&self.host, self.held.moref, Some(self.held.uid), &mut quiet)
         {
             eprintln!("vcb: {}: could not remove snapshot {} (vcbMounter's next run or `vcb vm snapshot remove` does): {e}", self.held.vm, self.held.uid);
         }
