@@ -270,7 +270,8 @@ impl Ext4 {
                 out.push(Run {
                     logical: logical * self.block,
                     len: len * self.block,
-                    physical: (!unwritten).then_some(start * self.block),
+                    // A start past 2^64 bytes is no position; the read fails past the volume.
+                    physical: (!unwritten).then_some(start.saturating_mul(self.block)),
                 });
                 if out.len() > runs::MAX_RUNS {
                     return Err(Error::Limit {

@@ -136,13 +136,14 @@ impl Xfs {
     /// Byte offset of a file system block number (AG number in the high bits).
     fn fsb(&self, fsb: u64) -> Result<u64> {
         let (ag, bno) = (fsb >> self.agblklog, fsb & ((1 << self.agblklog) - 1));
-        if ag >= self.ag_count || bno >= self.ag_blocks {
-            return Err(Error::corrupt(
-                "xfs",
-                format!("block {fsb} is not in the file system"),
-            ));
-        }
-        Ok((ag * self.ag_blocks + bno) * self.block)
+        let byte = (ag < self.ag_count && bno < self.ag_blocks)
+            .then(|| {
+                ag.checked_mul(self.ag_blocks)?
+                    .checked_add(bno)?
+                    .checked_mul(self.block)
+            })
+            .flatten();
+        byte.ok_or_else(|| Error::corrupt("xfs", format!("block {fsb} is not in the file system")))
     }
 
     fn inode(&self, ino: u64) -> Result<Inode> {
@@ -203,8 +204,14 @@ impl Xfs {
                 format!("extent of {count} blocks at {startblock} leaves its group"),
             ));
         }
+        let Some(logical) = startoff.checked_mul(self.block) else {
+            return Err(Error::corrupt(
+                what(ino),
+                format!("extent at file block {startoff}"),
+            ));
+        };
         out.push(Run {
-            logical: startoff * self.block,
+            logical,
             len: count * self.block,
             physical: (!unwritten).then_some(phys),
         });

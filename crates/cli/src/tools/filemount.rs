@@ -189,7 +189,7 @@ pub fn serve(host: &host::Host, record_path: &Path) -> Result<()> {
         .with_context(|| record_path.display().to_string())?;
     let read = host.confined().disk_options(false);
     let opened = open_held(&record.vm, &record.disks, &read)?;
-    serve_mount(opened, &record.mountdir)
+    serve_mount(opened, &record.mountdir, crate::cmd::files::DEFAULT_THREADS)
 }
 
 /// Every mount record of the host, with its path (unreadable ones are skipped).

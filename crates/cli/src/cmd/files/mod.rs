@@ -10,7 +10,7 @@ mod mount;
 mod source;
 
 pub use get::GetArgs;
-pub(crate) use mount::{serve as serve_mount, unmount};
+pub(crate) use mount::{serve as serve_mount, unmount, DEFAULT_THREADS};
 pub(crate) use source::open_held;
 
 /// `vcb files get` with `a` (the demo's single-file restore).

@@ -29,7 +29,13 @@ pub struct MountArgs {
     /// An empty folder to mount on; the mount ends with `umount MOUNTDIR`, or SIGINT or
     /// SIGTERM to this process.
     pub mountdir: PathBuf,
+    /// Threads answering the kernel's requests (more keep more reads in flight).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_THREADS, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub threads: u16,
 }
+
+/// Threads of a mount server unless told otherwise.
+pub(crate) const DEFAULT_THREADS: u16 = 4;
 
 const TTL: Duration = Duration::from_secs(60);
 
@@ -60,12 +66,12 @@ pub(super) fn run(src: Opened, a: &MountArgs) -> Result<()> {
         a.mountdir.display(),
         a.mountdir.display()
     );
-    serve(src, &a.mountdir)
+    serve(src, &a.mountdir, a.threads)
 }
 
 /// Serve `src` on `dir` until it is unmounted (or SIGINT/SIGTERM unmounts it); the
 /// backup (and a VM's snapshot) is closed after the mount ends.
-pub(crate) fn serve(src: Opened, dir: &Path) -> Result<()> {
+pub(crate) fn serve(src: Opened, dir: &Path, threads: u16) -> Result<()> {
     let fs = GuestFs::new(&src);
     let mut cfg = fuser::Config::default();
     cfg.mount_options = vec![
@@ -74,7 +80,7 @@ pub(crate) fn serve(src: Opened, dir: &Path) -> Result<()> {
         MountOption::Subtype("vcb".into()),
         MountOption::DefaultPermissions,
     ];
-    cfg.n_threads = Some(2);
+    cfg.n_threads = Some(usize::from(threads));
     let session =
         fuser::spawn_mount(fs, dir, &cfg).with_context(|| format!("{}: mount", dir.display()))?;
     raise_read_ahead(dir);
