@@ -197,6 +197,11 @@ fn demo_runs_and_verifies() {
         s.contains("Verified: the restored disk equals the backup byte for byte"),
         "{s}"
     );
+    assert!(
+        s.contains("Verified: the restored file equals the guest's"),
+        "the demo ends with a single-file restore: {s}"
+    );
+    assert!(root.join("restored-files/quarterly-report.txt").is_file());
     assert!(root
         .join("volumes/datastore2/demo-vm-restored/demo-vm.vmx")
         .exists());
