@@ -126,6 +126,32 @@ fn byte_runs(
     Ok(out)
 }
 
+/// The crate allocates an index record of the size the directory's $INDEX_ROOT names
+/// before looking at it: a hostile size would be gigabytes. Real ones are 4 KiB (a power of
+/// two from 512 to 64 KiB is allowed).
+fn check_index_record_size(ino: u64, file: &ntfs::NtfsFile<'_>, fs: &mut Cursor<'_>) -> Result<()> {
+    use ntfs::structured_values::NtfsIndexRoot;
+    let mut attributes = file.attributes();
+    while let Some(item) = attributes.next(fs) {
+        let item = item.map_err(|e| err(ino, e))?;
+        let attribute = item.to_attribute().map_err(|e| err(ino, e))?;
+        if attribute.ty().ok() != Some(ntfs::NtfsAttributeType::IndexRoot) {
+            continue;
+        }
+        let root = attribute
+            .resident_structured_value::<NtfsIndexRoot>()
+            .map_err(|e| err(ino, e))?;
+        let size = root.index_record_size();
+        if !(512..=65536).contains(&size) || !size.is_power_of_two() {
+            return Err(Error::corrupt(
+                format!("ntfs record {ino}"),
+                format!("index records of {size} bytes"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn nt_time(t: ntfs::NtfsTime) -> Time {
     // 100 ns intervals since 1601-01-01.
     let ticks = t.nt_timestamp();
@@ -320,6 +346,7 @@ impl Ntfs {
         if !file.is_directory() {
             return Err(Error::NotADirectory(format!("ntfs record {ino}")));
         }
+        check_index_record_size(ino, &file, &mut fs)?;
         let index = file.directory_index(&mut fs).map_err(|e| err(ino, e))?;
         let mut entries = index.entries();
         let mut out = Vec::new();
