@@ -145,6 +145,12 @@ fn incomplete_backup_and_existing_destination_are_refused() {
     assert!(err.contains("cannot connect"), "{err}");
     let err = env.fails("vcbMounter", &["-a", "name:vm1", "-r", "scp://u@:/x"]);
     assert!(err.contains("not a usable remote URL"), "{err}");
+    // File-level mounts go under a local folder; an unknown type is refused.
+    let err = env.fails(
+        "vcbMounter",
+        &["-a", "name:vm1", "-r", "scp://host:/x", "-t", "file"],
+    );
+    assert!(err.contains("mounts under a local folder"), "{err}");
     let err = env.fails(
         "vcbMounter",
         &[
@@ -153,10 +159,11 @@ fn incomplete_backup_and_existing_destination_are_refused() {
             "-r",
             env.path("f").to_str().unwrap(),
             "-t",
-            "file",
+            "fullvmx",
         ],
     );
-    assert!(err.contains("not supported yet"), "{err}");
+    assert!(err.contains("expected fullvm or file"), "{err}");
+    assert!(!env.path("f").exists());
 }
 
 #[test]
