@@ -38,12 +38,17 @@ pub struct MountArgs {
 pub(crate) const DEFAULT_THREADS: u16 = 4;
 
 const TTL: Duration = Duration::from_secs(60);
+/// Directory listings kept at once (dropped together when full).
+const LISTINGS_CACHED: usize = 1024;
+
+/// A directory's names and their FUSE inodes.
+type Listing = Arc<Vec<(Vec<u8>, u64)>>;
 
 /// What a FUSE inode is.
 #[derive(Clone)]
 enum Node {
     /// A directory of the layout: its entries.
-    Layout(Vec<(Vec<u8>, u64)>),
+    Layout(Listing),
     /// An inode of volume `vol`.
     Guest(usize, u64),
 }
@@ -55,6 +60,7 @@ struct Table {
 
 struct GuestFs {
     vols: Vec<Arc<dyn FileSystem>>,
+    listings: Mutex<HashMap<u64, Listing>>,
     table: Mutex<Table>,
     started: SystemTime,
 }
@@ -131,7 +137,10 @@ impl GuestFs {
     fn new(src: &Opened) -> GuestFs {
         let mut vols = Vec::new();
         let mut table = Table {
-            nodes: vec![Node::Layout(vec![]), Node::Layout(vec![])],
+            nodes: vec![
+                Node::Layout(Listing::default()),
+                Node::Layout(Listing::default()),
+            ],
             by_guest: HashMap::new(),
         };
         let (mut digits, mut letters, mut named) = (Vec::new(), Vec::new(), Vec::new());
@@ -161,12 +170,13 @@ impl GuestFs {
         }
         let mut top = Vec::new();
         for (name, list) in [("digits", digits), ("letters", letters), ("volumes", named)] {
-            table.nodes.push(Node::Layout(list));
+            table.nodes.push(Node::Layout(Arc::new(list)));
             top.push((name.as_bytes().to_vec(), table.nodes.len() as u64 - 1));
         }
-        table.nodes[1] = Node::Layout(top);
+        table.nodes[1] = Node::Layout(Arc::new(top));
         GuestFs {
             vols,
+            listings: Mutex::new(HashMap::new()),
             table: Mutex::new(table),
             started: SystemTime::now(),
         }
@@ -207,16 +217,36 @@ impl GuestFs {
         }
     }
 
-    fn children(&self, ino: u64) -> Result<Vec<(Vec<u8>, u64)>, Errno> {
+    /// The names in directory `ino`. A guest directory is read once: the kernel asks for
+    /// every name of a directory being walked, and the volumes never change.
+    fn children(&self, ino: u64) -> Result<Listing, Errno> {
         match self.node(INodeNo(ino)).ok_or(Errno::ENOENT)? {
             Node::Layout(list) => Ok(list),
             Node::Guest(v, g) => {
+                let listings = || {
+                    self.listings
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                };
+                if let Some(list) = listings().get(&ino) {
+                    return Ok(Arc::clone(list));
+                }
                 let entries = self.vols[v].read_dir(g).map_err(io_err)?;
-                let mut t = self.lock();
-                Ok(entries
-                    .into_iter()
-                    .map(|e| (e.name, t.guest(v, e.ino)))
-                    .collect())
+                let list: Listing = {
+                    let mut t = self.lock();
+                    Arc::new(
+                        entries
+                            .into_iter()
+                            .map(|e| (e.name, t.guest(v, e.ino)))
+                            .collect(),
+                    )
+                };
+                let mut cache = listings();
+                if cache.len() >= LISTINGS_CACHED {
+                    cache.clear();
+                }
+                cache.insert(ino, Arc::clone(&list));
+                Ok(list)
             }
         }
     }
@@ -308,11 +338,12 @@ fn guest_attr(ino: u64, a: &Attr) -> FileAttr {
 impl Filesystem for GuestFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let found = self.children(parent.0).and_then(|c| {
-            c.into_iter()
+            c.iter()
                 .find(|(n, _)| n.as_slice() == name.as_bytes())
+                .map(|(_, ino)| *ino)
                 .ok_or(Errno::ENOENT)
         });
-        match found.and_then(|(_, ino)| self.attr_of(ino)) {
+        match found.and_then(|ino| self.attr_of(ino)) {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
         }
@@ -368,10 +399,11 @@ impl Filesystem for GuestFs {
             Ok(c) => c,
             Err(e) => return reply.error(e),
         };
-        let dots = [(b".".to_vec(), ino.0), (b"..".to_vec(), ino.0)];
+        let dots = [(&b"."[..], ino.0), (&b".."[..], ino.0)];
+        let names = children.iter().map(|(n, c)| (n.as_slice(), *c));
         for (i, (name, child)) in dots
             .into_iter()
-            .chain(children)
+            .chain(names)
             .enumerate()
             .skip(offset as usize)
         {
@@ -381,7 +413,7 @@ impl Filesystem for GuestFs {
                 self.attr_of(child)
                     .map_or(FileType::RegularFile, |a| a.kind)
             };
-            if reply.add(INodeNo(child), i as u64 + 1, kind, OsStr::from_bytes(&name)) {
+            if reply.add(INodeNo(child), i as u64 + 1, kind, OsStr::from_bytes(name)) {
                 break;
             }
         }
