@@ -107,11 +107,7 @@ pub fn volumes(disks: &[Arc<dyn Device>]) -> Result<Vec<Volume>> {
                 continue;
             }
         }
-        match open_file_system(Arc::clone(&c.dev)) {
-            Ok(None) => tracing::debug!("{}: no file system vcb recognises", c.place),
-            Ok(Some(fs)) => push(&mut out, c, Ok(fs)),
-            Err(e) => push(&mut out, c, Err(e)),
-        }
+        push_file_system(&mut out, c);
     }
     for lv in lvm::logical_volumes(&pvs) {
         let c = match lv {
@@ -135,16 +131,21 @@ pub fn volumes(disks: &[Arc<dyn Device>]) -> Result<Vec<Volume>> {
                 continue;
             }
         };
-        match open_file_system(Arc::clone(&c.dev)) {
-            Ok(None) => tracing::debug!("{}: no file system vcb recognises", c.place),
-            Ok(Some(fs)) => push(&mut out, c, Ok(fs)),
-            Err(e) => push(&mut out, c, Err(e)),
-        }
+        push_file_system(&mut out, c);
     }
     for (n, v) in out.iter_mut().enumerate() {
         v.number = n as u32 + 1;
     }
     Ok(out)
+}
+
+/// Record `c` when it holds a file system vcb recognises (or one it cannot open).
+fn push_file_system(out: &mut Vec<Volume>, c: Candidate) {
+    match open_file_system(Arc::clone(&c.dev)) {
+        Ok(None) => tracing::debug!("{}: no file system vcb recognises", c.place),
+        Ok(Some(fs)) => push(out, c, Ok(fs)),
+        Err(e) => push(out, c, Err(e)),
+    }
 }
 
 fn push(out: &mut Vec<Volume>, c: Candidate, fs: std::result::Result<Arc<dyn FileSystem>, Error>) {
