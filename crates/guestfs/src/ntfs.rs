@@ -221,7 +221,9 @@ impl FileSystem for Ntfs {
     }
 
     fn stat(&self, ino: u64) -> Result<Attr> {
-        guarded(&format!("ntfs record {ino}"), || self.stat_inner(ino))
+        guarded(&format!("ntfs record {ino}"), || {
+            Ok(self.stat_with_target(ino)?.0)
+        })
     }
 
     fn read_dir(&self, ino: u64) -> Result<Vec<DirEntry>> {
@@ -242,32 +244,19 @@ impl FileSystem for Ntfs {
 
     fn read_link(&self, ino: u64) -> Result<Vec<u8>> {
         guarded(&format!("ntfs record {ino}"), || {
-            let a = self.stat_inner(ino)?;
-            let mut fs = self.cursor();
-            let flags = self
-                .file(&mut fs, ino)?
-                .info()
-                .map_err(|e| err(ino, e))?
-                .file_attributes();
-            let size = match &*self.layout(ino)? {
-                Layout::Plain { size, .. }
-                | Layout::Compressed { size, .. }
-                | Layout::Crate { size } => *size,
-                Layout::Empty => 0,
-            };
-            match (a.kind, self.interix_target(ino, Kind::File, flags, size)?) {
-                (Kind::Symlink, Some(t)) => Ok(t),
-                _ => Err(Error::unsupported(
+            self.stat_with_target(ino)?.1.ok_or_else(|| {
+                Error::unsupported(
                     format!("ntfs record {ino}"),
                     "links other than ntfs-3g's (reparse points)",
-                )),
-            }
+                )
+            })
         })
     }
 }
 
 impl Ntfs {
-    fn stat_inner(&self, ino: u64) -> Result<Attr> {
+    /// The attributes of `ino`, and its target when it is a symlink.
+    fn stat_with_target(&self, ino: u64) -> Result<(Attr, Option<Vec<u8>>)> {
         let mut fs = self.cursor();
         let file = self.file(&mut fs, ino)?;
         let info = file.info().map_err(|e| err(ino, e))?;
@@ -288,8 +277,9 @@ impl Ntfs {
         };
         // ntfs-3g stores a symlink as an Interix one: a SYSTEM file holding "IntxLNK\x01"
         // and the target in UTF-16.
-        let (kind, size) = match self.interix_target(ino, kind, flags, size)? {
-            Some(target) => (Kind::Symlink, target.len() as u64),
+        let target = self.interix_target(ino, kind, flags, size)?;
+        let (kind, size) = match &target {
+            Some(t) => (Kind::Symlink, t.len() as u64),
             None => (kind, size),
         };
         let perm = match kind {
@@ -298,7 +288,7 @@ impl Ntfs {
             _ if flags.contains(NtfsFileAttributeFlags::READ_ONLY) => 0o444,
             _ => 0o644,
         };
-        Ok(Attr {
+        let attr = Attr {
             ino,
             kind,
             size,
@@ -309,7 +299,8 @@ impl Ntfs {
             mtime: nt_time(info.modification_time()),
             atime: nt_time(info.access_time()),
             ctime: nt_time(info.mft_record_modification_time()),
-        })
+        };
+        Ok((attr, target))
     }
 
     /// The target of an Interix symlink (UTF-8), when `ino` is one.
