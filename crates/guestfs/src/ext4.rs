@@ -449,10 +449,7 @@ impl FileSystem for Ext4 {
         if le::u32(&raw, 32) & FLAG_INLINE != 0 {
             let data = self.inline_data(ino, &raw)?;
             let d = &data[..data.len().min(size as usize)];
-            let start = (offset as usize).min(d.len());
-            let n = (d.len() - start).min(buf.len());
-            buf[..n].copy_from_slice(&d[start..start + n]);
-            return Ok(n);
+            return Ok(runs::read_bytes(d, offset, buf));
         }
         let runs = self.file_runs(ino, &raw)?;
         runs::read_runs(self.dev.as_ref(), &runs, size, offset, buf)

@@ -49,6 +49,17 @@ pub fn read_runs(
     Ok(want)
 }
 
+/// Read `buf` at `offset` of a file whose bytes are all in memory (inline data); returns
+/// the bytes copied (0 at or past the end).
+pub fn read_bytes(data: &[u8], offset: u64, buf: &mut [u8]) -> usize {
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(data.len());
+    let n = (data.len() - start).min(buf.len());
+    buf[..n].copy_from_slice(&data[start..start + n]);
+    n
+}
+
 /// Sort, check for overlap, and merge neighbouring runs.
 pub fn normalize(what: &str, mut runs: Vec<Run>) -> Result<Vec<Run>> {
     runs.sort_by_key(|r| r.logical);

@@ -402,10 +402,7 @@ impl FileSystem for Xfs {
                 .fork()
                 .get(..i.size() as usize)
                 .ok_or_else(|| Error::corrupt(what(ino), "local data larger than its fork"))?;
-            let start = (offset as usize).min(d.len());
-            let n = (d.len() - start).min(buf.len());
-            buf[..n].copy_from_slice(&d[start..start + n]);
-            return Ok(n);
+            return Ok(runs::read_bytes(d, offset, buf));
         }
         let runs = self.file_runs(ino, &i)?;
         runs::read_runs(self.dev.as_ref(), &runs, i.size(), offset, buf)
