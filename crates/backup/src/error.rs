@@ -163,6 +163,9 @@ pub enum Error {
     /// The operation was cancelled through a progress callback.
     #[error("cancelled")]
     Cancelled,
+    /// The host agent (a backup from a proxy) failed or refused; its one-line cause.
+    #[error("{0}")]
+    Agent(String),
 }
 
 impl Error {

@@ -50,6 +50,8 @@ enum Command {
     Repo(cmd::repo::RepoArgs),
     /// Browse, mount and restore single files from any backup (folder or repository point).
     Files(cmd::files::FilesArgs),
+    /// The host agent: the HTTPS API and NBD server backup proxies use.
+    Hostd(cmd::agent::HostdArgs),
 }
 
 /// Entry point of the `vcb` binary.
@@ -71,6 +73,7 @@ pub fn run_vcb() -> ExitCode {
         Command::Vm(a) => cmd::vm::run(a),
         Command::Repo(a) => cmd::repo::run(a),
         Command::Files(a) => cmd::files::run(a),
+        Command::Hostd(a) => cmd::agent::hostd(a),
     };
     output::exit_with(result)
 }

@@ -1,10 +1,13 @@
-//! A blocking NBD client over a Unix socket: handshake, meta contexts, block status.
+//! A blocking NBD client over a Unix socket or TCP (with STARTTLS): handshake, meta
+//! contexts, block status, reads and writes.
 
 use crate::proto::*;
+use crate::stream::Conn;
 use crate::{Error, Result};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A run of the export in one state of a meta context.
@@ -21,11 +24,21 @@ pub struct Extent {
 
 /// A connection to one export, in transmission phase.
 pub struct Client {
-    sock: UnixStream,
+    sock: Conn,
     size: u64,
     /// The context id of the one meta context negotiated.
     context: u32,
     cookie: u64,
+    read_only: bool,
+}
+
+/// TLS for a TCP connection: the client configuration (how the server's certificate is
+/// checked) and the name the certificate must carry.
+pub struct Tls {
+    /// rustls client configuration.
+    pub config: Arc<rustls::ClientConfig>,
+    /// The server's name as the certificate check sees it.
+    pub server_name: rustls::pki_types::ServerName<'static>,
 }
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
@@ -49,6 +62,29 @@ impl Client {
     /// # Errors
     /// As for [`connect`](Client::connect).
     pub fn over(sock: UnixStream, export: &str, context: &str) -> Result<Client> {
+        Client::negotiate(Conn::Unix(sock), None, export, context)
+    }
+
+    /// Connects over TCP to `addr`, switching to TLS first when `tls` is given (then the
+    /// server must accept STARTTLS), opens `export` and negotiates `context`
+    /// (`base:allocation` for the allocation of a disk).
+    ///
+    /// # Errors
+    /// As for [`connect`](Client::connect), and TLS errors (a certificate that fails
+    /// the check).
+    pub fn connect_tcp(
+        addr: std::net::SocketAddr,
+        tls: Option<&Tls>,
+        export: &str,
+        context: &str,
+    ) -> Result<Client> {
+        let tcp = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(30))
+            .map_err(io("connect"))?;
+        tcp.set_nodelay(true).map_err(io("connect"))?;
+        Client::negotiate(Conn::Plain(tcp), tls, export, context)
+    }
+
+    fn negotiate(sock: Conn, tls: Option<&Tls>, export: &str, context: &str) -> Result<Client> {
         sock.set_read_timeout(Some(Duration::from_secs(60)))
             .map_err(io("set timeout"))?;
         let mut c = Client {
@@ -56,8 +92,15 @@ impl Client {
             size: 0,
             context: 0,
             cookie: 1,
+            read_only: false,
         };
         c.handshake()?;
+        if let Some(tls) = tls {
+            c.option(OPT_STARTTLS, &[], "STARTTLS")?;
+            c.sock
+                .upgrade_client(&tls.config, tls.server_name.clone())
+                .map_err(io("TLS handshake"))?;
+        }
         c.option(OPT_STRUCTURED_REPLY, &[], "structured replies")?;
         let mut data = Vec::new();
         put_str32(&mut data, export);
@@ -78,6 +121,7 @@ impl Client {
         for (t, d) in c.option(OPT_GO, &go, "export")? {
             if t == REP_INFO && d.len() >= 12 && u16::from_be_bytes([d[0], d[1]]) == INFO_EXPORT {
                 c.size = u64::from_be_bytes(d[2..10].try_into().unwrap_or_default());
+                c.read_only = u16::from_be_bytes([d[10], d[11]]) & TFLAG_READ_ONLY != 0;
             }
         }
         Ok(c)
@@ -86,6 +130,11 @@ impl Client {
     /// The export's size in bytes.
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// Whether the server refuses writes.
+    pub fn read_only(&self) -> bool {
+        self.read_only
     }
 
     fn handshake(&mut self) -> Result<()> {
@@ -253,6 +302,160 @@ impl Client {
         self.sock.write_all(&r).map_err(io("send request"))
     }
 
+    /// Fill `buf` with the export's bytes at `offset`.
+    ///
+    /// # Errors
+    /// A range past the export; socket errors; the server's error reply.
+    pub fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.check_range(offset, buf.len())?;
+        let mut done = 0usize;
+        while done < buf.len() {
+            let n = (buf.len() - done).min(MAX_PAYLOAD as usize);
+            let at = offset + done as u64;
+            self.read_piece(at, &mut buf[done..done + n])?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Write `data` at `offset`.
+    ///
+    /// # Errors
+    /// A range past the export; socket errors; the server's error reply.
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        self.check_range(offset, data.len())?;
+        for (i, piece) in data.chunks(MAX_PAYLOAD as usize).enumerate() {
+            let cookie = self.next_cookie();
+            let at = offset + (i as u64) * u64::from(MAX_PAYLOAD);
+            self.request(CMD_WRITE, cookie, at, piece.len() as u64)?;
+            self.sock.write_all(piece).map_err(io("send data"))?;
+            self.reply(cookie, "write", 0, 0, &mut |_| Ok(()))?;
+        }
+        Ok(())
+    }
+
+    /// Ask the server to make written data durable.
+    ///
+    /// # Errors
+    /// Socket errors; the server's error reply.
+    pub fn flush(&mut self) -> Result<()> {
+        let cookie = self.next_cookie();
+        self.request(CMD_FLUSH, cookie, 0, 0)?;
+        self.reply(cookie, "flush", 0, 0, &mut |_| Ok(()))
+    }
+
+    fn check_range(&self, offset: u64, len: usize) -> Result<()> {
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= self.size => Ok(()),
+            _ => Err(Error::Protocol(format!(
+                "range past the export's {} bytes",
+                self.size
+            ))),
+        }
+    }
+
+    fn next_cookie(&mut self) -> u64 {
+        self.cookie += 1;
+        self.cookie
+    }
+
+    fn read_piece(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let cookie = self.next_cookie();
+        let len = buf.len();
+        self.request(CMD_READ, cookie, offset, len as u64)?;
+        self.reply(cookie, "read", offset, len, &mut |chunk| {
+            let (at, n) = match chunk {
+                Chunk::Data { offset: at, bytes } => (at, bytes.len()),
+                Chunk::Hole { offset: at, len } => (at, len as usize),
+            };
+            let dst = at
+                .checked_sub(offset)
+                .and_then(|rel| buf.get_mut(rel as usize..(rel as usize).checked_add(n)?))
+                .ok_or_else(|| Error::Protocol("read reply outside the request".into()))?;
+            match chunk {
+                Chunk::Data { bytes, .. } => dst.copy_from_slice(bytes),
+                Chunk::Hole { .. } => dst.fill(0),
+            }
+            Ok(())
+        })
+    }
+
+    /// Reads the reply to `cookie`: a simple reply (with `data_len` bytes of data after
+    /// it when it answers a read at `offset`) or structured chunks up to the last one.
+    /// Data goes to `on_data`.
+    fn reply(
+        &mut self,
+        cookie: u64,
+        what: &str,
+        offset: u64,
+        data_len: usize,
+        on_data: &mut dyn FnMut(Chunk<'_>) -> Result<()>,
+    ) -> Result<()> {
+        loop {
+            let mut h = [0u8; 16];
+            self.sock.read_exact(&mut h).map_err(io("read reply"))?;
+            let magic = u32::from_be_bytes(h[0..4].try_into().unwrap_or_default());
+            if magic == SIMPLE_REPLY_MAGIC {
+                let err = u32::from_be_bytes(h[4..8].try_into().unwrap_or_default());
+                let rcookie = u64::from_be_bytes(h[8..16].try_into().unwrap_or_default());
+                if rcookie != cookie {
+                    return Err(Error::Protocol("reply to another request".into()));
+                }
+                if err != 0 {
+                    return Err(refused(what, err));
+                }
+                let mut data = vec![0u8; data_len];
+                self.sock.read_exact(&mut data).map_err(io("read data"))?;
+                if data_len > 0 {
+                    on_data(Chunk::Data {
+                        offset,
+                        bytes: &data,
+                    })?;
+                }
+                return Ok(());
+            }
+            let mut rest = [0u8; 4];
+            self.sock.read_exact(&mut rest).map_err(io("read reply"))?;
+            let flags = u16::from_be_bytes([h[4], h[5]]);
+            let rtype = u16::from_be_bytes([h[6], h[7]]);
+            let rcookie = u64::from_be_bytes(h[8..16].try_into().unwrap_or_default());
+            let plen = u32::from_be_bytes(rest);
+            if magic != STRUCTURED_REPLY_MAGIC || rcookie != cookie || plen > MAX_PAYLOAD + 8 {
+                return Err(Error::Protocol("bad structured reply".into()));
+            }
+            let mut p = vec![0u8; plen as usize];
+            self.sock.read_exact(&mut p).map_err(io("read reply"))?;
+            let at = p
+                .get(..8)
+                .map(|b| u64::from_be_bytes(b.try_into().unwrap_or_default()));
+            match (rtype, at) {
+                (REPLY_TYPE_NONE, _) => {}
+                (REPLY_TYPE_OFFSET_DATA, Some(at)) => on_data(Chunk::Data {
+                    offset: at,
+                    bytes: &p[8..],
+                })?,
+                (REPLY_TYPE_OFFSET_HOLE, Some(at)) if p.len() == 12 => on_data(Chunk::Hole {
+                    offset: at,
+                    len: u32::from_be_bytes(p[8..12].try_into().unwrap_or_default()),
+                })?,
+                (t, _) if t & REPLY_TYPE_ERROR_BIT != 0 => {
+                    let code = p
+                        .get(..4)
+                        .map_or(0, |b| u32::from_be_bytes(b.try_into().unwrap_or_default()));
+                    let msg = p.get(6..).map(String::from_utf8_lossy).unwrap_or_default();
+                    return Err(Error::Refused {
+                        what: what.to_owned(),
+                        message: format!("error {code}: {msg}"),
+                    });
+                }
+                _ => return Err(Error::Protocol(format!("unexpected reply type {rtype}"))),
+            }
+            if flags & REPLY_FLAG_DONE != 0 {
+                return Ok(());
+            }
+        }
+    }
+
     /// Ends the session politely.
     pub fn close(mut self) {
         let _ = self.request(CMD_DISC, 0, 0, 0);
@@ -270,5 +473,25 @@ fn push(out: &mut Vec<Extent>, e: Extent) {
             last.len += e.len
         }
         _ => out.push(e),
+    }
+}
+
+/// Data of a read reply.
+enum Chunk<'a> {
+    Data { offset: u64, bytes: &'a [u8] },
+    Hole { offset: u64, len: u32 },
+}
+
+fn refused(what: &str, errno: u32) -> Error {
+    let text = match errno {
+        EPERM => "operation not permitted".to_owned(),
+        EIO => "I/O error".to_owned(),
+        EINVAL => "invalid request".to_owned(),
+        ENOSPC => "no space left".to_owned(),
+        n => format!("error {n}"),
+    };
+    Error::Refused {
+        what: what.to_owned(),
+        message: text,
     }
 }

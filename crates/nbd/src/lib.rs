@@ -9,8 +9,13 @@
 
 mod client;
 mod proto;
+mod server;
+mod stream;
+mod transmission;
 
-pub use client::{Client, Extent};
+pub use client::{Client, Extent, Tls};
+pub use proto::{BASE_ALLOCATION, STATE_HOLE, STATE_ZERO};
+pub use server::{serve_connection, Backend, Export, Exports, Server, ServerConfig};
 
 /// What can go wrong talking NBD.
 #[derive(Debug, thiserror::Error)]

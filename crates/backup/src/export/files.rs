@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use vmx::{CatalogDisk, CatalogFile, DatastorePath};
 
 /// What the backup needs from before the snapshot changed the .vmx and .vmsd.
-pub(super) struct ConfigSnapshot {
+pub(crate) struct ConfigSnapshot {
     /// The .vmx as it was (disks naming the links that become static).
     config: vmx::VmConfig,
     /// The .vmsd's bytes, if it existed (the user's snapshots, kept for the record).
@@ -23,6 +23,11 @@ pub(super) struct ConfigSnapshot {
 }
 
 impl ConfigSnapshot {
+    /// The .vmsd's bytes as they were, if it existed.
+    pub(crate) fn vmsd_bytes(&self) -> Option<&[u8]> {
+        self.vmsd.as_deref()
+    }
+
     /// Read under the VM lock, before the backup snapshot.
     pub(super) fn read(host: &host::Host, vm: &host::Vm) -> Result<ConfigSnapshot> {
         let vmsd_path = vm.vmsd_path();
@@ -132,7 +137,7 @@ pub(super) fn export_all(
 
 /// The link each disk is exported from: the static link below the backup snapshot, or
 /// the top of an independent disk (with a warning); `None` for a physical RDM.
-fn disk_sources(
+pub(super) fn disk_sources(
     created: &host::SnapshotCreated,
     plans: &[DiskPlan],
     obs: &mut dyn Observer,
@@ -209,7 +214,7 @@ fn put(
 }
 
 /// The .vmx as saved in the backup: each exported disk names its file in the backup.
-fn exported_vmx(view: &ConfigSnapshot, plans: &[DiskPlan]) -> Result<String> {
+pub(super) fn exported_vmx(view: &ConfigSnapshot, plans: &[DiskPlan]) -> Result<String> {
     let mut config = view.config.clone();
     for plan in plans
         .iter()
@@ -224,7 +229,11 @@ fn exported_vmx(view: &ConfigSnapshot, plans: &[DiskPlan]) -> Result<String> {
 
 /// NVRAM, .vmxf, logs and the suspended state: everything but the .vmx, .vmsd and the
 /// snapshot state files (the backup holds the current state only).
-fn other_files(host: &host::Host, vm: &host::Vm, view: &ConfigSnapshot) -> Result<Vec<PathBuf>> {
+pub(super) fn other_files(
+    host: &host::Host,
+    vm: &host::Vm,
+    view: &ConfigSnapshot,
+) -> Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = vm
         .config_files(host)?
         .into_iter()
@@ -237,7 +246,7 @@ fn other_files(host: &host::Host, vm: &host::Vm, view: &ConfigSnapshot) -> Resul
     Ok(files)
 }
 
-fn file_name(path: &Path) -> Result<String> {
+pub(super) fn file_name(path: &Path) -> Result<String> {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())

@@ -33,10 +33,11 @@
 //! and the destination keeps its incomplete marker, so restore refuses it.
 
 mod disks;
-mod files;
+pub(crate) mod files;
 pub(crate) mod hold;
 pub(crate) mod incremental;
 mod live;
+pub(crate) mod proxy;
 mod quiesced;
 pub(crate) mod sink;
 
@@ -224,16 +225,27 @@ fn refuse_physical_rdm(vm: &host::Vm, disks: &[DiskPlan], opts: &BackupOptions) 
     }
 }
 
-fn run(
-    host: &host::Host,
+/// A VM locked, its disks planned and its backup snapshot taken (the guest quiesced for
+/// it when it could be): steps 3 to 7, shared by local and proxy backups.
+pub(crate) struct Prepared<'h> {
+    pub(crate) locked: host::LockedVm<'h>,
+    pub(crate) vm: host::Vm,
+    pub(crate) disks: Vec<DiskPlan>,
+    pub(crate) view: files::ConfigSnapshot,
+    pub(crate) created: host::SnapshotCreated,
+    pub(crate) live: LiveInfo,
+    pub(crate) running: bool,
+    pub(crate) warnings: Vec<String>,
+}
+
+pub(crate) fn prepare<'h>(
+    host: &'h host::Host,
     vm: &host::Vm,
-    sink: &mut dyn sink::Sink,
     opts: &BackupOptions,
     obs: &mut dyn Observer,
-) -> Result<BackupReport> {
-    let name = vm.name();
+) -> Result<Prepared<'h>> {
     let env = HookEnv {
-        vm_name: name.clone(),
+        vm_name: vm.name(),
         vm_uuid: vm.uuid().map(|u| u.to_string()).unwrap_or_default(),
         vm_folder: vm.dir.clone(),
     };
@@ -243,27 +255,19 @@ fn run(
     check_cancel(obs)?;
     // The VM as it is now, under the lock (another process may have changed it since
     // the first look, and consolidation changed its chains).
-    let vm = &locked.vm().clone();
-    let disks = &plan_disks(host, vm)?;
-    refuse_physical_rdm(vm, disks, opts)?;
+    let vm = locked.vm().clone();
+    let disks = plan_disks(host, &vm)?;
+    refuse_physical_rdm(&vm, &disks, opts)?;
     // Read under the lock, before the snapshot changes them.
-    let snapshot_view = files::ConfigSnapshot::read(host, locked.vm())?;
-    let running = locked.vm().power_state(host) == host::PowerState::PoweredOn;
+    let view = files::ConfigSnapshot::read(host, &vm)?;
+    let running = vm.power_state(host) == host::PowerState::PoweredOn;
     let mut warnings = Vec::new();
-    let live = LiveInfo {
-        ips: if running {
-            locked.vm().guest_ips(host)
-        } else {
-            locked
-                .vm()
-                .guest_ip()
-                .map(str::to_owned)
-                .into_iter()
-                .collect()
-        },
-        quiesced: false,
+    let ips = if running {
+        vm.guest_ips(host)
+    } else {
+        vm.guest_ip().map(str::to_owned).into_iter().collect()
     };
-    let disks = &mark_independent(disks, running, obs, &mut warnings);
+    let disks = mark_independent(&disks, running, obs, &mut warnings);
     let (created, quiesced) = snapshot_quiesced(
         &mut locked,
         SnapshotRequest {
@@ -277,7 +281,37 @@ fn run(
         obs,
         &mut warnings,
     )?;
-    let live = LiveInfo { quiesced, ..live };
+    Ok(Prepared {
+        locked,
+        vm,
+        disks,
+        view,
+        created,
+        live: LiveInfo { ips, quiesced },
+        running,
+        warnings,
+    })
+}
+
+fn run(
+    host: &host::Host,
+    vm: &host::Vm,
+    sink: &mut dyn sink::Sink,
+    opts: &BackupOptions,
+    obs: &mut dyn Observer,
+) -> Result<BackupReport> {
+    let name = vm.name();
+    let Prepared {
+        mut locked,
+        vm,
+        disks,
+        view: snapshot_view,
+        created,
+        live,
+        running,
+        mut warnings,
+    } = prepare(host, vm, opts, obs)?;
+    let (vm, disks) = (&vm, &disks);
     let exported = begin_tracked(&mut locked, sink, obs, &mut warnings).and_then(|()| {
         files::export_all(
             host,

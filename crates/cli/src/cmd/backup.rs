@@ -316,6 +316,39 @@ pub fn run_backup(
     Ok(())
 }
 
+/// Back up `vm` from a backup proxy: the host agent quiesces and snapshots it and
+/// exports its disks over NBD; this machine writes the backup (a folder or `scp://`).
+pub fn run_proxy_backup(
+    agent: std::sync::Arc<agent::client::Agent>,
+    vm: &str,
+    dest: &str,
+    remote: &RemoteOptions,
+    opts: &BackupOptions,
+    render: &mut Render,
+) -> Result<()> {
+    if repo_spec(dest).is_some() {
+        bail!("repository destinations are not supported from a backup proxy yet: back up into a folder or scp://");
+    }
+    let mut d = backup::dest::open_with(dest, remote).map_err(host_key_hint)?;
+    let req = agent::api::BackupRequest {
+        vm: vm.to_owned(),
+        no_quiesce: opts.no_quiesce,
+        quiesce_timeout_secs: opts.quiesce_timeout.map(|t| t.as_secs()),
+        skip_physical_rdm: opts.skip_physical_rdm,
+        tool_version: opts.tool_version.clone(),
+    };
+    let mut session = agent::client::RemoteBackup::start(agent, &req, render)?;
+    let report = backup::backup_from_proxy(&mut session, d.as_mut(), opts, render)?;
+    render.line(format!(
+        "Backed up {} to {} ({} files, {})",
+        report.vm,
+        report.location,
+        report.catalog.files.len(),
+        crate::output::human_bytes(report.bytes_written)
+    ));
+    Ok(())
+}
+
 /// Restore the backup at `src` (a folder, URL or `repo:REPO#POINT`) and print what was
 /// done.
 pub fn run_restore(

@@ -63,6 +63,15 @@ enum HostCmd {
         /// The file written by config-backup.
         file: PathBuf,
     },
+    /// Show the host agent's certificate thumbprint (creating the certificate if missing).
+    Cert {
+        /// Make a new certificate (clients refuse it until they accept it again).
+        #[arg(long)]
+        replace: bool,
+    },
+    /// The host agent's users.
+    #[command(subcommand)]
+    User(crate::cmd::agent::UserCmd),
 }
 
 /// Runs `vcb host ...`.
@@ -77,8 +86,14 @@ pub fn run(a: HostArgs) -> Result<()> {
             for ds in h.datastores() {
                 println!("  datastore {}\t{}", ds.name, ds.path.display());
             }
+            crate::cmd::agent::cert(h.root(), h.name(), false)?;
         }
         HostCmd::Show { json } => show(&a.root.open()?, json)?,
+        HostCmd::Cert { replace } => {
+            let h = a.root.open()?;
+            crate::cmd::agent::cert(h.root(), h.name(), replace)?;
+        }
+        HostCmd::User(cmd) => crate::cmd::agent::user(a.root.open()?.root(), cmd)?,
         HostCmd::ConfigBackup { file } => {
             let r = host::backup_config(&root, &file)?;
             println!(

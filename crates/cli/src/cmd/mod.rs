@@ -1,5 +1,6 @@
 //! `vcb` subcommands, one module per noun.
 
+pub mod agent;
 pub mod backup;
 pub mod datastore;
 pub mod disk;

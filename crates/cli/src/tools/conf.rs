@@ -99,23 +99,28 @@ impl ToolConf {
     /// Fail unless VCHOST names this standalone host (unset, empty or `localhost`).
     ///
     /// # Errors
-    /// "remote hosts are not supported yet" for any other host.
+    /// For a remote host: the tools reach it through its agent (see [`Self::remote_host`]).
     pub fn require_local_host(&self) -> Result<()> {
+        match self.remote_host() {
+            None => Ok(()),
+            Some(h) => bail!("VCHOST {h:?}: this command runs on the host itself; it cannot use a host agent yet"),
+        }
+    }
+
+    /// The host agent's URL when VCHOST names another host (`None`: this machine).
+    pub fn remote_host(&self) -> Option<&str> {
         match self.vchost.as_deref().map(str::trim) {
-            None | Some("") => Ok(()),
-            Some(h) if is_local(h) => Ok(()),
-            Some(h) => bail!(
-                "VCHOST {h:?}: remote hosts are not supported yet (they arrive with the host agent issue); use localhost"
-            ),
+            None | Some("") => None,
+            Some(h) if is_local(h) => None,
+            Some(h) => Some(h),
         }
     }
 }
 
+/// `localhost` (any spelling without a port) is this machine's host root; an address with
+/// a port (`https://127.0.0.1:8443`) is an agent, even on this machine.
 fn is_local(host: &str) -> bool {
-    let h = host
-        .strip_prefix("https://")
-        .or_else(|| host.strip_prefix("http://"))
-        .unwrap_or(host);
+    let h = host.strip_prefix("https://").unwrap_or(host);
     let h = h.trim_end_matches('/');
     matches!(
         h.to_ascii_lowercase().as_str(),
@@ -206,7 +211,8 @@ pub fn evaluate(path: &Path) -> Result<ToolConf> {
 /// the log level, and where the host and configuration file are.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ToolArgs {
-    /// Host or management server (overrides VCHOST; only localhost is supported yet).
+    /// Host: localhost (this machine's host root) or a host agent, https://HOST[:PORT]
+    /// (overrides VCHOST).
     #[arg(short = 'h', value_name = "HOST")]
     pub host: Option<String>,
     /// User name (overrides USERNAME).
@@ -221,6 +227,9 @@ pub struct ToolArgs {
     /// Host root and configuration file.
     #[command(flatten)]
     pub host_args: crate::cmd::backup::HostArgs,
+    /// How a remote host agent's certificate is trusted, and the password file.
+    #[command(flatten)]
+    pub certs: crate::cmd::agent::CertArgs,
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
     pub help: Option<bool>,
@@ -289,7 +298,7 @@ mod tests {
             .require_local_host()
             .unwrap_err()
             .to_string()
-            .contains("remote hosts are not supported yet"));
+            .contains("this command runs on the host itself"));
         assert_eq!(c.warnings.len(), 1, "readable password warns");
     }
 

@@ -87,7 +87,27 @@ fn run(a: Args) -> Result<()> {
     let (Some(vm), Some(dest)) = (a.vm.as_deref(), a.dest.as_deref()) else {
         bail!("-a <vm identifier> and -r <destination> are required (see --help)");
     };
-    let (host, conf) = open_host(&a.tool.host_args, &a.tool.overrides(a.cache.clone()))?;
+    let overrides = a.tool.overrides(a.cache.clone());
+    if let Some((agent, conf)) = crate::cmd::agent::remote_target(&a.tool, &overrides)? {
+        if a.kind == "file" {
+            bail!("-t file from a backup proxy is not supported yet: run it on the host");
+        }
+        let mut opts = backup_options(format_of(&a.monolithic), a.skip_physical_rdm, &conf);
+        a.quiesce.apply(&mut opts);
+        if a.incremental_from.is_some() || a.differential_from.is_some() {
+            bail!("--incremental-from and --differential-from are not supported from a backup proxy yet");
+        }
+        let remote = a.remote.options(&conf);
+        return crate::cmd::backup::run_proxy_backup(
+            agent,
+            vm,
+            dest,
+            &remote,
+            &opts,
+            &mut Render::new(a.tool.level),
+        );
+    }
+    let (host, conf) = open_host(&a.tool.host_args, &overrides)?;
     let format = if a.monolithic == "1" {
         ExportFormat::Monolithic
     } else {
@@ -109,4 +129,12 @@ fn run(a: Args) -> Result<()> {
         &opts,
         &mut Render::new(a.tool.level),
     )
+}
+
+fn format_of(monolithic: &str) -> ExportFormat {
+    if monolithic == "1" {
+        ExportFormat::Monolithic
+    } else {
+        ExportFormat::Split2Gb
+    }
 }

@@ -46,6 +46,9 @@ pub fn main() -> ExitCode {
 
 fn run(a: Args) -> Result<()> {
     crate::logging::init(a.tool.level);
+    if let Some((agent, _)) = crate::cmd::agent::remote_target(&a.tool, &a.tool.overrides(None))? {
+        return remote(&agent, a.command);
+    }
     let (host, _) = open_host(&a.tool.host_args, &a.tool.overrides(None))?;
     let containers = |kind| -> Vec<String> {
         host.containers(kind)
@@ -67,6 +70,36 @@ fn run(a: Args) -> Result<()> {
             host.root().display(),
             host.entries().len()
         )],
+    };
+    for l in lines {
+        println!("{l}");
+    }
+    Ok(())
+}
+
+/// The same lines, from a host agent.
+fn remote(agent: &agent::client::Agent, command: UtilCommand) -> Result<()> {
+    let lines = match command {
+        UtilCommand::Vmfolders => agent.inventory()?.folders,
+        UtilCommand::Resourcepools => agent.inventory()?.pools,
+        UtilCommand::Datastores => agent
+            .inventory()?
+            .datastores
+            .into_iter()
+            .map(|(name, path)| format!("{name}\t{path}"))
+            .collect(),
+        UtilCommand::Ping => {
+            let p = agent.ping()?;
+            vec![format!(
+                "Ping succeeded: standalone host {} at {} ({} VMs registered; agent {} as {}, role {})",
+                p.host,
+                p.root,
+                p.vms,
+                agent.endpoint(),
+                p.user,
+                p.role
+            )]
+        }
     };
     for l in lines {
         println!("{l}");

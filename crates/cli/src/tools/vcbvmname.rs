@@ -46,7 +46,24 @@ pub fn main() -> ExitCode {
 fn run(a: Args) -> Result<()> {
     crate::logging::init(a.tool.level);
     let spec = Specifier::parse(&a.spec)?;
-    let (host, _) = open_host(&a.tool.host_args, &a.tool.overrides(a.cache.clone()))?;
+    let overrides = a.tool.overrides(a.cache.clone());
+    if let Some((agent, _)) = crate::cmd::agent::remote_target(&a.tool, &overrides)? {
+        let list = agent.vms(&a.spec)?;
+        if list.vms.is_empty() && !list.group {
+            bail!("no virtual machine matches {}", a.spec);
+        }
+        let mut out = std::io::stdout().lock();
+        for vm in &list.vms {
+            let text = format!(
+                "Found VM:\nmoref:{}\nname:{}\nuuid:{}\nipaddr:{}\n",
+                vm.moref, vm.name, vm.uuid, vm.ipaddr
+            );
+            out.write_all(text.as_bytes())?;
+        }
+        out.flush()?;
+        return Ok(());
+    }
+    let (host, _) = open_host(&a.tool.host_args, &overrides)?;
     let found = spec.find(&host)?;
     if found.is_empty() && !spec.is_group() {
         bail!("no virtual machine matches {}", a.spec);

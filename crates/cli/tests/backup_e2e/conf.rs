@@ -63,7 +63,7 @@ fn conf_is_evaluated_by_the_shell_and_values_stay_values() {
     );
     assert!(!out.status.success());
     let err = text(&out.stderr);
-    assert!(err.contains("remote hosts are not supported yet"), "{err}");
+    assert!(err.contains("expected https://HOST[:PORT]"), "{err}");
     assert!(err.contains("readable by other users"), "{err}");
     assert!(!pwned.exists(), "nothing from the file's values ran");
 

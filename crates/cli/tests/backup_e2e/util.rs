@@ -144,6 +144,8 @@ pub fn bin(tool: &str) -> &'static str {
         "vcbRestore" => env!("CARGO_BIN_EXE_vcbRestore"),
         "vcbSnapAll" => env!("CARGO_BIN_EXE_vcbSnapAll"),
         "vmkfstools" => env!("CARGO_BIN_EXE_vmkfstools"),
+        "vcbVmName" => env!("CARGO_BIN_EXE_vcbVmName"),
+        "vcbUtil" => env!("CARGO_BIN_EXE_vcbUtil"),
         other => panic!("unknown tool {other}"),
     }
 }

@@ -1,0 +1,325 @@
+//! Issue 14: the host agent (`vcb hostd`) and the VCB tools on a backup proxy. The agent
+//! listens on 127.0.0.1; the proxy runs the tools as an unprivileged user who cannot read
+//! the host's root folder, so every byte it backs up came through the API and NBD.
+
+#[path = "backup_e2e/util.rs"]
+#[allow(dead_code, unused_imports)]
+mod util;
+
+#[path = "proxy_e2e/agent.rs"]
+#[allow(dead_code)]
+mod agent;
+
+use agent::{add_user, audit, thumbprint, Agent, Proxy};
+use util::{catalog, text, Env};
+
+const MIB: u64 = 1 << 20;
+
+/// A VM with two disks, the agent with a backup and a readonly user, and the proxy.
+fn setup() -> (Env, Proxy, Agent, String, String) {
+    let env = Env::new();
+    for d in [env.dir.path(), env.root.as_path()] {
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    }
+    env.vm(
+        "vm1",
+        &[
+            (8 * MIB, vmdk::DiskFormat::Thin),
+            (4 * MIB, vmdk::DiskFormat::ZeroedThick),
+        ],
+        7,
+    );
+    let proxy = Proxy::new();
+    thumbprint(&env);
+    let pw = add_user(&env, &proxy, "backup1", "backup");
+    let ro = add_user(&env, &proxy, "viewer", "readonly");
+    let agent = Agent::start(&env, &[]);
+    (
+        env,
+        proxy,
+        agent,
+        pw.display().to_string(),
+        ro.display().to_string(),
+    )
+}
+
+#[test]
+fn proxy_backup_is_the_local_backup_and_the_host_stays_private() {
+    let (env, proxy, agent, pw, _) = setup();
+    assert!(!agent::proxy_can_read(&proxy, &env.root.join("host.toml")));
+    let dest = proxy.path("b1");
+    let args = |extra: &[&'static str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "-h",
+            &agent.url,
+            "-u",
+            "backup1",
+            "--host-password-file",
+            &pw,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let run = |tool: &str, a: &[String]| {
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        proxy.run(tool, &a)
+    };
+    // A first backup leaves the VM with a (.vmsd) snapshot database: take it before the
+    // two backups compared.
+    env.ok(
+        "vcbMounter",
+        &["-a", "name:vm1", "-r", env.path("first").to_str().unwrap()],
+    );
+    // An unknown certificate is refused until accepted, then pinned.
+    let mut a = args(&["-a", "name:vm1", "-r"]);
+    a.push(dest.display().to_string());
+    let out = run("vcbMounter", &a);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("is unknown") && err.contains("--accept-new-host-cert"),
+        "{err}"
+    );
+    assert!(!dest.exists());
+    a.push("--accept-new-host-cert".into());
+    let out = run("vcbMounter", &a);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout) + &text(&out.stderr);
+    assert!(said.contains("Backed up vm1 to"), "{said}");
+    let pinned = std::fs::read_to_string(proxy.trust_file()).unwrap();
+    assert!(pinned.contains(&thumbprint(&env)), "{pinned}");
+
+    // The same files, the same disk contents as the host's own backup.
+    let local = env.path("local");
+    env.ok(
+        "vcbMounter",
+        &["-a", "name:vm1", "-r", local.to_str().unwrap()],
+    );
+    let (pc, lc) = (catalog(&dest), catalog(&local));
+    let names = |c: &vmx::Catalog| {
+        let mut n: Vec<String> = c.files.iter().map(|f| f.name.clone()).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(&pc), names(&lc));
+    assert_eq!(pc.disks.len(), lc.disks.len());
+    for d in &lc.disks {
+        let name = d.filename.clone().unwrap();
+        util::qemu_same(&dest.join(&name), &local.join(&name));
+    }
+    // The snapshot is gone from the host; the audit log names the user and the VM.
+    let h = env.host();
+    let vm = h.find_vm("vm1").unwrap();
+    assert!(h
+        .lock_vm(vm.moref, host::LockMode::Wait)
+        .unwrap()
+        .snapshots()
+        .snapshots()
+        .is_empty());
+    let log = audit(&env);
+    assert!(log.iter().any(|e| e["user"] == "backup1"
+        && e["action"] == "POST /api/v1/backups"
+        && e["target"] == "name:vm1"
+        && e["result"].as_str().unwrap().starts_with("ok")));
+    // A restore from the proxy's backup on the host boots the same disks.
+    let restored = env.ok_all(
+        "vcbRestore",
+        &["-s", dest.to_str().unwrap(), "-b", "overwrite"],
+    );
+    assert!(!restored.is_empty());
+}
+
+#[test]
+fn lookups_and_ping_from_the_proxy_match_the_host() {
+    let (env, proxy, agent, _, ro) = setup();
+    let common = [
+        "-h",
+        agent.url.as_str(),
+        "-u",
+        "viewer",
+        "--host-password-file",
+        ro.as_str(),
+        "--accept-new-host-cert",
+    ];
+    let with = |extra: &[&str]| -> Vec<String> {
+        common.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+    let ok = |tool: &str, a: Vec<String>| {
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        proxy.ok(tool, &a)
+    };
+    let remote = ok("vcbVmName", with(&["-s", "any:"]));
+    let local = env.ok("vcbVmName", &["-s", "any:"]);
+    assert_eq!(remote, local);
+    for c in ["vmfolders", "resourcepools", "datastores"] {
+        assert_eq!(
+            ok("vcbUtil", with(&["-c", c])),
+            env.ok("vcbUtil", &["-c", c]),
+            "{c}"
+        );
+    }
+    let ping = ok("vcbUtil", with(&["-c", "ping"]));
+    assert!(
+        ping.starts_with("Ping succeeded: standalone host esx-test")
+            && ping.contains("role readonly"),
+        "{ping}"
+    );
+    // A readonly user may look but not snapshot.
+    let mut a = with(&["-a", "name:vm1", "-r"]);
+    a.push(proxy.path("nope").display().to_string());
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let err = proxy.fails("vcbMounter", &a);
+    assert!(
+        err.contains("user viewer has role readonly; this needs backup"),
+        "{err}"
+    );
+    assert!(!proxy.path("nope").exists());
+    assert!(audit(&env).iter().any(|e| e["user"] == "viewer"
+        && e["action"] == "POST /api/v1/backups"
+        && e["result"].as_str().unwrap().starts_with("refused")));
+}
+
+#[test]
+fn bad_credentials_and_changed_certificates_are_refused() {
+    let (env, proxy, mut agent, pw, _) = setup();
+    let bad = proxy.password_file("bad.pw", "not-it");
+    let try_ping = |url: &str, user: &str, pw: &str, accept: bool| {
+        let mut a = vec![
+            "-c",
+            "ping",
+            "-h",
+            url,
+            "-u",
+            user,
+            "--host-password-file",
+            pw,
+        ];
+        if accept {
+            a.push("--accept-new-host-cert");
+        }
+        proxy.run("vcbUtil", &a)
+    };
+    let out = try_ping(&agent.url, "backup1", bad.to_str().unwrap(), true);
+    assert!(
+        text(&out.stderr).contains("wrong user name or password"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = try_ping(&agent.url, "mallory", &pw, true);
+    assert!(text(&out.stderr).contains("wrong user name or password"));
+    let log = audit(&env);
+    assert!(log
+        .iter()
+        .any(|e| e["user"] == "mallory" && e["result"].as_str().unwrap().contains("refused")));
+    // Plain HTTP is no way in.
+    let out = try_ping(
+        &agent.url.replace("https://", "http://"),
+        "backup1",
+        &pw,
+        true,
+    );
+    assert!(
+        text(&out.stderr).contains("HTTPS only"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(try_ping(&agent.url, "backup1", &pw, false).status.success());
+    // A new certificate on the same address is refused, even with --accept-new-host-cert.
+    agent.kill();
+    env.ok("vcb", &["host", "cert", "--replace"]);
+    let port = agent.url.rsplit(':').next().unwrap().to_owned();
+    let mut again = Agent::start(&env, &[]);
+    let _ = port;
+    let out = try_ping(&again.url, "backup1", &pw, true);
+    let err = text(&out.stderr);
+    if again.url == agent.url {
+        assert!(err.contains("CHANGED"), "{err}");
+    }
+    again.kill();
+}
+
+/// Logs in with the agent crate's client, pinning into the proxy's trust file.
+fn login(proxy: &Proxy, agent: &Agent, pw: &str) -> agent_client::Agent {
+    let password = std::fs::read_to_string(pw).unwrap();
+    let policy = ::agent::tls::TrustPolicy::Pinned {
+        file: proxy.path("client-trust"),
+        accept_new: true,
+    };
+    agent_client::Agent::login(&agent.url, "backup1", password.trim(), policy).unwrap()
+}
+
+use ::agent::client as agent_client;
+
+/// Redo logs in the VM's folder (read without the VM lock a session holds).
+fn snapshots(env: &Env) -> usize {
+    let h = env.host();
+    let vm = h.find_vm("vm1").unwrap();
+    std::fs::read_dir(&vm.dir)
+        .unwrap()
+        .filter(|e| {
+            let n = e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
+            n.ends_with("-000001.vmdk")
+        })
+        .count()
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_vanished_proxy_loses_its_snapshot_when_the_lease_runs_out() {
+    let (env, proxy, agent, pw, _) = setup();
+    drop(agent);
+    let agent = Agent::start(&env, &["--lease", "2"]);
+    let client = login(&proxy, &agent, &pw);
+    let req = ::agent::api::BackupRequest {
+        vm: "name:vm1".into(),
+        ..Default::default()
+    };
+    // A session whose client never calls again (as if the proxy was killed).
+    let session = client.start_backup(&req).unwrap();
+    assert_eq!(session.lease_secs, 2);
+    assert!(snapshots(&env) > 0, "the session holds a snapshot");
+    wait_until("the lease to expire", || snapshots(&env) == 0);
+    let err = client.finish_backup(&session.id).unwrap_err().to_string();
+    assert!(err.contains("no backup session"), "{err}");
+}
+
+#[test]
+fn an_agent_killed_mid_backup_cleans_up_when_it_restarts() {
+    let (env, proxy, mut agent, pw, _) = setup();
+    let client = login(&proxy, &agent, &pw);
+    let session = client
+        .start_backup(&::agent::api::BackupRequest {
+            vm: "name:vm1".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    agent.kill();
+    assert!(snapshots(&env) > 0, "kill -9 leaves the snapshot");
+    let err = client.keepalive(&session.id).unwrap_err().to_string();
+    assert!(err.contains("connection refused"), "{err}");
+    let again = Agent::start(&env, &[]);
+    assert_eq!(
+        snapshots(&env),
+        0,
+        "the restarted agent committed it before serving"
+    );
+    drop(again);
+}
