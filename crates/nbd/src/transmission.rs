@@ -156,7 +156,12 @@ impl Transmission<'_> {
             }
             return self.conn.write_all(&simple_header(code, r.cookie));
         }
-        let msg = b"request failed";
+        let msg: &[u8] = match code {
+            EPERM => b"operation not permitted (read-only export)",
+            EINVAL => b"invalid request",
+            ENOSPC => b"no space left (past the end of the export)",
+            _ => b"I/O error",
+        };
         let mut h = chunk_header(
             REPLY_FLAG_DONE,
             REPLY_TYPE_ERROR,

@@ -76,6 +76,15 @@ fn dirty_bitmap_of_a_qemu_nbd_export_reads_back() {
         // Ranges past the end and unknown contexts are errors, not panics.
         assert!(c.block_status(60 << 20, 8 << 20).is_err());
         c.close();
+        // vcb's client reads what qemu-io wrote (its default pattern is 0xcd) and holes
+        // as zeros.
+        let mut r = nbd::Client::connect(&sock, "disk", nbd::BASE_ALLOCATION).unwrap();
+        let mut buf = vec![0u8; 3 << 20];
+        r.read_at(0, &mut buf).unwrap();
+        assert!(buf[1 << 20..(1 << 20) + 65536].iter().all(|b| *b == 0xcd));
+        assert!(buf[..1 << 20].iter().all(|b| *b == 0));
+        assert!(buf[(1 << 20) + 65536..].iter().all(|b| *b == 0));
+        r.close();
         let err = nbd::Client::connect(&sock, "disk", "qemu:dirty-bitmap:nope")
             .err()
             .unwrap();
