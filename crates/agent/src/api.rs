@@ -124,6 +124,75 @@ pub struct Finished {
     pub events: Vec<RemoteEvent>,
 }
 
+/// `POST /api/v1/restores`: start a restore session.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    /// The backup's catalog (text).
+    pub catalog: String,
+    /// An alternate catalog saying where to restore (`-a`), text.
+    #[serde(default)]
+    pub alternate_catalog: Option<String>,
+    /// prompt, overwrite, keep or abort (prompt fails: nobody can answer on the host).
+    pub policy: String,
+    /// Provisioning of every restored disk instead of the catalog's.
+    #[serde(default)]
+    pub disk_format: Option<String>,
+    /// Recreate raw device mappings.
+    #[serde(default)]
+    pub allow_rdm: bool,
+    /// Power off a registered VM being replaced.
+    #[serde(default)]
+    pub power_off: bool,
+    /// Wait for a VM lock instead of refusing.
+    #[serde(default)]
+    pub wait: bool,
+    /// The configuration files the proxy sends: name and size.
+    pub files: Vec<(String, u64)>,
+    /// The disks the proxy writes.
+    pub disks: Vec<RestoreDisk>,
+}
+
+/// A disk of a restore.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreDisk {
+    /// The catalog's file name of the disk.
+    pub name: String,
+    /// Capacity in bytes.
+    pub capacity: u64,
+    /// `ddb.adapterType`.
+    pub adapter: String,
+}
+
+/// A started restore session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RestoreSession {
+    /// Session id (in paths below `/api/v1/restores/`).
+    pub id: String,
+    /// Seconds the session lives without a call.
+    pub lease_secs: u64,
+    /// The agent's NBD port.
+    pub nbd_port: u16,
+    /// The writable NBD export of each disk (by the catalog's file name).
+    pub exports: Vec<(String, String)>,
+}
+
+/// A finished restore.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RestoreDone {
+    /// The VM's display name.
+    pub vm: String,
+    /// Its .vmx, `[datastore] path`.
+    pub vmx: String,
+    /// Its moref (`None`: an existing registration was kept).
+    pub moref: Option<String>,
+    /// What was kept.
+    pub kept: Vec<String>,
+    /// What the host did.
+    pub events: Vec<RemoteEvent>,
+}
+
 /// An error reply.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorReply {
@@ -200,6 +269,21 @@ pub enum RemoteEvent {
         /// The text.
         text: String,
     },
+    /// The backup's files were verified.
+    Verified {
+        /// How many.
+        files: usize,
+    },
+    /// Something existing was kept.
+    Kept {
+        /// What.
+        what: String,
+    },
+    /// Something existing was replaced.
+    Replaced {
+        /// What.
+        what: String,
+    },
     /// A warning.
     Warning {
         /// The text.
@@ -253,6 +337,9 @@ impl RemoteEvent {
             },
             E::ChangeTracking { text } => RemoteEvent::ChangeTracking { text: text.clone() },
             E::Warning(text) => RemoteEvent::Warning { text: text.clone() },
+            E::Verified { files } => RemoteEvent::Verified { files: *files },
+            E::Kept { what } => RemoteEvent::Kept { what: what.clone() },
+            E::Replaced { what } => RemoteEvent::Replaced { what: what.clone() },
             _ => return None,
         })
     }
@@ -306,6 +393,9 @@ impl RemoteEvent {
             },
             RemoteEvent::ChangeTracking { text } => E::ChangeTracking { text: text.clone() },
             RemoteEvent::Warning { text } => E::Warning(text.clone()),
+            RemoteEvent::Verified { files } => E::Verified { files: *files },
+            RemoteEvent::Kept { what } => E::Kept { what: what.clone() },
+            RemoteEvent::Replaced { what } => E::Replaced { what: what.clone() },
         }
     }
 }

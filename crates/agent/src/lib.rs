@@ -82,6 +82,9 @@ pub enum Error {
     /// A host operation.
     #[error(transparent)]
     Host(#[from] host::Error),
+    /// A disk read on the proxy.
+    #[error(transparent)]
+    Disk(#[from] vmdk::Error),
 }
 
 impl Error {

@@ -323,3 +323,103 @@ fn an_agent_killed_mid_backup_cleans_up_when_it_restarts() {
     );
     drop(again);
 }
+
+#[test]
+fn proxy_restore_to_another_datastore_registers_the_same_disks() {
+    let (env, proxy, agent, pw, ro) = setup();
+    let dest = proxy.path("b");
+    let base = |user: &str, pwf: &str| -> Vec<String> {
+        [
+            "-h",
+            agent.url.as_str(),
+            "-u",
+            user,
+            "--host-password-file",
+            pwf,
+            "--accept-new-host-cert",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let run = |a: Vec<String>| {
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        proxy.run_tool(&a)
+    };
+    let mut a = base("backup1", &pw);
+    a.insert(0, "vcbMounter".into());
+    a.extend([
+        "-a".into(),
+        "name:vm1".into(),
+        "-r".into(),
+        dest.display().to_string(),
+    ]);
+    assert!(run(a).status.success());
+
+    // An alternate catalog sends the copy to datastore ds2 under another name.
+    let mut h = env.host();
+    let ds2 = env.path("ds2");
+    std::fs::create_dir(&ds2).unwrap();
+    h.add_datastore("ds2", &ds2).unwrap();
+    let mut c = catalog(&dest);
+    let folder = vmx::DatastorePath::new("ds2", "copy/").unwrap();
+    util::retarget(&mut c, &folder, "copy", &["copy.vmdk", "copy_1.vmdk"]);
+    let alt = proxy.path("alt-catalog");
+    util::write_catalog(&alt, &c);
+    if let Some(uid) = proxy.uid {
+        std::os::unix::fs::chown(&alt, Some(uid), Some(uid)).unwrap();
+    }
+    let restore = |user: &str, pwf: &str| {
+        let mut a = base(user, pwf);
+        a.insert(0, "vcbRestore".into());
+        a.extend([
+            "-s".into(),
+            dest.display().to_string(),
+            "-a".into(),
+            alt.display().to_string(),
+            "-l".into(),
+            "abort".into(),
+        ]);
+        run(a)
+    };
+    // A readonly user may not restore; nothing is staged or registered.
+    let out = restore("viewer", &ro);
+    assert!(
+        text(&out.stderr).contains("this needs backup"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = restore("backup1", &pw);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout) + &text(&out.stderr);
+    assert!(
+        said.contains("Restored vm1 to [ds2] copy/copy.vmx (moref "),
+        "{said}"
+    );
+    let copy = util::registered(&env, "[ds2] copy/copy.vmx");
+    let h = env.host();
+    let original = util::registered(&env, "[datastore1] vm1/vm1.vmx");
+    for (o, n) in original
+        .disks(&h)
+        .unwrap()
+        .iter()
+        .zip(copy.disks(&h).unwrap())
+    {
+        util::qemu_same(&o.path, &n.path);
+    }
+    assert!(
+        !env.root
+            .join("agent/restores")
+            .read_dir()
+            .unwrap()
+            .any(|_| true),
+        "staging removed"
+    );
+    // The same restore again stops on the conflict (-l abort) and changes nothing.
+    let out = restore("backup1", &pw);
+    assert!(
+        text(&out.stderr).contains("already exists"),
+        "{}",
+        text(&out.stderr)
+    );
+}

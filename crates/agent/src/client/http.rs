@@ -73,6 +73,21 @@ impl Endpoint {
         token: Option<&str>,
         body: Option<&[u8]>,
     ) -> Result<Response> {
+        let body = body.unwrap_or_default();
+        let json = !body.is_empty() || method == "POST";
+        self.exchange_stream(method, path, token, json, body.len() as u64, &mut &body[..])
+    }
+
+    /// [`exchange`](Self::exchange) with a body of `len` bytes read from `body`.
+    pub(crate) fn exchange_stream(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        json: bool,
+        len: u64,
+        body: &mut dyn Read,
+    ) -> Result<Response> {
         let tcp = TcpStream::connect_timeout(&self.addr, Duration::from_secs(30))
             .map_err(|e| self.connect_error(&e))?;
         // Session setup quiesces a guest: allow the agent its time.
@@ -88,20 +103,26 @@ impl Endpoint {
         if let Some(t) = token {
             req.push_str(&format!("Authorization: Bearer {t}\r\n"));
         }
-        let body = body.unwrap_or_default();
-        if !body.is_empty() || method == "POST" {
+        let kind = if json {
+            "application/json"
+        } else {
+            "application/octet-stream"
+        };
+        if json || len > 0 || method == "PUT" {
             req.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                body.len()
+                "Content-Type: {kind}\r\nContent-Length: {len}\r\n"
             ));
         }
         req.push_str("\r\n");
-        let mut bytes = req.into_bytes();
-        bytes.extend_from_slice(body);
         stream
-            .write_all(&bytes)
-            .and_then(|()| stream.flush())
+            .write_all(req.as_bytes())
             .map_err(|e| self.connect_error(&e))?;
+        let copied =
+            std::io::copy(&mut body.take(len), &mut stream).map_err(|e| self.connect_error(&e))?;
+        if copied != len {
+            return Err(self.protocol("the request body ended early"));
+        }
+        stream.flush().map_err(|e| self.connect_error(&e))?;
         self.read_head(stream)
     }
 
@@ -134,18 +155,22 @@ impl Endpoint {
             _ => return Err(self.protocol("malformed response")),
         }
         let status = parsed.code.unwrap_or(0);
-        let len = parsed
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-            .and_then(|h| {
-                std::str::from_utf8(h.value)
-                    .ok()?
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-            .ok_or_else(|| self.protocol("response without Content-Length"))?;
+        let len = if status == 204 {
+            Some(0)
+        } else {
+            parsed
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| {
+                    std::str::from_utf8(h.value)
+                        .ok()?
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+        }
+        .ok_or_else(|| self.protocol("response without Content-Length"))?;
         let rest = buf[end..].to_vec();
         let body = std::io::Cursor::new(rest).chain(stream).take(len);
         Ok(Response {

@@ -2,8 +2,10 @@
 
 mod http;
 mod remote;
+mod restore;
 
 pub use remote::RemoteBackup;
+pub use restore::RestoreSettings;
 
 use crate::api::*;
 use crate::tls::TrustPolicy;

@@ -58,13 +58,21 @@ impl Export for VmdkExport {
     }
 }
 
-struct DiskBackend {
-    disk: vmdk::Disk,
+pub(crate) struct DiskBackend {
+    pub(crate) disk: vmdk::Disk,
 }
 
 impl Backend for DiskBackend {
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.disk.read_at(offset, buf).map_err(io::Error::other)
+    }
+
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.disk.write_at(offset, data).map_err(io::Error::other)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.disk.flush().map_err(io::Error::other)
     }
 
     fn extents(&mut self, offset: u64, len: u64) -> io::Result<Vec<(u64, u32)>> {

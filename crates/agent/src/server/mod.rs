@@ -6,8 +6,10 @@
 //! tokio's blocking pool.
 
 mod exports;
+mod restores;
 mod routes;
 mod routes_host;
+mod routes_restore;
 mod sessions;
 
 use crate::audit::AuditLog;
@@ -70,6 +72,7 @@ pub(crate) struct State {
     tokens: Mutex<HashMap<String, Token>>,
     failures: Mutex<HashMap<String, u32>>,
     sessions: Arc<sessions::Sessions>,
+    restores: restores::Restores,
     exports: Arc<exports::ExportTable>,
     token_ttl: Duration,
     lease: Duration,
@@ -109,6 +112,7 @@ pub fn run(
     let users = Users::load(&dir)?;
     let audit = AuditLog::open(&dir).map_err(|e| Error::io(&dir, "open audit log", e))?;
     let cleaned = sessions::recover(&config.root, &dir);
+    restores::recover(&dir);
     let exports = Arc::new(exports::ExportTable::default());
     let nbd = nbd::Server::start(
         config.nbd_listen,
@@ -128,6 +132,7 @@ pub fn run(
         tokens: Mutex::new(HashMap::new()),
         failures: Mutex::new(HashMap::new()),
         sessions: Arc::new(sessions::Sessions::default()),
+        restores: restores::Restores::default(),
         exports,
         token_ttl: config.token_ttl,
         lease: config.lease,
@@ -179,6 +184,15 @@ async fn serve(
         }
     };
     tokio::pin!(stopped);
+    let reaper = Arc::clone(&state);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let r = Arc::clone(&reaper);
+            let _ = tokio::task::spawn_blocking(move || r.restores.reap(&r.exports)).await;
+        }
+    });
     loop {
         let (tcp, peer) = tokio::select! {
             _ = &mut stopped => break,

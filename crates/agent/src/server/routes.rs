@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 /// Largest request body accepted (every request is a short JSON document).
 const MAX_BODY: usize = 64 * 1024;
 
-type Shared = Arc<State>;
+pub(crate) type Shared = Arc<State>;
 
 /// The peer of a connection, for the audit log.
 #[derive(Clone, Copy)]
-pub(crate) struct Peer(SocketAddr);
+pub(crate) struct Peer(pub(crate) SocketAddr);
 
 pub(crate) fn router(state: Shared) -> Router {
     Router::new()
@@ -34,6 +34,23 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/api/v1/backups/{id}", delete(finish_backup))
         .route("/api/v1/backups/{id}/keepalive", post(keepalive))
         .route("/api/v1/backups/{id}/files/{name}", get(backup_file))
+        .route("/api/v1/restores", post(super::routes_restore::start))
+        .route(
+            "/api/v1/restores/{id}",
+            delete(super::routes_restore::cancel),
+        )
+        .route(
+            "/api/v1/restores/{id}/keepalive",
+            post(super::routes_restore::keepalive),
+        )
+        .route(
+            "/api/v1/restores/{id}/commit",
+            post(super::routes_restore::commit),
+        )
+        .route(
+            "/api/v1/restores/{id}/files/{name}",
+            axum::routing::put(super::routes_restore::put_file),
+        )
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -77,18 +94,23 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn bad(text: impl Into<String>) -> ApiError {
+pub(crate) fn bad(text: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, text.into())
 }
 
 /// Who is calling.
-struct Caller {
-    user: String,
-    role: Role,
+pub(crate) struct Caller {
+    pub(crate) user: String,
+    pub(crate) role: Role,
+}
+
+/// Admins act on every session, others on their own.
+pub(crate) fn caller_admin(c: &Caller) -> bool {
+    c.role == Role::Admin
 }
 
 impl State {
-    fn audit(&self, user: &str, peer: Peer, action: &str, target: &str, result: &str) {
+    pub(crate) fn audit(&self, user: &str, peer: Peer, action: &str, target: &str, result: &str) {
         self.audit.write(&Entry {
             time: now(),
             user,
@@ -100,7 +122,7 @@ impl State {
     }
 
     /// The caller behind the bearer token, if it may act as `need`; refusals audited.
-    fn caller(
+    pub(crate) fn caller(
         &self,
         headers: &HeaderMap,
         peer: Peer,
@@ -145,7 +167,7 @@ impl State {
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(
     state: &State,
     peer: Peer,
     action: &str,
@@ -163,7 +185,7 @@ fn parse<T: serde::de::DeserializeOwned>(
 }
 
 /// Runs blocking host work off the async workers.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
@@ -292,7 +314,7 @@ async fn ping(
     reply.map(Json)
 }
 
-fn result_text<T>(r: &Result<T, ApiError>) -> &str {
+pub(crate) fn result_text<T>(r: &Result<T, ApiError>) -> &str {
     match r {
         Ok(_) => "ok",
         Err(e) => &e.1,

@@ -46,7 +46,7 @@ pub(crate) struct Context {
 
 /// Collects what the host's half reports.
 #[derive(Default)]
-struct Collect(Vec<RemoteEvent>);
+pub(crate) struct Collect(pub(crate) Vec<RemoteEvent>);
 
 impl backup::Observer for Collect {
     fn event(&mut self, e: &backup::Event) {

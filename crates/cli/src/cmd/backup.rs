@@ -385,6 +385,49 @@ pub fn run_restore(
     Ok(())
 }
 
+/// Restore from a backup proxy: the backup is verified here, sent to the host agent
+/// (files over HTTPS, disks over NBD), and placed and registered by the host.
+pub fn run_proxy_restore(
+    agent: &agent::client::Agent,
+    src: &str,
+    remote: &RemoteOptions,
+    opts: &RestoreOptions,
+    render: &mut Render,
+) -> Result<()> {
+    if repo_spec(src).is_some() {
+        bail!(
+            "repository points cannot be restored from a backup proxy yet: restore a backup folder"
+        );
+    }
+    let s = backup::dest::open_source(src, remote).map_err(host_key_hint)?;
+    let policy = match opts.policy {
+        backup::ConflictPolicy::Prompt => "prompt",
+        backup::ConflictPolicy::Overwrite => "overwrite",
+        backup::ConflictPolicy::Keep => "keep",
+        backup::ConflictPolicy::Abort => "abort",
+    };
+    let settings = agent::client::RestoreSettings {
+        alternate_catalog: opts.alternate_catalog.clone(),
+        policy: policy.to_owned(),
+        disk_format: opts.disk_format.as_ref().map(|f| f.name()),
+        allow_rdm: opts.allow_rdm,
+        power_off: opts.power_off,
+        wait: opts.wait,
+    };
+    let done = agent.restore(s.as_ref(), &settings, render)?;
+    for k in &done.kept {
+        render.line(format!("Kept {k}"));
+    }
+    match &done.moref {
+        Some(m) => render.line(format!("Restored {} to {} (moref {m})", done.vm, done.vmx)),
+        None => render.line(format!(
+            "Restored {} to {} (existing registration kept)",
+            done.vm, done.vmx
+        )),
+    }
+    Ok(())
+}
+
 /// Read an alternate catalog (`-a`).
 pub fn read_alternate_catalog(path: &Path) -> Result<vmx::Catalog> {
     let bytes = std::fs::read(path)

@@ -55,12 +55,23 @@ fn run(a: Args) -> Result<()> {
     if a.src.is_empty() {
         bail!("-s <backup directory> is required");
     }
-    let (mut host, conf) = open_host(&a.tool.host_args, &a.tool.overrides(None))?;
-    let remote = a.remote.options(&conf);
     let policy = a.policy.or(a.policy_b).unwrap_or_default();
     let opts = a
         .safety
         .options(a.catalog.as_deref(), policy, a.disk_format.as_deref())?;
+    if let Some((agent, conf)) = crate::cmd::agent::remote_target(&a.tool, &a.tool.overrides(None))?
+    {
+        let remote = a.remote.options(&conf);
+        return crate::cmd::backup::run_proxy_restore(
+            &agent,
+            &a.src,
+            &remote,
+            &opts,
+            &mut Render::new(a.tool.level),
+        );
+    }
+    let (mut host, conf) = open_host(&a.tool.host_args, &a.tool.overrides(None))?;
+    let remote = a.remote.options(&conf);
     run_restore(
         &mut host,
         &a.src,

@@ -136,6 +136,11 @@ impl Proxy {
         out
     }
 
+    /// `args[0]` is the tool.
+    pub fn run_tool(&self, args: &[&str]) -> Output {
+        self.run(args[0], &args[1..])
+    }
+
     pub fn ok(&self, tool: &str, args: &[&str]) -> String {
         let out = self.run(tool, args);
         assert!(
