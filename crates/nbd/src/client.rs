@@ -34,6 +34,7 @@ pub struct Client {
 
 /// TLS for a TCP connection: the client configuration (how the server's certificate is
 /// checked) and the name the certificate must carry.
+#[derive(Clone)]
 pub struct Tls {
     /// rustls client configuration.
     pub config: Arc<rustls::ClientConfig>,
@@ -329,7 +330,7 @@ impl Client {
             let at = offset + (i as u64) * u64::from(MAX_PAYLOAD);
             self.request(CMD_WRITE, cookie, at, piece.len() as u64)?;
             self.sock.write_all(piece).map_err(io("send data"))?;
-            self.reply(cookie, "write", 0, 0, &mut |_| Ok(()))?;
+            self.reply(cookie, "write", None)?;
         }
         Ok(())
     }
@@ -341,7 +342,7 @@ impl Client {
     pub fn flush(&mut self) -> Result<()> {
         let cookie = self.next_cookie();
         self.request(CMD_FLUSH, cookie, 0, 0)?;
-        self.reply(cookie, "flush", 0, 0, &mut |_| Ok(()))
+        self.reply(cookie, "flush", None)
     }
 
     fn check_range(&self, offset: u64, len: usize) -> Result<()> {
@@ -361,56 +362,34 @@ impl Client {
 
     fn read_piece(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let cookie = self.next_cookie();
-        let len = buf.len();
-        self.request(CMD_READ, cookie, offset, len as u64)?;
-        self.reply(cookie, "read", offset, len, &mut |chunk| {
-            let (at, n) = match chunk {
-                Chunk::Data { offset: at, bytes } => (at, bytes.len()),
-                Chunk::Hole { offset: at, len } => (at, len as usize),
-            };
-            let dst = at
-                .checked_sub(offset)
-                .and_then(|rel| buf.get_mut(rel as usize..(rel as usize).checked_add(n)?))
-                .ok_or_else(|| Error::Protocol("read reply outside the request".into()))?;
-            match chunk {
-                Chunk::Data { bytes, .. } => dst.copy_from_slice(bytes),
-                Chunk::Hole { .. } => dst.fill(0),
-            }
-            Ok(())
-        })
+        self.request(CMD_READ, cookie, offset, buf.len() as u64)?;
+        self.reply(cookie, "read", Some((offset, buf)))
     }
 
-    /// Reads the reply to `cookie`: a simple reply (with `data_len` bytes of data after
-    /// it when it answers a read at `offset`) or structured chunks up to the last one.
-    /// Data goes to `on_data`.
+    /// Reads the reply to `cookie`: a simple reply (followed by the data of a read) or
+    /// structured chunks up to the last one. A read's data (`target`: the request's
+    /// offset and buffer) is read straight into the buffer.
     fn reply(
         &mut self,
         cookie: u64,
         what: &str,
-        offset: u64,
-        data_len: usize,
-        on_data: &mut dyn FnMut(Chunk<'_>) -> Result<()>,
+        mut target: Option<(u64, &mut [u8])>,
     ) -> Result<()> {
         loop {
             let mut h = [0u8; 16];
             self.sock.read_exact(&mut h).map_err(io("read reply"))?;
             let magic = u32::from_be_bytes(h[0..4].try_into().unwrap_or_default());
+            let rcookie = u64::from_be_bytes(h[8..16].try_into().unwrap_or_default());
             if magic == SIMPLE_REPLY_MAGIC {
                 let err = u32::from_be_bytes(h[4..8].try_into().unwrap_or_default());
-                let rcookie = u64::from_be_bytes(h[8..16].try_into().unwrap_or_default());
                 if rcookie != cookie {
                     return Err(Error::Protocol("reply to another request".into()));
                 }
                 if err != 0 {
                     return Err(refused(what, err));
                 }
-                let mut data = vec![0u8; data_len];
-                self.sock.read_exact(&mut data).map_err(io("read data"))?;
-                if data_len > 0 {
-                    on_data(Chunk::Data {
-                        offset,
-                        bytes: &data,
-                    })?;
+                if let Some((_, buf)) = target {
+                    self.sock.read_exact(buf).map_err(io("read data"))?;
                 }
                 return Ok(());
             }
@@ -418,27 +397,21 @@ impl Client {
             self.sock.read_exact(&mut rest).map_err(io("read reply"))?;
             let flags = u16::from_be_bytes([h[4], h[5]]);
             let rtype = u16::from_be_bytes([h[6], h[7]]);
-            let rcookie = u64::from_be_bytes(h[8..16].try_into().unwrap_or_default());
-            let plen = u32::from_be_bytes(rest);
-            if magic != STRUCTURED_REPLY_MAGIC || rcookie != cookie || plen > MAX_PAYLOAD + 8 {
+            let plen = u32::from_be_bytes(rest) as usize;
+            if magic != STRUCTURED_REPLY_MAGIC || rcookie != cookie {
                 return Err(Error::Protocol("bad structured reply".into()));
             }
-            let mut p = vec![0u8; plen as usize];
-            self.sock.read_exact(&mut p).map_err(io("read reply"))?;
-            let at = p
-                .get(..8)
-                .map(|b| u64::from_be_bytes(b.try_into().unwrap_or_default()));
-            match (rtype, at) {
-                (REPLY_TYPE_NONE, _) => {}
-                (REPLY_TYPE_OFFSET_DATA, Some(at)) => on_data(Chunk::Data {
-                    offset: at,
-                    bytes: &p[8..],
-                })?,
-                (REPLY_TYPE_OFFSET_HOLE, Some(at)) if p.len() == 12 => on_data(Chunk::Hole {
-                    offset: at,
-                    len: u32::from_be_bytes(p[8..12].try_into().unwrap_or_default()),
-                })?,
-                (t, _) if t & REPLY_TYPE_ERROR_BIT != 0 => {
+            match rtype {
+                REPLY_TYPE_NONE if plen == 0 => {}
+                REPLY_TYPE_OFFSET_DATA | REPLY_TYPE_OFFSET_HOLE => {
+                    let Some((base, buf)) = target.as_mut() else {
+                        return Err(Error::Protocol(format!("data in the reply to {what}")));
+                    };
+                    self.read_chunk(rtype, plen, *base, buf)?;
+                }
+                t if t & REPLY_TYPE_ERROR_BIT != 0 && plen <= MAX_OPTION_REPLY as usize => {
+                    let mut p = vec![0u8; plen];
+                    self.sock.read_exact(&mut p).map_err(io("read reply"))?;
                     let code = p
                         .get(..4)
                         .map_or(0, |b| u32::from_be_bytes(b.try_into().unwrap_or_default()));
@@ -453,6 +426,39 @@ impl Client {
             if flags & REPLY_FLAG_DONE != 0 {
                 return Ok(());
             }
+        }
+    }
+
+    /// One OFFSET_DATA or OFFSET_HOLE chunk of `plen` bytes into `buf` (which holds the
+    /// request starting at `base`).
+    fn read_chunk(&mut self, rtype: u16, plen: usize, base: u64, buf: &mut [u8]) -> Result<()> {
+        let outside = || Error::Protocol("read reply outside the request".into());
+        let mut at = [0u8; 8];
+        if plen < 8 {
+            return Err(outside());
+        }
+        self.sock.read_exact(&mut at).map_err(io("read reply"))?;
+        let rel = u64::from_be_bytes(at)
+            .checked_sub(base)
+            .ok_or_else(outside)? as usize;
+        let n = if rtype == REPLY_TYPE_OFFSET_DATA {
+            plen - 8
+        } else {
+            let mut len = [0u8; 4];
+            if plen != 12 {
+                return Err(Error::Protocol("malformed hole chunk".into()));
+            }
+            self.sock.read_exact(&mut len).map_err(io("read reply"))?;
+            u32::from_be_bytes(len) as usize
+        };
+        let dst = buf
+            .get_mut(rel..rel.checked_add(n).ok_or_else(outside)?)
+            .ok_or_else(outside)?;
+        if rtype == REPLY_TYPE_OFFSET_DATA {
+            self.sock.read_exact(dst).map_err(io("read data"))
+        } else {
+            dst.fill(0);
+            Ok(())
         }
     }
 
@@ -474,12 +480,6 @@ fn push(out: &mut Vec<Extent>, e: Extent) {
         }
         _ => out.push(e),
     }
-}
-
-/// Data of a read reply.
-enum Chunk<'a> {
-    Data { offset: u64, bytes: &'a [u8] },
-    Hole { offset: u64, len: u32 },
 }
 
 fn refused(what: &str, errno: u32) -> Error {

@@ -1,6 +1,7 @@
 //! The agent's client: what the tools use on a backup proxy.
 
 mod http;
+mod prefetch;
 mod remote;
 mod restore;
 
@@ -12,6 +13,30 @@ use crate::tls::TrustPolicy;
 use crate::{Error, Result};
 use http::Endpoint;
 use rustls::pki_types::ServerName;
+
+/// How disk data travels between the agent and the proxy (VMware's transport modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// NBD over TLS (the default, as VMware's NBDSSL).
+    #[default]
+    NbdSsl,
+    /// Plain NBD: for a trusted backup network; the agent accepts it only when started
+    /// with `--allow-plain-nbd`.
+    Nbd,
+}
+
+impl std::str::FromStr for Transport {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Transport> {
+        match s.to_ascii_lowercase().as_str() {
+            "nbdssl" => Ok(Transport::NbdSsl),
+            "nbd" => Ok(Transport::Nbd),
+            _ => Err(Error::Invalid(format!(
+                "transport {s:?}: expected nbdssl or nbd"
+            ))),
+        }
+    }
+}
 
 /// The agent's port when `VCHOST` names none.
 pub const DEFAULT_PORT: u16 = 8443;
@@ -211,13 +236,17 @@ impl Agent {
         self.call("DELETE", &format!("/api/v1/backups/{id}"), None)
     }
 
-    /// TLS for the agent's NBD server (the same certificate check as the API's).
-    pub(crate) fn nbd_tls(&self) -> Result<nbd::Tls> {
+    /// TLS for the agent's NBD server (the same certificate check as the API's), or
+    /// none for the plain `nbd` transport.
+    pub(crate) fn nbd_tls(&self, transport: Transport) -> Result<Option<nbd::Tls>> {
+        if transport == Transport::Nbd {
+            return Ok(None);
+        }
         let (config, _) = crate::tls::client_config(&self.endpoint.name, &self.policy)?;
-        Ok(nbd::Tls {
+        Ok(Some(nbd::Tls {
             config,
             server_name: self.endpoint.server_name.clone(),
-        })
+        }))
     }
 
     /// The agent's address with another port (its NBD server).

@@ -14,6 +14,7 @@ pub struct RemoteBackup {
     session: BackupSession,
     keepalive: Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
     finished: bool,
+    transport: super::Transport,
 }
 
 impl RemoteBackup {
@@ -25,6 +26,7 @@ impl RemoteBackup {
     pub fn start(
         agent: Arc<Agent>,
         req: &BackupRequest,
+        transport: super::Transport,
         obs: &mut dyn backup::Observer,
     ) -> crate::Result<RemoteBackup> {
         let session = agent.start_backup(req)?;
@@ -46,6 +48,7 @@ impl RemoteBackup {
             session,
             keepalive: Some((stop, thread)),
             finished: false,
+            transport,
         })
     }
 
@@ -90,14 +93,22 @@ impl backup::ProxySource for RemoteBackup {
             .find(|d| d.node == node)
             .and_then(|d| vmdk::AdapterType::parse(&d.adapter).ok())
             .unwrap_or_default();
-        let tls = self.agent.nbd_tls().map_err(agent_error)?;
+        let tls = self.agent.nbd_tls(self.transport).map_err(agent_error)?;
         let addr = self.agent.addr_with_port(self.session.nbd_port);
-        let client = nbd::Client::connect_tcp(addr, Some(&tls), &export, nbd::BASE_ALLOCATION)
-            .map_err(|e| backup::Error::Agent(format!("disk {node} over NBD: {e}")))?;
+        let nbd_error = |e: nbd::Error| backup::Error::Agent(format!("disk {node} over NBD: {e}"));
+        let mut client =
+            nbd::Client::connect_tcp(addr, tls.as_ref(), &export, nbd::BASE_ALLOCATION)
+                .map_err(nbd_error)?;
+        let extents = client.block_status(0, client.size()).map_err(nbd_error)?;
+        let prefetch = super::prefetch::Prefetch::start(
+            super::prefetch::Connect { addr, tls, export },
+            super::prefetch::pieces(&extents),
+        );
         Ok(Box::new(NbdDisk {
             client,
             adapter,
-            window: Vec::new(),
+            extents,
+            prefetch,
         }))
     }
 
@@ -126,15 +137,14 @@ impl Drop for RemoteBackup {
     }
 }
 
-/// How much allocation one block status request asks about.
-const WINDOW: u64 = 1 << 30;
-
-/// An NBD export as a disk source: reads, and allocation from `base:allocation`.
+/// An NBD export as a disk source: reads (ahead, see [`super::prefetch`]), and the
+/// allocation `base:allocation` reported when it was opened (the export is static).
 struct NbdDisk {
     client: nbd::Client,
     adapter: vmdk::AdapterType,
-    /// Allocation extents fetched last, in order.
-    window: Vec<nbd::Extent>,
+    /// The whole export's allocation, in order.
+    extents: Vec<nbd::Extent>,
+    prefetch: super::prefetch::Prefetch,
 }
 
 fn nbd_error(e: nbd::Error) -> vmdk::Error {
@@ -156,21 +166,13 @@ impl vmdk::DiskSource for NbdDisk {
                 state: vmdk::BlockState::Unallocated,
             });
         }
-        let hit = |w: &[nbd::Extent]| {
-            w.iter()
-                .find(|e| e.offset <= offset && offset < e.offset + e.len)
-                .copied()
-        };
-        let extent = match hit(&self.window) {
-            Some(e) => e,
-            None => {
-                let len = WINDOW.min(size - offset);
-                self.window = self.client.block_status(offset, len).map_err(nbd_error)?;
-                hit(&self.window).ok_or_else(|| {
-                    nbd_error(nbd::Error::Protocol("block status left a gap".into()))
-                })?
-            }
-        };
+        let i = self.extents.partition_point(|e| e.offset + e.len <= offset);
+        let extent = self
+            .extents
+            .get(i)
+            .filter(|e| e.offset <= offset)
+            .copied()
+            .ok_or_else(|| nbd_error(nbd::Error::Protocol("block status left a gap".into())))?;
         let state = match extent.flags & (nbd::STATE_HOLE | nbd::STATE_ZERO) {
             0 => vmdk::BlockState::Data,
             f if f & nbd::STATE_HOLE != 0 => vmdk::BlockState::Unallocated,
@@ -184,7 +186,11 @@ impl vmdk::DiskSource for NbdDisk {
     }
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> vmdk::Result<()> {
-        self.client.read_at(offset, buf).map_err(nbd_error)
+        match self.prefetch.read(offset, buf) {
+            Ok(true) => Ok(()),
+            Ok(false) => self.client.read_at(offset, buf).map_err(nbd_error),
+            Err(e) => Err(vmdk::Error::Source(format!("NBD: {e}"))),
+        }
     }
 
     fn adapter(&self) -> vmdk::AdapterType {

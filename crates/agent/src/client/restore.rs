@@ -25,6 +25,8 @@ pub struct RestoreSettings {
     pub power_off: bool,
     /// Wait for locks.
     pub wait: bool,
+    /// How the disks travel.
+    pub transport: super::Transport,
 }
 
 /// Bytes sent per NBD write.
@@ -86,13 +88,15 @@ impl Agent {
         };
         let body = serde_json::to_vec(&req).map_err(|e| Error::Invalid(e.to_string()))?;
         let session: RestoreSession = self.call("POST", "/api/v1/restores", Some(&body))?;
-        let result = self.send_all(&session, &files, &sent, obs).and_then(|()| {
-            self.call::<RestoreDone>(
-                "POST",
-                &format!("/api/v1/restores/{}/commit", session.id),
-                None,
-            )
-        });
+        let result = self
+            .send_all(&session, &files, &sent, settings.transport, obs)
+            .and_then(|()| {
+                self.call::<RestoreDone>(
+                    "POST",
+                    &format!("/api/v1/restores/{}/commit", session.id),
+                    None,
+                )
+            });
         match result {
             Ok(done) => {
                 // The proxy verified the backup itself (and said so).
@@ -118,6 +122,7 @@ impl Agent {
         session: &RestoreSession,
         files: &backup::restore::VerifiedFiles,
         sent: &[(String, u64)],
+        transport: super::Transport,
         obs: &mut dyn backup::Observer,
     ) -> Result<()> {
         for (name, size) in sent {
@@ -143,10 +148,10 @@ impl Agent {
         }
         for (name, export) in &session.exports {
             let mut disk = files.open_disk(name)?;
-            let tls = self.nbd_tls()?;
+            let tls = self.nbd_tls(transport)?;
             let addr = self.addr_with_port(session.nbd_port);
             let mut client =
-                nbd::Client::connect_tcp(addr, Some(&tls), export, nbd::BASE_ALLOCATION)?;
+                nbd::Client::connect_tcp(addr, tls.as_ref(), export, nbd::BASE_ALLOCATION)?;
             let mut progress = obs.converting(Path::new(name), "to the host over NBD");
             copy_disk(&mut *disk, &mut client, &mut *progress, || {
                 // Each disk renews the lease as it goes.

@@ -38,6 +38,8 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Most connections served at once.
     pub max_connections: usize,
+    /// Serve NBD without TLS too (the `nbd` transport, for a trusted backup network).
+    pub allow_plain_nbd: bool,
 }
 
 impl Config {
@@ -52,6 +54,7 @@ impl Config {
             lease: Duration::from_secs(120),
             handshake_timeout: Duration::from_secs(10),
             max_connections: 256,
+            allow_plain_nbd: false,
         }
     }
 }
@@ -118,7 +121,7 @@ pub fn run(
         config.nbd_listen,
         nbd::ServerConfig {
             tls: Some(nbd_tls),
-            require_tls: true,
+            require_tls: !config.allow_plain_nbd,
             ..Default::default()
         },
         Arc::clone(&exports) as Arc<dyn nbd::Exports>,

@@ -26,6 +26,10 @@ pub struct HostdArgs {
     /// Seconds a client may take for its TLS handshake and request headers.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     handshake_timeout: u64,
+    /// Also serve disks over plain NBD (the proxies' `-m nbd` transport): only on a
+    /// trusted backup network. Without it every disk travels over TLS.
+    #[arg(long)]
+    allow_plain_nbd: bool,
     #[command(flatten)]
     root: crate::cmd::host::RootArg,
 }
@@ -41,6 +45,7 @@ pub fn hostd(a: HostdArgs) -> Result<()> {
     config.lease = Duration::from_secs(a.lease.max(1));
     config.token_ttl = Duration::from_secs(a.token_ttl.max(1));
     config.handshake_timeout = Duration::from_secs(a.handshake_timeout.max(1));
+    config.allow_plain_nbd = a.allow_plain_nbd;
     agent::server::run(
         &config,
         &mut |l, cleaned| {
@@ -199,6 +204,10 @@ pub struct CertArgs {
     /// PASSWORD; `--password-file` is a repository's passphrase).
     #[arg(long, value_name = "FILE", env = "VCB_HOST_PASSWORD_FILE")]
     pub host_password_file: Option<PathBuf>,
+    /// Transport of disk data from a host agent: nbdssl (NBD over TLS, the default) or
+    /// nbd (plain, when the agent allows it).
+    #[arg(short = 'm', value_name = "MODE", default_value = "nbdssl")]
+    pub transport: agent::client::Transport,
 }
 
 /// Logs in to the agent at `url` with the user and password of the tool's settings.

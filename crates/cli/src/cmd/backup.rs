@@ -320,6 +320,7 @@ pub fn run_backup(
 /// exports its disks over NBD; this machine writes the backup (a folder or `scp://`).
 pub fn run_proxy_backup(
     agent: std::sync::Arc<agent::client::Agent>,
+    transport: agent::client::Transport,
     vm: &str,
     dest: &str,
     remote: &RemoteOptions,
@@ -337,7 +338,7 @@ pub fn run_proxy_backup(
         skip_physical_rdm: opts.skip_physical_rdm,
         tool_version: opts.tool_version.clone(),
     };
-    let mut session = agent::client::RemoteBackup::start(agent, &req, render)?;
+    let mut session = agent::client::RemoteBackup::start(agent, &req, transport, render)?;
     let report = backup::backup_from_proxy(&mut session, d.as_mut(), opts, render)?;
     render.line(format!(
         "Backed up {} to {} ({} files, {})",
@@ -389,6 +390,7 @@ pub fn run_restore(
 /// (files over HTTPS, disks over NBD), and placed and registered by the host.
 pub fn run_proxy_restore(
     agent: &agent::client::Agent,
+    transport: agent::client::Transport,
     src: &str,
     remote: &RemoteOptions,
     opts: &RestoreOptions,
@@ -413,6 +415,7 @@ pub fn run_proxy_restore(
         allow_rdm: opts.allow_rdm,
         power_off: opts.power_off,
         wait: opts.wait,
+        transport,
     };
     let done = agent.restore(s.as_ref(), &settings, render)?;
     for k in &done.kept {

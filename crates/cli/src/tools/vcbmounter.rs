@@ -100,6 +100,7 @@ fn run(a: Args) -> Result<()> {
         let remote = a.remote.options(&conf);
         return crate::cmd::backup::run_proxy_backup(
             agent,
+            a.tool.certs.transport,
             vm,
             dest,
             &remote,

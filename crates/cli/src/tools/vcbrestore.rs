@@ -64,6 +64,7 @@ fn run(a: Args) -> Result<()> {
         let remote = a.remote.options(&conf);
         return crate::cmd::backup::run_proxy_restore(
             &agent,
+            a.tool.certs.transport,
             &a.src,
             &remote,
             &opts,
