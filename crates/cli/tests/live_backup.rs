@@ -10,8 +10,13 @@
 #[path = "backup_e2e/util.rs"]
 #[allow(dead_code, unused_imports)]
 mod e2e;
+#[path = "proxy_e2e/agent.rs"]
+#[allow(dead_code)]
+mod agent_util;
 #[path = "live_backup/files.rs"]
 mod files;
+#[path = "live_backup/proxy.rs"]
+mod proxy;
 #[path = "live_backup/repo.rs"]
 mod repo;
 #[path = "../../runtime/tests/it/util.rs"]
@@ -20,6 +25,7 @@ mod rt;
 #[path = "live_backup/safety.rs"]
 mod safety;
 
+use e2e as util;
 use e2e::{catalog, registered, restore_with_catalog, retarget, text, Env};
 use rt::{check_point_in_time, disk_blocks, qemu_img_check, Layout, TestVm, BLOCKS};
 use std::path::{Path, PathBuf};

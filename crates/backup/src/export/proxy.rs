@@ -338,6 +338,13 @@ fn copy_all(
         });
         out.push(file);
     }
+    if let Some(pause) = opts.pause_after_snapshot {
+        // Test hook: the configuration files are here, the disks not yet.
+        let until = std::time::Instant::now() + pause;
+        while std::time::Instant::now() < until && !obs.cancelled() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
     for disk in &m.disks {
         if obs.cancelled() {
             return Err(Error::Cancelled);
