@@ -7,12 +7,12 @@
 //! scripts). Each VM folder is made a datastore of a temporary host and registered there.
 //! Figures are printed with a `figure:` prefix (`--nocapture` shows them).
 
-#[path = "backup_e2e/util.rs"]
-#[allow(dead_code, unused_imports)]
-mod e2e;
 #[path = "proxy_e2e/agent.rs"]
 #[allow(dead_code)]
 mod agent_util;
+#[path = "backup_e2e/util.rs"]
+#[allow(dead_code, unused_imports)]
+mod e2e;
 #[path = "live_backup/files.rs"]
 mod files;
 #[path = "live_backup/proxy.rs"]

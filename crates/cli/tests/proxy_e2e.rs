@@ -9,6 +9,8 @@ mod util;
 #[path = "proxy_e2e/agent.rs"]
 #[allow(dead_code)]
 mod agent;
+#[path = "proxy_e2e/security.rs"]
+mod security;
 
 use agent::{add_user, audit, thumbprint, Agent, Proxy};
 use util::{catalog, text, Env};
@@ -421,5 +423,91 @@ fn proxy_restore_to_another_datastore_registers_the_same_disks() {
         text(&out.stderr).contains("already exists"),
         "{}",
         text(&out.stderr)
+    );
+}
+
+#[test]
+fn eight_proxies_back_up_eight_vms_through_one_agent_at_once() {
+    let env = Env::new();
+    for d in [env.dir.path(), env.root.as_path()] {
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    }
+    for i in 0..8u8 {
+        env.vm(
+            &format!("vm{i}"),
+            &[(8 * MIB, vmdk::DiskFormat::Thin)],
+            10 + i,
+        );
+    }
+    let proxy = Proxy::new();
+    thumbprint(&env);
+    let pw = add_user(&env, &proxy, "backup1", "backup");
+    let agent = Agent::start(&env, &[]);
+    // The certificate is pinned once, before the crowd.
+    let pinned = proxy.run(
+        "vcbUtil",
+        &[
+            "-c",
+            "ping",
+            "-h",
+            &agent.url,
+            "-u",
+            "backup1",
+            "--host-password-file",
+            pw.to_str().unwrap(),
+            "--accept-new-host-cert",
+        ],
+    );
+    assert!(pinned.status.success());
+    let children: Vec<_> = (0..8)
+        .map(|i| {
+            let dest = proxy.path(&format!("b{i}"));
+            let vm = format!("name:vm{i}");
+            let a = [
+                "-h",
+                &agent.url,
+                "-u",
+                "backup1",
+                "--host-password-file",
+                pw.to_str().unwrap(),
+                "-a",
+                &vm,
+                "-r",
+                dest.to_str().unwrap(),
+            ];
+            proxy
+                .command("vcbMounter", &a)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "vm{i}: {}", text(&out.stderr));
+    }
+    let h = env.host();
+    for i in 0..8 {
+        let dest = proxy.path(&format!("b{i}"));
+        let c = catalog(&dest);
+        let vm = h.find_vm(&format!("vm{i}")).unwrap();
+        let disk = &vm.disks(&h).unwrap()[0].path;
+        util::qemu_same(&dest.join(c.disks[0].filename.clone().unwrap()), disk);
+    }
+    let sessions = audit(&env)
+        .iter()
+        .filter(|e| {
+            e["action"] == "POST /api/v1/backups" && e["result"].as_str().unwrap().starts_with("ok")
+        })
+        .count();
+    assert_eq!(sessions, 8);
+    assert!(
+        !env.root
+            .join("agent/sessions")
+            .read_dir()
+            .unwrap()
+            .any(|_| true),
+        "no session left"
     );
 }

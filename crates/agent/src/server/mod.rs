@@ -80,6 +80,8 @@ pub(crate) struct State {
     token_ttl: Duration,
     lease: Duration,
     nbd_port: u16,
+    /// How long a request body (or a piece of an upload) may take.
+    body_timeout: Duration,
 }
 
 /// A random 256-bit token in hex.
@@ -140,6 +142,7 @@ pub fn run(
         token_ttl: config.token_ttl,
         lease: config.lease,
         nbd_port: nbd.local_addr().port(),
+        body_timeout: config.handshake_timeout,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

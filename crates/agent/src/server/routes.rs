@@ -52,8 +52,55 @@ pub(crate) fn router(state: Shared) -> Router {
             axum::routing::put(super::routes_restore::put_file),
         )
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            limit_body,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+/// Every request body but a file upload is read here, whole, within the request
+/// deadline and the size limit: a client that declares a body and sends it slowly, or
+/// not at all, holds nothing for long. (Uploads have a deadline per piece instead.)
+async fn limit_body(
+    AxState(s): AxState<Shared>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if req.method() == axum::http::Method::PUT {
+        return next.run(req).await;
+    }
+    let peer = req.extensions().get::<Peer>().copied();
+    let action = format!("{} {}", req.method(), req.uri().path());
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let refuse = |status: StatusCode, text: &str| {
+        if let Some(peer) = peer {
+            s.audit("-", peer, &action, "", &format!("refused: {text}"));
+        }
+        ApiError(status, text.to_owned()).into_response()
+    };
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body larger than 64 KiB",
+        );
+    }
+    let (parts, body) = req.into_parts();
+    match tokio::time::timeout(s.body_timeout, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(bytes)) => {
+            next.run(axum::extract::Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Ok(Err(_)) => refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body larger than 64 KiB",
+        ),
+        Err(_) => refuse(StatusCode::REQUEST_TIMEOUT, "request body too slow"),
+    }
 }
 
 /// Serves one TCP connection: TLS within `timeout`, then HTTP/1.1 with a header deadline.
@@ -251,7 +298,8 @@ async fn login(
     let token = super::random_token();
     if let Ok(mut tokens) = s.tokens.lock() {
         let now = Instant::now();
-        tokens.retain(|_, t| t.expires > now);
+        // Expired tokens stay known for an hour, so their holders hear "expired".
+        tokens.retain(|_, t| t.expires + Duration::from_secs(3600) > now);
         tokens.insert(
             token.clone(),
             Token {

@@ -101,7 +101,17 @@ async fn receive(
             .map_err(unprocessable)?;
     let mut stream = body.into_data_stream();
     let mut written = 0u64;
-    while let Some(chunk) = stream.next().await {
+    loop {
+        let chunk = match tokio::time::timeout(s.body_timeout, stream.next()).await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(_) => {
+                return Err(ApiError(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "upload too slow".into(),
+                ))
+            }
+        };
         let chunk = chunk.map_err(|e| bad(format!("request body: {e}")))?;
         written += chunk.len() as u64;
         if written > limit {

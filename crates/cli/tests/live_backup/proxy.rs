@@ -38,7 +38,14 @@ fn issue_14_proxy_backup_of_a_running_vm_then_a_killed_proxy_then_a_restore_that
     let run = g.run().to_owned();
     let pw = pw.to_str().unwrap().to_owned();
     let args = |dest: &str| -> Vec<String> {
-        let a = ["-h", &agent.url, "-u", "backup1", "--host-password-file", &pw];
+        let a = [
+            "-h",
+            &agent.url,
+            "-u",
+            "backup1",
+            "--host-password-file",
+            &pw,
+        ];
         let mut v: Vec<String> = a.iter().map(|s| s.to_string()).collect();
         v.extend(["--accept-new-host-cert", "-a", "name:live", "-r", dest].map(String::from));
         v
@@ -52,8 +59,14 @@ fn issue_14_proxy_backup_of_a_running_vm_then_a_killed_proxy_then_a_restore_that
     proxy.ok("vcbMounter", &a);
     let c = catalog(&dest);
     assert_eq!(c.state, vmx::PowerState::PoweredOn);
-    let high = check_point_in_time(&disk_blocks(&dest.join(c.disks[0].filename.clone().unwrap())), &run);
-    assert!(high >= before, "the proxy backup misses writes ({high} < {before})");
+    let high = check_point_in_time(
+        &disk_blocks(&dest.join(c.disks[0].filename.clone().unwrap())),
+        &run,
+    );
+    assert!(
+        high >= before,
+        "the proxy backup misses writes ({high} < {before})"
+    );
     assert!(redo_logs(t.dir.path()).is_empty());
 
     // The proxy killed after the snapshot: the agent commits it live when the lease ends.
@@ -67,7 +80,9 @@ fn issue_14_proxy_backup_of_a_running_vm_then_a_killed_proxy_then_a_restore_that
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    wait("the proxy's snapshot", 60, || !redo_logs(t.dir.path()).is_empty());
+    wait("the proxy's snapshot", 60, || {
+        !redo_logs(t.dir.path()).is_empty()
+    });
     child.kill().unwrap();
     child.wait().unwrap();
     wait("the lease to expire and the snapshot to go", 60, || {
@@ -92,9 +107,23 @@ fn issue_14_proxy_backup_of_a_running_vm_then_a_killed_proxy_then_a_restore_that
     if let Some(uid) = proxy.uid {
         std::os::unix::fs::chown(&alt, Some(uid), Some(uid)).unwrap();
     }
-    let a = ["-h", &agent.url, "-u", "backup1", "--host-password-file", &pw, "-s"];
+    let a = [
+        "-h",
+        &agent.url,
+        "-u",
+        "backup1",
+        "--host-password-file",
+        &pw,
+        "-s",
+    ];
     let mut a: Vec<&str> = a.to_vec();
-    a.extend([dest.to_str().unwrap(), "-a", alt.to_str().unwrap(), "-l", "abort"]);
+    a.extend([
+        dest.to_str().unwrap(),
+        "-a",
+        alt.to_str().unwrap(),
+        "-l",
+        "abort",
+    ]);
     let out = proxy.run("vcbRestore", &a);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let copy = registered(&env, "[ds2] copy/copy.vmx");
