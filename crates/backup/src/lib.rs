@@ -62,5 +62,6 @@ pub use remote::{RemoteOptions, Sftp};
 pub use repo_export::export_point;
 pub use restore::{restore_point, restore_vm, ConflictPolicy, RestoreOptions, RestoreReport};
 pub use snapall::{
-    backup_group, backup_group_to, backup_group_to_repo, folder_name, GroupItem, GroupObserver,
+    backup_group, backup_group_to, backup_group_to_repo, backup_members_to, folder_name,
+    remote_members, BackupOne, GroupItem, GroupObserver, Member,
 };

@@ -28,12 +28,38 @@ pub trait GroupObserver: Observer {
 impl GroupObserver for () {}
 
 /// One VM of a group: its moref, name and backup folder name, or why it cannot be loaded.
-struct Member {
-    moref: host::VmRef,
-    name: String,
+pub struct Member {
+    /// Its managed object reference.
+    pub moref: host::VmRef,
+    /// Its display name.
+    pub name: String,
     folder: String,
     broken: Option<Error>,
 }
+
+/// The members of a group a host agent found (moref and display name each), with
+/// their folder names.
+pub fn remote_members(found: Vec<(host::VmRef, String)>) -> Vec<Member> {
+    let mut out: Vec<Member> = found
+        .into_iter()
+        .map(|(moref, name)| Member {
+            moref,
+            name,
+            folder: String::new(),
+            broken: None,
+        })
+        .collect();
+    assign_folders(&mut out);
+    out
+}
+
+/// Backs up one member into a destination.
+pub type BackupOne<'a> = dyn FnMut(
+        &Member,
+        &mut dyn crate::dest::Destination,
+        &mut dyn GroupObserver,
+    ) -> Result<BackupReport>
+    + 'a;
 
 /// The VMs `spec` finds, each with a folder name of its own: VMs sharing a display name
 /// get `<name>_<moref>` (so none overwrites or refuses another's backup). With `any:`,
@@ -61,6 +87,12 @@ fn members(host: &host::Host, spec: &host::Specifier) -> Result<Vec<Member>> {
         }
         out.sort_by_key(|m| m.moref);
     }
+    assign_folders(&mut out);
+    Ok(out)
+}
+
+/// VMs sharing a display name get `<name>_<moref>`.
+fn assign_folders(out: &mut [Member]) {
     for i in 0..out.len() {
         let shared = out.iter().filter(|m| m.name == out[i].name).count() > 1;
         out[i].folder = if shared {
@@ -69,7 +101,6 @@ fn members(host: &host::Host, spec: &host::Specifier) -> Result<Vec<Member>> {
             folder_name(&out[i].name)
         };
     }
-    Ok(out)
 }
 
 fn broken(host: &host::Host, moref: host::VmRef, e: impl Into<Error>) -> Member {
@@ -105,26 +136,23 @@ pub fn backup_group(
             path: root.to_path_buf(),
         });
     }
-    let mut items = Vec::new();
-    for m in members(host, &spec)? {
-        let dest = root.join(&m.folder);
-        obs.vm_started(&m.name, &dest);
-        let result = match m.broken {
-            Some(e) => Err(e),
-            None => {
-                let mut d = LocalDir::new(&dest);
-                backup_vm(host, &format!("moref:{}", m.moref), &mut d, opts, obs)
-            }
+    let mut one =
+        |m: &Member, d: &mut dyn crate::dest::Destination, obs: &mut dyn GroupObserver| {
+            backup_vm(host, &format!("moref:{}", m.moref), d, opts, obs)
         };
-        let item = GroupItem {
-            vm: m.name,
-            dest,
-            result,
-        };
-        obs.vm_finished(&item);
-        items.push(item);
-    }
-    Ok(items)
+    let members = members(host, &spec)?;
+    Ok(each_member(
+        members,
+        obs,
+        &mut |folder| {
+            let dest = root.join(folder);
+            (
+                dest.clone(),
+                Ok(Box::new(LocalDir::new(&dest)) as Box<dyn crate::dest::Destination>),
+            )
+        },
+        &mut one,
+    ))
 }
 
 /// [`backup_group`] for a root given as the user wrote it: a local path, `file:///path`,
@@ -142,11 +170,45 @@ pub fn backup_group_to(
     opts: &BackupOptions,
     obs: &mut dyn GroupObserver,
 ) -> Result<Vec<GroupItem>> {
+    let spec = host::Specifier::parse(spec)?;
+    let mut one =
+        |m: &Member, d: &mut dyn crate::dest::Destination, obs: &mut dyn GroupObserver| {
+            backup_vm(host, &format!("moref:{}", m.moref), d, opts, obs)
+        };
+    backup_members_to(|| members(host, &spec), root, remote, obs, &mut one)
+}
+
+/// Back up `members` (listed once the root is known to exist) into `root` (a local
+/// path, `file:///path` or an `scp://` URL), each through `one`: the loop both the
+/// host and a backup proxy run.
+///
+/// # Errors
+/// A root that is missing or cannot be reached; listing errors.
+pub fn backup_members_to(
+    members: impl FnOnce() -> Result<Vec<Member>>,
+    root: &str,
+    remote: &crate::remote::RemoteOptions,
+    obs: &mut dyn GroupObserver,
+    one: &mut BackupOne<'_>,
+) -> Result<Vec<GroupItem>> {
     if !sftp::RemoteUrl::is_remote(root) {
         let dir = LocalDir::parse(root)?.dir().to_path_buf();
-        return backup_group(host, spec, &dir, opts, obs);
+        if !dir.is_dir() {
+            return Err(Error::DestinationParentMissing { path: dir });
+        }
+        return Ok(each_member(
+            members()?,
+            obs,
+            &mut |folder| {
+                let dest = dir.join(folder);
+                (
+                    dest.clone(),
+                    Ok(Box::new(LocalDir::new(&dest)) as Box<dyn crate::dest::Destination>),
+                )
+            },
+            one,
+        ));
     }
-    let spec = host::Specifier::parse(spec)?;
     let url = sftp::RemoteUrl::parse(root)?;
     {
         let mut probe = crate::remote::Sftp::open(root, remote)?;
@@ -162,16 +224,36 @@ pub fn backup_group_to(
         let _ = crate::dest::Destination::discard(&mut probe);
     }
     let base = root.trim_end_matches('/');
+    Ok(each_member(
+        members()?,
+        obs,
+        &mut |folder| {
+            let dest_spec = format!("{base}/{folder}");
+            let d = crate::remote::Sftp::open(&dest_spec, remote)
+                .map(|d| Box::new(d) as Box<dyn crate::dest::Destination>);
+            (PathBuf::from(&dest_spec), d)
+        },
+        one,
+    ))
+}
+
+/// A destination for a member's folder name: where it is shown, and the destination.
+type OpenDest<'a> = dyn FnMut(&str) -> (PathBuf, Result<Box<dyn crate::dest::Destination>>) + 'a;
+
+fn each_member(
+    members: Vec<Member>,
+    obs: &mut dyn GroupObserver,
+    open: &mut OpenDest<'_>,
+    one: &mut BackupOne<'_>,
+) -> Vec<GroupItem> {
     let mut items = Vec::new();
-    for m in members(host, &spec)? {
-        let dest_spec = format!("{base}/{}", m.folder);
-        let dest = PathBuf::from(&dest_spec);
+    for mut m in members {
+        let (dest, d) = open(&m.folder);
         obs.vm_started(&m.name, &dest);
-        let moref = m.moref;
-        let result = match m.broken {
-            Some(e) => Err(e),
-            None => crate::remote::Sftp::open(&dest_spec, remote)
-                .and_then(|mut d| backup_vm(host, &format!("moref:{moref}"), &mut d, opts, obs)),
+        let result = match (m.broken.take(), d) {
+            (Some(e), _) => Err(e),
+            (None, Err(e)) => Err(e),
+            (None, Ok(mut d)) => one(&m, d.as_mut(), obs),
         };
         let item = GroupItem {
             vm: m.name,
@@ -181,7 +263,7 @@ pub fn backup_group_to(
         obs.vm_finished(&item);
         items.push(item);
     }
-    Ok(items)
+    items
 }
 
 /// Back up every VM `spec` finds into the repository `repo` (one point each; VMs are

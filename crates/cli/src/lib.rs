@@ -21,6 +21,9 @@ pub struct Cli {
     /// Log level 0..6: 4-6 add the libraries' diagnostics (info, debug, trace).
     #[arg(short = 'L', value_name = "LEVEL", default_value_t = 3, value_parser = clap::value_parser!(u8).range(0..=6))]
     level: u8,
+    /// A host agent to run backup and restore against (--host URL --user NAME ...).
+    #[command(flatten)]
+    agent: cmd::agent::GlobalHost,
     #[command(subcommand)]
     command: Command,
 }
@@ -61,7 +64,15 @@ pub fn run_vcb() -> ExitCode {
     if let Some(root) = cli.root {
         cmd::backup::set_default_root(root);
     }
+    cmd::agent::set_global_host(cli.agent);
     let result = match cli.command {
+        Command::Backup(_) | Command::Restore(_) => Ok(()),
+        _ if cmd::agent::has_global_host() => Err(anyhow::anyhow!(
+            "--host: only `vcb backup` and `vcb restore` run through a host agent; run this command on the host"
+        )),
+        _ => Ok(()),
+    }
+    .and_then(|()| match cli.command {
         Command::Disk(c) => cmd::disk::run(c),
         Command::Backup(a) => cmd::backup::backup(a),
         Command::Restore(a) => cmd::backup::restore(a),
@@ -74,6 +85,6 @@ pub fn run_vcb() -> ExitCode {
         Command::Repo(a) => cmd::repo::run(a),
         Command::Files(a) => cmd::files::run(a),
         Command::Hostd(a) => cmd::agent::hostd(a),
-    };
+    });
     output::exit_with(result)
 }

@@ -511,3 +511,55 @@ fn eight_proxies_back_up_eight_vms_through_one_agent_at_once() {
         "no session left"
     );
 }
+
+#[test]
+fn vcbsnapall_and_vcb_host_run_from_a_proxy() {
+    let (env, proxy, agent, pw, _) = setup();
+    env.vm("vm2", &[(4 * MIB, vmdk::DiskFormat::Thin)], 9);
+    let root = proxy.path("all");
+    std::fs::create_dir(&root).unwrap();
+    if let Some(uid) = proxy.uid {
+        std::os::unix::fs::chown(&root, Some(uid), Some(uid)).unwrap();
+    }
+    let said = proxy.ok(
+        "vcbSnapAll",
+        &[
+            "-h",
+            &agent.url,
+            "-u",
+            "backup1",
+            "--host-password-file",
+            &pw,
+            "--accept-new-host-cert",
+            "-a",
+            "any:",
+            "-r",
+            root.to_str().unwrap(),
+        ],
+    );
+    assert!(said.contains("Summary: 2 of 2 VMs backed up"), "{said}");
+    for vm in ["vm1", "vm2"] {
+        assert_eq!(catalog(&root.join(vm)).display_name, vm);
+    }
+    // vcb's own commands: backup and restore through --host; others say they cannot.
+    let dest = proxy.path("vcb-backup");
+    let global = [
+        "--host",
+        agent.url.as_str(),
+        "--user",
+        "backup1",
+        "--host-password-file",
+        pw.as_str(),
+    ];
+    let mut a: Vec<&str> = global.to_vec();
+    a.extend(["backup", "name:vm2", dest.to_str().unwrap()]);
+    let said = proxy.ok("vcb", &a);
+    assert!(said.contains("Backed up vm2 to"), "{said}");
+    let mut a: Vec<&str> = global.to_vec();
+    a.extend(["vm", "list"]);
+    let err = proxy.fails("vcb", &a);
+    assert!(
+        err.contains("only `vcb backup` and `vcb restore` run through a host agent"),
+        "{err}"
+    );
+}

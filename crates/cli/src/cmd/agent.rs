@@ -237,3 +237,45 @@ pub fn connect(
         url, user, &password, policy,
     )?))
 }
+
+/// `vcb --host URL --user NAME ...`: vcb's own commands through a host agent.
+#[derive(Args, Debug, Clone, Default)]
+pub struct GlobalHost {
+    /// Run the command against a host agent (https://HOST[:PORT]) instead of this
+    /// machine's host root (backup and restore).
+    #[arg(long = "host", value_name = "URL", env = "VCB_HOST", global = true)]
+    pub url: Option<String>,
+    /// The agent user (with --host).
+    #[arg(long, value_name = "USER", env = "VCB_USER", global = true)]
+    pub user: Option<String>,
+    /// Certificate trust, password file and transport (with --host).
+    #[command(flatten)]
+    pub certs: CertArgs,
+}
+
+static GLOBAL_HOST: std::sync::OnceLock<GlobalHost> = std::sync::OnceLock::new();
+
+/// Records `vcb --host ...` for the command that runs.
+pub fn set_global_host(g: GlobalHost) {
+    let _ = GLOBAL_HOST.set(g);
+}
+
+/// The agent `vcb --host` names, logged in; `None` without `--host`.
+pub fn global_agent() -> Result<Option<(Arc<agent::client::Agent>, agent::client::Transport)>> {
+    let Some(g) = GLOBAL_HOST.get() else {
+        return Ok(None);
+    };
+    let Some(url) = g.url.as_deref().filter(|u| !u.is_empty()) else {
+        return Ok(None);
+    };
+    let agent = connect(url, g.user.as_deref(), None, &g.certs)?;
+    Ok(Some((agent, g.certs.transport)))
+}
+
+/// Whether `vcb --host` was given.
+pub fn has_global_host() -> bool {
+    GLOBAL_HOST
+        .get()
+        .and_then(|g| g.url.as_deref())
+        .is_some_and(|u| !u.is_empty())
+}

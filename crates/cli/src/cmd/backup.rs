@@ -449,12 +449,35 @@ pub fn parse_restore_format(s: &str) -> Result<vmdk::DiskFormat> {
 
 /// `vcb backup`.
 pub fn backup(a: BackupArgs) -> Result<()> {
-    let (host, conf) = open_host(&a.host, &Overrides::default())?;
     let format = if a.monolithic {
         ExportFormat::Monolithic
     } else {
         ExportFormat::Split2Gb
     };
+    if let Some((agent, transport)) = crate::cmd::agent::global_agent()? {
+        let conf =
+            crate::tools::conf::ToolConf::load(a.host.config.as_deref(), &Overrides::default())?;
+        let mut opts = backup_options(format, a.skip_physical_rdm, &conf);
+        a.quiesce.apply(&mut opts);
+        let dest = a
+            .dest
+            .clone()
+            .or_else(|| a.repo.as_ref().map(|r| format!("repo:{r}")));
+        let Some(dest) = dest else {
+            bail!("give a destination folder or --repo REPO");
+        };
+        let remote = a.remote.options(&conf);
+        return run_proxy_backup(
+            agent,
+            transport,
+            &a.vm,
+            &dest,
+            &remote,
+            &opts,
+            &mut Render::new(3),
+        );
+    }
+    let (host, conf) = open_host(&a.host, &Overrides::default())?;
     let mut opts = backup_options(format, a.skip_physical_rdm, &conf);
     a.quiesce.apply(&mut opts);
     let remote = a.remote.options(&conf);
@@ -476,11 +499,24 @@ pub fn backup(a: BackupArgs) -> Result<()> {
 
 /// `vcb restore`.
 pub fn restore(a: RestoreArgs) -> Result<()> {
-    let (mut host, conf) = open_host(&a.host, &Overrides::default())?;
-    let remote = a.remote.options(&conf);
     let opts = a
         .safety
         .options(a.catalog.as_deref(), a.policy, a.disk_format.as_deref())?;
+    if let Some((agent, transport)) = crate::cmd::agent::global_agent()? {
+        let conf =
+            crate::tools::conf::ToolConf::load(a.host.config.as_deref(), &Overrides::default())?;
+        let remote = a.remote.options(&conf);
+        return run_proxy_restore(
+            &agent,
+            transport,
+            &a.src,
+            &remote,
+            &opts,
+            &mut Render::new(3),
+        );
+    }
+    let (mut host, conf) = open_host(&a.host, &Overrides::default())?;
+    let remote = a.remote.options(&conf);
     run_restore(
         &mut host,
         &a.src,

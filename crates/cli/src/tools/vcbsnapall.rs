@@ -50,26 +50,97 @@ pub fn main() -> ExitCode {
 
 fn run(a: Args) -> Result<()> {
     crate::logging::init(a.tool.level);
-    let (host, conf) = open_host(&a.tool.host_args, &a.tool.overrides(a.cache.clone()))?;
     let format = if a.monolithic == "1" {
         ExportFormat::Monolithic
     } else {
         ExportFormat::Split2Gb
     };
+    let mut render = Render::new(a.tool.level);
+    let overrides = a.tool.overrides(a.cache.clone());
+    let items = if let Some((agent, conf)) = crate::cmd::agent::remote_target(&a.tool, &overrides)?
+    {
+        let mut opts = backup_options(format, a.skip_physical_rdm, &conf);
+        a.quiesce.apply(&mut opts);
+        let remote = a.remote.options(&conf);
+        proxy_group(&a, agent, &opts, &remote, &mut render)?
+    } else {
+        local_group(&a, format, &overrides, &mut render)?
+    };
+    summary(&a.spec, &items, &mut render)
+}
+
+fn local_group(
+    a: &Args,
+    format: ExportFormat,
+    overrides: &crate::tools::conf::Overrides,
+    render: &mut Render,
+) -> Result<Vec<backup::GroupItem>> {
+    let (host, conf) = open_host(&a.tool.host_args, overrides)?;
     let mut opts = backup_options(format, a.skip_physical_rdm, &conf);
     a.quiesce.apply(&mut opts);
     let remote = a.remote.options(&conf);
-    let mut render = Render::new(a.tool.level);
-    let items = match crate::cmd::backup::repo_spec(&a.dest_root) {
+    let render = &mut *render;
+    Ok(match crate::cmd::backup::repo_spec(&a.dest_root) {
         Some(spec) => {
             let repo = crate::cmd::repo::access::RepoAccess::new(spec, &a.remote).open()?;
-            backup::backup_group_to_repo(&host, &a.spec, &repo, &opts, &mut render)?
+            backup::backup_group_to_repo(&host, &a.spec, &repo, &opts, render)?
         }
-        None => backup::backup_group_to(&host, &a.spec, &a.dest_root, &remote, &opts, &mut render)?,
+        None => backup::backup_group_to(&host, &a.spec, &a.dest_root, &remote, &opts, render)?,
+    })
+}
+
+/// The group from a backup proxy: the agent finds the VMs, each is backed up through
+/// its own session.
+fn proxy_group(
+    a: &Args,
+    agent: std::sync::Arc<agent::client::Agent>,
+    opts: &backup::BackupOptions,
+    remote: &backup::RemoteOptions,
+    render: &mut Render,
+) -> Result<Vec<backup::GroupItem>> {
+    if crate::cmd::backup::repo_spec(&a.dest_root).is_some() {
+        bail!("repository destinations are not supported from a backup proxy yet: back up into a folder or scp://");
+    }
+    host::Specifier::parse(&a.spec)?;
+    let list = agent.vms(&a.spec)?;
+    let mut found = Vec::new();
+    for vm in list.vms {
+        let moref: u32 = vm
+            .moref
+            .parse()
+            .map_err(|_| anyhow::anyhow!("the agent sent a bad moref {:?}", vm.moref))?;
+        found.push((host::VmRef(moref), vm.name));
+    }
+    let transport = a.tool.certs.transport;
+    let mut one = |m: &backup::Member,
+                   d: &mut dyn backup::Destination,
+                   obs: &mut dyn backup::GroupObserver| {
+        let req = agent::api::BackupRequest {
+            vm: format!("moref:{}", m.moref),
+            no_quiesce: opts.no_quiesce,
+            quiesce_timeout_secs: opts.quiesce_timeout.map(|t| t.as_secs()),
+            skip_physical_rdm: opts.skip_physical_rdm,
+            tool_version: opts.tool_version.clone(),
+        };
+        let mut session =
+            agent::client::RemoteBackup::start(std::sync::Arc::clone(&agent), &req, transport, obs)
+                .map_err(|e| backup::Error::Agent(e.to_string()))?;
+        backup::backup_from_proxy(&mut session, d, opts, obs)
     };
+    let members = backup::remote_members(found);
+    Ok(backup::backup_members_to(
+        || Ok(members),
+        &a.dest_root,
+        remote,
+        render,
+        &mut one,
+    )?)
+}
+
+fn summary(spec: &str, items: &[backup::GroupItem], render: &mut Render) -> Result<()> {
     let failed: Vec<_> = items.iter().filter(|i| i.result.is_err()).collect();
     if items.is_empty() {
-        render.line(format!("No VM matches {}", a.spec));
+        render.line(format!("No VM matches {spec}"));
         return Ok(());
     }
     render.line(format!(
