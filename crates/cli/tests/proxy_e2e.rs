@@ -563,3 +563,79 @@ fn vcbsnapall_and_vcb_host_run_from_a_proxy() {
         "{err}"
     );
 }
+
+#[test]
+fn file_level_mount_from_a_proxy_and_unmount() {
+    if !testkit::tools::require_tools(&["mkfs.ext4"]) || !std::path::Path::new("/dev/fuse").exists()
+    {
+        return;
+    }
+    let env = Env::new();
+    let vm = env.vm("fs1", &[(32 * MIB, vmdk::DiskFormat::Thin)], 3);
+    // The disk holds an ext4 file system (no partition table) with one known file.
+    let tree = env.path("tree");
+    std::fs::create_dir_all(tree.join("docs")).unwrap();
+    std::fs::write(tree.join("docs/hello.txt"), b"hello from the guest\n").unwrap();
+    let img = env.path("fs.img");
+    testkit::guestimg::ext4(&tree, &img, 32 * MIB, &[]);
+    let h = env.host();
+    let disk = &vm.disks(&h).unwrap()[0].path;
+    let mut d = vmdk::Disk::open(disk, &vmdk::OpenOptions::writable()).unwrap();
+    d.write_at(0, &std::fs::read(&img).unwrap()).unwrap();
+    d.close().unwrap();
+    thumbprint(&env);
+    let proxy = Proxy::privileged();
+    let pw = add_user(&env, &proxy, "backup1", "backup");
+    let agent = Agent::start(&env, &[]);
+    let mnt = proxy.path("mnt");
+    let pw = pw.to_str().unwrap();
+    let base = [
+        "-h",
+        agent.url.as_str(),
+        "-u",
+        "backup1",
+        "--host-password-file",
+        pw,
+        "--accept-new-host-cert",
+    ];
+    let mut a = base.to_vec();
+    a.extend(["-a", "name:fs1", "-t", "file", "-r", mnt.to_str().unwrap()]);
+    let said = proxy.ok("vcbMounter", &a);
+    assert!(said.contains("Mounted the file systems of fs1"), "{said}");
+    let read = std::fs::read_to_string(mnt.join("digits/1/docs/hello.txt"));
+    // A second session of the same VM waits for this one to end: refused at once.
+    let mut a = base.to_vec();
+    let other = proxy.path("b");
+    a.extend(["-a", "name:fs1", "-r", other.to_str().unwrap()]);
+    let err = proxy.fails("vcbMounter", &a);
+    let redo = std::fs::read_dir(&vm.dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("-00000")
+        })
+        .count();
+    let said = proxy.ok("vcbMounter", &["-U", mnt.to_str().unwrap()]);
+    assert_eq!(read.unwrap(), "hello from the guest\n");
+    assert!(
+        err.contains("a proxy session of this VM is open already"),
+        "{err}"
+    );
+    assert!(redo > 0, "the session holds a snapshot while mounted");
+    assert!(said.contains("Unmounted"), "{said}");
+    assert!(!mnt.exists(), "the folder -t file created is gone");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::read_dir(&vm.dir)
+        .unwrap()
+        .any(|e| e.unwrap().file_name().to_string_lossy().contains("-00000"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the snapshot stayed after -U"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -89,6 +89,19 @@ impl Agent {
     /// # Errors
     /// A bad URL; connection, certificate or login failures (one line each).
     pub fn login(url: &str, user: &str, password: &str, policy: TrustPolicy) -> Result<Agent> {
+        let mut agent = Agent::connect(url, policy)?;
+        let body = serde_json::to_vec(&LoginRequest {
+            user: user.to_owned(),
+            password: password.to_owned(),
+        })
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+        let reply: LoginReply = agent.call("POST", "/api/v1/login", Some(&body))?;
+        agent.token = reply.token;
+        agent.role = reply.role;
+        Ok(agent)
+    }
+
+    fn connect(url: &str, policy: TrustPolicy) -> Result<Agent> {
         let (host, port) = parse_url(url)?;
         let name = format!("{host}:{port}");
         let addr = Endpoint::resolve(&host, port)?;
@@ -107,21 +120,28 @@ impl Agent {
             server_name,
             refused,
         };
-        let mut agent = Agent {
+        Ok(Agent {
             endpoint,
             token: String::new(),
             policy,
             role: String::new(),
-        };
-        let body = serde_json::to_vec(&LoginRequest {
-            user: user.to_owned(),
-            password: password.to_owned(),
         })
-        .map_err(|e| Error::Invalid(e.to_string()))?;
-        let reply: LoginReply = agent.call("POST", "/api/v1/login", Some(&body))?;
-        agent.token = reply.token;
-        agent.role = reply.role;
+    }
+
+    /// Resumes a login another process made (its session token), checking it works.
+    ///
+    /// # Errors
+    /// As for [`Agent::login`]; an expired token.
+    pub fn resume(url: &str, token: &str, policy: TrustPolicy) -> Result<Agent> {
+        let mut agent = Agent::connect(url, policy)?;
+        agent.token = token.to_owned();
+        agent.role = agent.ping()?.role;
         Ok(agent)
+    }
+
+    /// The session token (a secret: whoever holds it acts as the user).
+    pub fn token(&self) -> &str {
+        &self.token
     }
 
     /// The user's role as the agent said.

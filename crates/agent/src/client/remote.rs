@@ -15,6 +15,7 @@ pub struct RemoteBackup {
     keepalive: Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
     finished: bool,
     transport: super::Transport,
+    read_ahead: bool,
 }
 
 impl RemoteBackup {
@@ -49,7 +50,55 @@ impl RemoteBackup {
             keepalive: Some((stop, thread)),
             finished: false,
             transport,
+            read_ahead: true,
         })
+    }
+
+    /// Takes over a session another process started (a mount server of `-t file`):
+    /// keeps its lease and ends it when dropped.
+    pub fn attach(
+        agent: Arc<Agent>,
+        session: BackupSession,
+        transport: super::Transport,
+    ) -> RemoteBackup {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let (a, id) = (Arc::clone(&agent), session.id.clone());
+        let every = Duration::from_secs((session.lease_secs / 3).max(1));
+        let thread = std::thread::spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                if let Err(e) = a.keepalive(&id) {
+                    tracing::warn!("backup session {id}: keepalive: {e}");
+                }
+            }
+        });
+        RemoteBackup {
+            agent,
+            session,
+            keepalive: Some((stop, thread)),
+            finished: false,
+            transport,
+            read_ahead: true,
+        }
+    }
+
+    /// Leaves the session running for another process ([`RemoteBackup::attach`]);
+    /// returns what it needs.
+    pub fn detach(mut self) -> BackupSession {
+        self.stop_keepalive();
+        self.finished = true;
+        self.session.clone()
+    }
+
+    /// Disks opened from now on are read where asked only (random access: file-level
+    /// reads), not ahead.
+    pub fn without_read_ahead(mut self) -> Self {
+        self.read_ahead = false;
+        self
+    }
+
+    /// The session.
+    pub fn session(&self) -> &BackupSession {
+        &self.session
     }
 
     fn stop_keepalive(&mut self) {
@@ -100,10 +149,12 @@ impl backup::ProxySource for RemoteBackup {
             nbd::Client::connect_tcp(addr, tls.as_ref(), &export, nbd::BASE_ALLOCATION)
                 .map_err(nbd_error)?;
         let extents = client.block_status(0, client.size()).map_err(nbd_error)?;
-        let prefetch = super::prefetch::Prefetch::start(
-            super::prefetch::Connect { addr, tls, export },
-            super::prefetch::pieces(&extents),
-        );
+        let prefetch = self.read_ahead.then(|| {
+            super::prefetch::Prefetch::start(
+                super::prefetch::Connect { addr, tls, export },
+                super::prefetch::pieces(&extents),
+            )
+        });
         Ok(Box::new(NbdDisk {
             client,
             adapter,
@@ -144,7 +195,7 @@ struct NbdDisk {
     adapter: vmdk::AdapterType,
     /// The whole export's allocation, in order.
     extents: Vec<nbd::Extent>,
-    prefetch: super::prefetch::Prefetch,
+    prefetch: Option<super::prefetch::Prefetch>,
 }
 
 fn nbd_error(e: nbd::Error) -> vmdk::Error {
@@ -186,10 +237,10 @@ impl vmdk::DiskSource for NbdDisk {
     }
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> vmdk::Result<()> {
-        match self.prefetch.read(offset, buf) {
-            Ok(true) => Ok(()),
-            Ok(false) => self.client.read_at(offset, buf).map_err(nbd_error),
-            Err(e) => Err(vmdk::Error::Source(format!("NBD: {e}"))),
+        match self.prefetch.as_ref().map(|p| p.read(offset, buf)) {
+            Some(Ok(true)) => Ok(()),
+            Some(Err(e)) => Err(vmdk::Error::Source(format!("NBD: {e}"))),
+            Some(Ok(false)) | None => self.client.read_at(offset, buf).map_err(nbd_error),
         }
     }
 

@@ -209,7 +209,15 @@ impl State {
                 StatusCode::FORBIDDEN,
                 &format!("user {user} has role {role}; this needs {need}"),
             ),
-            Some((user, role, _)) => Ok(Caller { user, role }),
+            Some((user, role, _)) => {
+                // A token in use stays valid: expiry counts from the last call.
+                if let (Some(t), Ok(mut tokens)) = (token, self.tokens.lock()) {
+                    if let Some(k) = tokens.get_mut(t) {
+                        k.expires = Instant::now() + self.token_ttl;
+                    }
+                }
+                Ok(Caller { user, role })
+            }
         }
     }
 }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 /// A live session as the API sees it.
 pub(crate) struct Live {
     pub(crate) user: String,
+    moref: u32,
     files: Vec<(String, FileSource)>,
     deadline: Arc<Mutex<Instant>>,
     finish: mpsc::Sender<mpsc::Sender<Result<Vec<RemoteEvent>, String>>>,
@@ -68,6 +69,20 @@ impl Sessions {
         user: &str,
         req: BackupRequest,
     ) -> Result<BackupSession, String> {
+        let found = host::Host::open(&ctx.root)
+            .and_then(|h| h.find_vm(&req.vm))
+            .map_err(|e| e.to_string())?;
+        let moref = found.moref.0;
+        let busy = self
+            .live
+            .lock()
+            .map_or(false, |m| m.values().any(|l| l.moref == moref));
+        if busy {
+            return Err(format!(
+                "{}: a proxy session of this VM is open already (a backup or a file-level mount); wait for it to end",
+                found.name()
+            ));
+        }
         let id = super::random_token()[..16].to_owned();
         let (ready_tx, ready_rx) = mpsc::channel();
         let (finish_tx, finish_rx) = mpsc::channel();
@@ -100,6 +115,7 @@ impl Sessions {
                 id,
                 Live {
                     user: user.to_owned(),
+                    moref,
                     files,
                     deadline,
                     finish: finish_tx,

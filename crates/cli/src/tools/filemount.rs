@@ -72,20 +72,7 @@ pub fn mount_vm(
             r.mountdir.display()
         );
     }
-    let created_dir = match std::fs::create_dir(&dir) {
-        Ok(()) => true,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            if std::fs::read_dir(&dir)
-                .with_context(|| dir.display().to_string())?
-                .next()
-                .is_some()
-            {
-                bail!("{}: exists and is not empty", dir.display());
-            }
-            false
-        }
-        Err(e) => return Err(e).with_context(|| format!("{}: create", dir.display())),
-    };
+    let created_dir = prepare_dir(&dir)?;
     let mut record = MountRecord {
         mountdir: dir.clone(),
         created_dir,
@@ -133,6 +120,24 @@ pub fn mount_vm(
     Ok(())
 }
 
+/// The mount folder: created (true), or an existing empty one (false).
+pub(crate) fn prepare_dir(dir: &Path) -> Result<bool> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            if std::fs::read_dir(dir)
+                .with_context(|| dir.display().to_string())?
+                .next()
+                .is_some()
+            {
+                bail!("{}: exists and is not empty", dir.display());
+            }
+            Ok(false)
+        }
+        Err(e) => Err(e).with_context(|| format!("{}: create", dir.display())),
+    }
+}
+
 /// Start the detached server and wait until its mount is visible.
 fn start_server(host: &host::Host, record_path: &Path, record: &mut MountRecord) -> Result<()> {
     let exe = std::env::current_exe().context("locate vcbMounter")?;
@@ -175,7 +180,7 @@ fn start_server(host: &host::Host, record_path: &Path, record: &mut MountRecord)
 }
 
 /// Whether a file system is mounted on `dir` (per /proc/self/mountinfo).
-fn is_mounted(dir: &Path) -> bool {
+pub(crate) fn is_mounted(dir: &Path) -> bool {
     let want = dir.to_string_lossy().replace(' ', "\\040");
     std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
         m.lines()
@@ -246,7 +251,7 @@ fn undo(
         )
     })?;
     if let Some(pid) = r.server_pid {
-        stop_server(pid);
+        stop_server(pid, "--serve-file-mount");
     }
     let removed = backup::release_snapshot(host, host::VmRef(r.moref), r.uid, render)?;
     if removed == 0 && r.uid.is_some() {
@@ -264,12 +269,11 @@ fn undo(
     Ok(())
 }
 
-/// Wait for the server (unmounted, it ends by itself); kill it if it does not.
-fn stop_server(pid: u32) {
-    let alive = || {
-        std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-            .is_ok_and(|c| c.contains("--serve-file-mount"))
-    };
+/// Wait for the server (unmounted, it ends by itself); kill it if it does not. `flag`
+/// is its command line's mark (a pid reused by another program is left alone).
+pub(crate) fn stop_server(pid: u32, flag: &str) {
+    let alive =
+        || std::fs::read_to_string(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.contains(flag));
     let started = Instant::now();
     while alive() && started.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(50));

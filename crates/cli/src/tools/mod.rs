@@ -2,6 +2,7 @@
 
 pub mod conf;
 pub mod filemount;
+pub mod filemount_proxy;
 pub mod vcbmounter;
 pub mod vcbrestore;
 pub mod vcbsnapall;

@@ -12,7 +12,7 @@
 use crate::cmd::backup::{backup_options, open_host, render::Render, run_backup};
 use crate::cmd::backup::{QuiesceArgs, RemoteArgs};
 use crate::tools::conf::ToolArgs;
-use crate::tools::filemount;
+use crate::tools::{filemount, filemount_proxy};
 use anyhow::{bail, Result};
 use backup::ExportFormat;
 use clap::Parser;
@@ -45,6 +45,9 @@ struct Args {
     /// The mount server of `-t file` (started by vcbMounter itself).
     #[arg(long, value_name = "RECORD", hide = true)]
     serve_file_mount: Option<PathBuf>,
+    /// The mount server of `-t file` from a backup proxy.
+    #[arg(long, value_name = "RECORD", hide = true)]
+    serve_proxy_mount: Option<PathBuf>,
     /// Back up a VM with a physical-compatibility RDM, leaving that disk out.
     #[arg(long)]
     skip_physical_rdm: bool,
@@ -80,7 +83,13 @@ fn run(a: Args) -> Result<()> {
         let (host, _) = open_host(&a.tool.host_args, &a.tool.overrides(a.cache.clone()))?;
         return filemount::serve(&host, record);
     }
+    if let Some(record) = &a.serve_proxy_mount {
+        return filemount_proxy::serve(record);
+    }
     if let Some(dir) = &a.unmount {
+        if filemount_proxy::unmount_vm(dir)? {
+            return Ok(());
+        }
         let (host, _) = open_host(&a.tool.host_args, &a.tool.overrides(a.cache.clone()))?;
         return filemount::unmount_vm(&host, dir, &mut Render::new(a.tool.level));
     }
@@ -89,11 +98,20 @@ fn run(a: Args) -> Result<()> {
     };
     let overrides = a.tool.overrides(a.cache.clone());
     if let Some((agent, conf)) = crate::cmd::agent::remote_target(&a.tool, &overrides)? {
-        if a.kind == "file" {
-            bail!("-t file from a backup proxy is not supported yet: run it on the host");
-        }
         let mut opts = backup_options(format_of(&a.monolithic), a.skip_physical_rdm, &conf);
         a.quiesce.apply(&mut opts);
+        if a.kind == "file" {
+            let url = conf.remote_host().unwrap_or_default().to_owned();
+            return filemount_proxy::mount_vm(
+                agent,
+                &a.tool.certs,
+                &url,
+                vm,
+                dest,
+                &opts,
+                &mut Render::new(a.tool.level),
+            );
+        }
         if a.incremental_from.is_some() || a.differential_from.is_some() {
             bail!("--incremental-from and --differential-from are not supported from a backup proxy yet");
         }

@@ -78,9 +78,19 @@ pub const NOBODY: u32 = 65534;
 
 impl Proxy {
     pub fn new() -> Proxy {
+        Proxy::with_user(true)
+    }
+
+    /// A proxy running the tools as this process's user (FUSE mounts need root here:
+    /// there is no setuid fusermount).
+    pub fn privileged() -> Proxy {
+        Proxy::with_user(false)
+    }
+
+    fn with_user(drop_root: bool) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let root = unsafe { libc::geteuid() } == 0;
-        let uid = root.then_some(NOBODY);
+        let uid = (root && drop_root).then_some(NOBODY);
         if let Some(uid) = uid {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(uid)).unwrap();
         }

@@ -11,7 +11,7 @@ mod source;
 
 pub use get::GetArgs;
 pub(crate) use mount::{serve as serve_mount, unmount, DEFAULT_THREADS};
-pub(crate) use source::open_held;
+pub(crate) use source::{open_held, open_sources};
 
 /// `vcb files get` with `a` (the demo's single-file restore).
 pub fn get(a: &GetArgs) -> Result<()> {

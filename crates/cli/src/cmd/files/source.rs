@@ -139,13 +139,25 @@ pub(crate) fn open_held(
     disks: &[(String, std::path::PathBuf)],
     read: &vmdk::OpenOptions,
 ) -> Result<Opened> {
-    let mut devices: Vec<Arc<dyn Device>> = Vec::new();
+    let mut opened: Vec<(String, Box<dyn vmdk::DiskSource>)> = Vec::new();
     for (node, path) in disks {
         let disk = vmdk::Disk::open(path, read)
             .with_context(|| format!("{name}: disk {node} ({})", path.display()))?;
-        devices.push(Arc::new(DiskDevice::new(Box::new(disk))));
+        opened.push((node.clone(), Box::new(disk)));
     }
+    open_sources(name, opened)
+}
+
+/// Disks already opened (a host agent's NBD exports, for instance), by node.
+pub(crate) fn open_sources(
+    name: &str,
+    disks: Vec<(String, Box<dyn vmdk::DiskSource>)>,
+) -> Result<Opened> {
     let nodes: Vec<String> = disks.iter().map(|d| d.0.clone()).collect();
+    let devices: Vec<Arc<dyn Device>> = disks
+        .into_iter()
+        .map(|(_, d)| Arc::new(DiskDevice::new(d)) as Arc<dyn Device>)
+        .collect();
     build(name, &devices, &nodes, None)
 }
 
