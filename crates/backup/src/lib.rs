@@ -51,8 +51,8 @@ pub use dest::{Destination, LocalDir, CATALOG_NAME, INCOMPLETE_MARKER};
 pub use error::{Error, Result};
 pub use export::hold::{hold_snapshot, release_snapshot, HeldSnapshot, FILE_SNAPSHOT_NAME};
 pub use export::proxy::{
-    backup_from_proxy, clean_after_proxy, open_host_session, FileSource, HostSession, ProxyDisk,
-    ProxyManifest, ProxySource,
+    backup_from_proxy, backup_from_proxy_to_repo, clean_after_proxy, open_host_session, FileSource,
+    HostSession, ProxyDisk, ProxyManifest, ProxySource,
 };
 pub use export::{
     backup_vm, backup_vm_to_repo, BackupOptions, BackupReport, ExportFormat, BACKUP_SNAPSHOT_NAME,

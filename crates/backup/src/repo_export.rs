@@ -58,7 +58,7 @@ fn write(
             continue;
         };
         let mut disk = source.open_disk(name)?;
-        sink.put_source(name, &mut *disk, format, obs)?;
+        sink.put_named(name, &mut *disk, format, obs)?;
     }
     files.extend(sink.disks_done()?);
     let mut out = catalog.clone();

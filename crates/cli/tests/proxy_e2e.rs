@@ -639,3 +639,66 @@ fn file_level_mount_from_a_proxy_and_unmount() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+#[test]
+fn proxy_backups_into_a_repository_store_only_what_is_new() {
+    let (env, proxy, agent, pw, _) = setup();
+    let repo = proxy.path("repo");
+    let pass = proxy.password_file("repo.pass", "repo passphrase");
+    let run = |tool: &str, args: &[&str]| {
+        let out = proxy
+            .command(tool, args)
+            .env("VCB_PASSWORD_FILE", &pass)
+            .output()
+            .unwrap();
+        eprintln!(
+            "proxy$ {tool} {}\n{}{}",
+            args.join(" "),
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "{tool} {args:?}: {}",
+            text(&out.stderr)
+        );
+        text(&out.stdout) + &text(&out.stderr)
+    };
+    let r = repo.to_str().unwrap();
+    run(
+        "vcb",
+        &[
+            "repo",
+            "init",
+            r,
+            "--kdf-memory-mib",
+            "8",
+            "--kdf-iterations",
+            "1",
+        ],
+    );
+    let target = format!("repo:{r}");
+    let backup = [
+        "-h",
+        agent.url.as_str(),
+        "-u",
+        "backup1",
+        "--host-password-file",
+        pw.as_str(),
+        "--accept-new-host-cert",
+        "-a",
+        "name:vm1",
+        "-r",
+        target.as_str(),
+    ];
+    let first = run("vcbMounter", &backup);
+    assert!(
+        first.contains("Backed up vm1 to") && first.contains("as point"),
+        "{first}"
+    );
+    let second = run("vcbMounter", &backup);
+    assert!(second.contains("new 0 B"), "{second}");
+    let list = run("vcb", &["repo", "list", r]);
+    assert_eq!(list.matches("vm1").count(), 2, "{list}");
+    run("vcb", &["repo", "verify", r]);
+}

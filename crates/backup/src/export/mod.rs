@@ -377,7 +377,8 @@ fn begin_tracked(
     obs: &mut dyn Observer,
     warnings: &mut Vec<String>,
 ) -> Result<()> {
-    sink.begin(locked.vm(), obs)?;
+    let vm = locked.vm();
+    sink.begin(&vm.name(), vm.uuid().map(|u| u.to_string()), obs)?;
     let since = |node: vmx::DiskNode| {
         sink.base_change_id(&node.to_string())
             .and_then(|id| id.parse::<vmdk::ctk::ChangeId>().ok())

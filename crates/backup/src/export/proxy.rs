@@ -280,22 +280,7 @@ pub fn backup_from_proxy(
         obs.event(&Event::Warning(e.to_string()));
     }
     let mut sink = FolderSink::new(dest);
-    let result = copy_all(src, &m, &mut sink, opts, obs);
-    let out = match result {
-        Ok(out) => out,
-        Err(e) => {
-            sink.discard(obs);
-            return Err(e);
-        }
-    };
-    let dict = vmx::Dict::parse(&m.catalog).map_err(|e| Error::dict(crate::CATALOG_NAME, e))?;
-    let mut catalog =
-        vmx::Catalog::from_dict(&dict).map_err(|e| Error::dict(crate::CATALOG_NAME, e))?;
-    catalog.files = out;
-    if let Err(e) = sink.commit(&catalog, obs) {
-        sink.discard(obs);
-        return Err(e);
-    }
+    let catalog = copy_and_commit(src, &m, &mut sink, opts, obs)?;
     let mut warnings = m.warnings.clone();
     if let Some(cache) = &opts.name_cache {
         let uuid = m.uuid.as_deref().and_then(|u| u.parse().ok());
@@ -316,12 +301,67 @@ pub fn backup_from_proxy(
     })
 }
 
+/// Back up, on a proxy, the VM whose host session is `src` into the repository `repo`
+/// (one point; only chunks the repository lacks are stored). The report's `point` is
+/// the point written.
+///
+/// # Errors
+/// As for [`backup_from_proxy`], and repository errors; on error no point exists.
+pub fn backup_from_proxy_to_repo(
+    src: &mut dyn ProxySource,
+    repo: &repo::Repository,
+    opts: &BackupOptions,
+    obs: &mut dyn Observer,
+) -> Result<BackupReport> {
+    let m = src.manifest().clone();
+    for w in &m.warnings {
+        obs.event(&Event::Warning(w.clone()));
+    }
+    let mut sink = super::sink::RepoSink::new(repo);
+    if let Err(e) = sink.begin(&m.vm, m.uuid.clone(), obs) {
+        sink.discard(obs);
+        return Err(e);
+    }
+    let catalog = copy_and_commit(src, &m, &mut sink, opts, obs)?;
+    Ok(BackupReport {
+        vm: m.vm.clone(),
+        location: sink.location(),
+        bytes_written: catalog.files.iter().map(|f| f.size_bytes).sum(),
+        catalog,
+        warnings: m.warnings.clone(),
+        point: sink.point.take(),
+    })
+}
+
+/// Copies everything into `sink` and commits it with the catalog; on error the sink's
+/// partial work is discarded.
+fn copy_and_commit(
+    src: &mut dyn ProxySource,
+    m: &ProxyManifest,
+    sink: &mut dyn Sink,
+    opts: &BackupOptions,
+    obs: &mut dyn Observer,
+) -> Result<vmx::Catalog> {
+    let result = copy_all(src, m, sink, opts, obs).and_then(|out| {
+        let dict = vmx::Dict::parse(&m.catalog).map_err(|e| Error::dict(crate::CATALOG_NAME, e))?;
+        let mut catalog =
+            vmx::Catalog::from_dict(&dict).map_err(|e| Error::dict(crate::CATALOG_NAME, e))?;
+        catalog.files = out;
+        sink.commit(&catalog, obs)?;
+        Ok(catalog)
+    });
+    if result.is_err() {
+        sink.discard(obs);
+    }
+    result
+}
+
 /// Every file and disk into `sink`; the host's snapshot is removed once the disks are
 /// read. Returns the files written.
 fn copy_all(
     src: &mut dyn ProxySource,
     m: &ProxyManifest,
-    sink: &mut FolderSink<'_>,
+    sink: &mut dyn Sink,
     opts: &BackupOptions,
     obs: &mut dyn Observer,
 ) -> Result<Vec<vmx::CatalogFile>> {
@@ -359,7 +399,7 @@ fn copy_all(
         vmx::validate_relative_name(&disk.name)
             .map_err(|e| Error::unsafe_path("disk", disk.name.clone(), e.to_string()))?;
         let mut source = src.open_disk(&disk.node)?;
-        sink.put_source(&disk.name, &mut *source, opts.format, obs)?;
+        sink.put_source(&disk.node, &disk.name, &mut *source, opts.format, obs)?;
     }
     src.finish(obs)?;
     out.extend(sink.disks_done()?);

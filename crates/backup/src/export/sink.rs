@@ -21,8 +21,9 @@ pub(crate) trait Sink {
     /// Where it goes, for messages and the report.
     fn location(&self) -> String;
 
-    /// The VM is locked and about to be exported (repositories start their session).
-    fn begin(&mut self, _vm: &host::Vm, _obs: &mut dyn Observer) -> Result<()> {
+    /// The VM (display name, BIOS UUID) is about to be exported (repositories start
+    /// their session).
+    fn begin(&mut self, _name: &str, _uuid: Option<String>, _obs: &mut dyn Observer) -> Result<()> {
         Ok(())
     }
 
@@ -53,6 +54,17 @@ pub(crate) trait Sink {
         source: &Path,
         read: &vmdk::OpenOptions,
         opts: &BackupOptions,
+        obs: &mut dyn Observer,
+    ) -> Result<()>;
+
+    /// Save the disk at `node` as `name`, reading `source` (a disk a proxy reads over
+    /// NBD): everything it holds.
+    fn put_source(
+        &mut self,
+        node: &str,
+        name: &str,
+        source: &mut dyn vmdk::DiskSource,
+        format: super::ExportFormat,
         obs: &mut dyn Observer,
     ) -> Result<()>;
 
@@ -137,7 +149,7 @@ impl<'d> FolderSink<'d> {
 impl FolderSink<'_> {
     /// Save `source` as the compacted disk `name` (a local folder gets converted files
     /// hashed in the background; a remote one gets the export streamed).
-    pub(crate) fn put_source(
+    pub(crate) fn put_named(
         &mut self,
         name: &str,
         source: &mut dyn vmdk::DiskSource,
@@ -202,7 +214,18 @@ impl Sink for FolderSink<'_> {
         if self.put_changed(plan, &mut disk, obs)? {
             return Ok(());
         }
-        self.put_source(&plan.backup_name(), &mut disk, opts.format, obs)
+        self.put_named(&plan.backup_name(), &mut disk, opts.format, obs)
+    }
+
+    fn put_source(
+        &mut self,
+        _node: &str,
+        name: &str,
+        source: &mut dyn vmdk::DiskSource,
+        format: super::ExportFormat,
+        obs: &mut dyn Observer,
+    ) -> Result<()> {
+        self.put_named(name, source, format, obs)
     }
 
     fn base_change_id(&self, node: &str) -> Option<String> {
@@ -288,6 +311,30 @@ impl<'r> RepoSink<'r> {
         }
     }
 
+    /// Store `disk` (what change tracking said changed at `node`, else everything).
+    fn store(
+        &mut self,
+        node: &str,
+        name: &str,
+        disk: &mut dyn vmdk::DiskSource,
+        obs: &mut dyn Observer,
+    ) -> Result<()> {
+        let cancel = std::sync::Arc::clone(&self.cancel);
+        let changes = self.changes.get(node).cloned().unwrap_or_default();
+        let writer = self.writer()?;
+        let mut progress = obs.storing(name);
+        let mut watch = Watch {
+            inner: &mut *progress,
+            cancel: &cancel,
+        };
+        let stored = writer.put_disk_tracked(node, name, disk, &changes, &mut watch);
+        drop(progress);
+        match stored {
+            Err(repo::Error::Cancelled) => Err(Error::Cancelled),
+            other => other.map(drop).map_err(Error::from),
+        }
+    }
+
     fn writer(&mut self) -> Result<&mut repo::BackupWriter> {
         self.writer
             .as_mut()
@@ -300,10 +347,10 @@ impl Sink for RepoSink<'_> {
         self.repo.location()
     }
 
-    fn begin(&mut self, vm: &host::Vm, obs: &mut dyn Observer) -> Result<()> {
+    fn begin(&mut self, name: &str, uuid: Option<String>, obs: &mut dyn Observer) -> Result<()> {
         let info = repo::VmInfo {
-            name: vm.name(),
-            uuid: vm.uuid().map(|u| u.to_string()),
+            name: name.to_owned(),
+            uuid,
         };
         let cancel = std::sync::Arc::clone(&self.cancel);
         if obs.cancelled() {
@@ -357,22 +404,19 @@ impl Sink for RepoSink<'_> {
         obs: &mut dyn Observer,
     ) -> Result<()> {
         let mut disk = vmdk::Disk::open(source, read)?;
-        let name = plan.backup_name();
         let node = plan.node.to_string();
-        let cancel = std::sync::Arc::clone(&self.cancel);
-        let changes = self.changes.get(&node).cloned().unwrap_or_default();
-        let writer = self.writer()?;
-        let mut progress = obs.storing(&name);
-        let mut watch = Watch {
-            inner: &mut *progress,
-            cancel: &cancel,
-        };
-        let stored = writer.put_disk_tracked(&node, &name, &mut disk, &changes, &mut watch);
-        drop(progress);
-        match stored {
-            Err(repo::Error::Cancelled) => Err(Error::Cancelled),
-            other => other.map(drop).map_err(Error::from),
-        }
+        self.store(&node, &plan.backup_name(), &mut disk, obs)
+    }
+
+    fn put_source(
+        &mut self,
+        node: &str,
+        name: &str,
+        source: &mut dyn vmdk::DiskSource,
+        _format: super::ExportFormat,
+        obs: &mut dyn Observer,
+    ) -> Result<()> {
+        self.store(node, name, source, obs)
     }
 
     fn disks_done(&mut self) -> Result<Vec<CatalogFile>> {

@@ -290,19 +290,7 @@ pub fn run_backup(
         let repo = crate::cmd::repo::access::RepoAccess::new(spec, remote_args).open()?;
         let started = std::time::Instant::now();
         let report = backup::backup_vm_to_repo(host, vm, &repo, opts, render)?;
-        let point = report.point.as_ref().map_or("?", |p| p.id.as_str());
-        let stats = report.point.as_ref().map(|p| p.stats).unwrap_or_default();
-        let secs = started.elapsed().as_secs_f64().max(0.001);
-        render.line(format!(
-            "Backed up {} to {spec} as point {point}: read {}, new {} (stored {}), reused {} in {secs:.1} s ({}/s)",
-            report.vm,
-            crate::output::human_bytes(stats.read_bytes),
-            crate::output::human_bytes(stats.new_bytes),
-            crate::output::human_bytes(stats.stored_bytes),
-            crate::output::human_bytes(stats.reused_bytes),
-            crate::output::human_bytes((stats.read_bytes as f64 / secs) as u64),
-        ));
-        return Ok(());
+        return repo_line(&report, spec, started, render);
     }
     let mut d = backup::dest::open_with(dest, remote).map_err(host_key_hint)?;
     let report = backup::backup_vm(host, vm, d.as_mut(), opts, render)?;
@@ -316,28 +304,53 @@ pub fn run_backup(
     Ok(())
 }
 
+/// The line a repository backup ends with.
+fn repo_line(
+    report: &backup::BackupReport,
+    spec: &str,
+    started: std::time::Instant,
+    render: &mut Render,
+) -> Result<()> {
+    let point = report.point.as_ref().map_or("?", |p| p.id.as_str());
+    let stats = report.point.as_ref().map(|p| p.stats).unwrap_or_default();
+    let secs = started.elapsed().as_secs_f64().max(0.001);
+    render.line(format!(
+        "Backed up {} to {spec} as point {point}: read {}, new {} (stored {}), reused {} in {secs:.1} s ({}/s)",
+        report.vm,
+        crate::output::human_bytes(stats.read_bytes),
+        crate::output::human_bytes(stats.new_bytes),
+        crate::output::human_bytes(stats.stored_bytes),
+        crate::output::human_bytes(stats.reused_bytes),
+        crate::output::human_bytes((stats.read_bytes as f64 / secs) as u64),
+    ));
+    Ok(())
+}
+
 /// Back up `vm` from a backup proxy: the host agent quiesces and snapshots it and
 /// exports its disks over NBD; this machine writes the backup (a folder or `scp://`).
+#[allow(clippy::too_many_arguments)]
 pub fn run_proxy_backup(
     agent: std::sync::Arc<agent::client::Agent>,
     transport: agent::client::Transport,
     vm: &str,
     dest: &str,
+    remote_args: &RemoteArgs,
     remote: &RemoteOptions,
     opts: &BackupOptions,
     render: &mut Render,
 ) -> Result<()> {
-    if repo_spec(dest).is_some() {
-        bail!("repository destinations are not supported from a backup proxy yet: back up into a folder or scp://");
+    if opts.base_backup.is_some() {
+        bail!("--incremental-from and --differential-from are not supported from a backup proxy yet (a repository backup is incremental by itself)");
+    }
+    let req = proxy_request(vm, opts);
+    if let Some(spec) = repo_spec(dest) {
+        let repo = crate::cmd::repo::access::RepoAccess::new(spec, remote_args).open()?;
+        let started = std::time::Instant::now();
+        let mut session = agent::client::RemoteBackup::start(agent, &req, transport, render)?;
+        let report = backup::backup_from_proxy_to_repo(&mut session, &repo, opts, render)?;
+        return repo_line(&report, spec, started, render);
     }
     let mut d = backup::dest::open_with(dest, remote).map_err(host_key_hint)?;
-    let req = agent::api::BackupRequest {
-        vm: vm.to_owned(),
-        no_quiesce: opts.no_quiesce,
-        quiesce_timeout_secs: opts.quiesce_timeout.map(|t| t.as_secs()),
-        skip_physical_rdm: opts.skip_physical_rdm,
-        tool_version: opts.tool_version.clone(),
-    };
     let mut session = agent::client::RemoteBackup::start(agent, &req, transport, render)?;
     let report = backup::backup_from_proxy(&mut session, d.as_mut(), opts, render)?;
     render.line(format!(
@@ -384,6 +397,17 @@ pub fn run_restore(
         )),
     }
     Ok(())
+}
+
+/// What the agent needs to start a backup session of `vm`.
+pub fn proxy_request(vm: &str, opts: &BackupOptions) -> agent::api::BackupRequest {
+    agent::api::BackupRequest {
+        vm: vm.to_owned(),
+        no_quiesce: opts.no_quiesce,
+        quiesce_timeout_secs: opts.quiesce_timeout.map(|t| t.as_secs()),
+        skip_physical_rdm: opts.skip_physical_rdm,
+        tool_version: opts.tool_version.clone(),
+    }
 }
 
 /// Restore from a backup proxy: the backup is verified here, sent to the host agent
@@ -472,6 +496,7 @@ pub fn backup(a: BackupArgs) -> Result<()> {
             transport,
             &a.vm,
             &dest,
+            &a.remote,
             &remote,
             &opts,
             &mut Render::new(3),

@@ -112,15 +112,14 @@ fn run(a: Args) -> Result<()> {
                 &mut Render::new(a.tool.level),
             );
         }
-        if a.incremental_from.is_some() || a.differential_from.is_some() {
-            bail!("--incremental-from and --differential-from are not supported from a backup proxy yet");
-        }
+        opts.base_backup = a.incremental_from.or(a.differential_from);
         let remote = a.remote.options(&conf);
         return crate::cmd::backup::run_proxy_backup(
             agent,
             a.tool.certs.transport,
             vm,
             dest,
+            &a.remote,
             &remote,
             &opts,
             &mut Render::new(a.tool.level),

@@ -98,9 +98,6 @@ fn proxy_group(
     remote: &backup::RemoteOptions,
     render: &mut Render,
 ) -> Result<Vec<backup::GroupItem>> {
-    if crate::cmd::backup::repo_spec(&a.dest_root).is_some() {
-        bail!("repository destinations are not supported from a backup proxy yet: back up into a folder or scp://");
-    }
     host::Specifier::parse(&a.spec)?;
     let list = agent.vms(&a.spec)?;
     let mut found = Vec::new();
@@ -112,29 +109,48 @@ fn proxy_group(
         found.push((host::VmRef(moref), vm.name));
     }
     let transport = a.tool.certs.transport;
+    let repo = match crate::cmd::backup::repo_spec(&a.dest_root) {
+        Some(spec) => Some(crate::cmd::repo::access::RepoAccess::new(spec, &a.remote).open()?),
+        None => None,
+    };
+    let repo = repo.as_ref();
     let mut one = |m: &backup::Member,
                    d: &mut dyn backup::Destination,
                    obs: &mut dyn backup::GroupObserver| {
-        let req = agent::api::BackupRequest {
-            vm: format!("moref:{}", m.moref),
-            no_quiesce: opts.no_quiesce,
-            quiesce_timeout_secs: opts.quiesce_timeout.map(|t| t.as_secs()),
-            skip_physical_rdm: opts.skip_physical_rdm,
-            tool_version: opts.tool_version.clone(),
-        };
+        let req = crate::cmd::backup::proxy_request(&format!("moref:{}", m.moref), opts);
         let mut session =
             agent::client::RemoteBackup::start(std::sync::Arc::clone(&agent), &req, transport, obs)
                 .map_err(|e| backup::Error::Agent(e.to_string()))?;
-        backup::backup_from_proxy(&mut session, d, opts, obs)
+        match repo {
+            Some(repo) => backup::backup_from_proxy_to_repo(&mut session, repo, opts, obs),
+            None => backup::backup_from_proxy(&mut session, d, opts, obs),
+        }
     };
     let members = backup::remote_members(found);
-    Ok(backup::backup_members_to(
-        || Ok(members),
-        &a.dest_root,
-        remote,
-        render,
-        &mut one,
-    )?)
+    if repo.is_none() {
+        return Ok(backup::backup_members_to(
+            || Ok(members),
+            &a.dest_root,
+            remote,
+            render,
+            &mut one,
+        )?);
+    }
+    // A repository groups points by VM: every member goes to the same place.
+    let dest = std::path::PathBuf::from(&a.dest_root);
+    let mut items = Vec::new();
+    for m in &members {
+        backup::GroupObserver::vm_started(render, &m.name, &dest);
+        let result = one(m, &mut backup::LocalDir::new(&dest), render);
+        let item = backup::GroupItem {
+            vm: m.name.clone(),
+            dest: dest.clone(),
+            result,
+        };
+        backup::GroupObserver::vm_finished(render, &item);
+        items.push(item);
+    }
+    Ok(items)
 }
 
 fn summary(spec: &str, items: &[backup::GroupItem], render: &mut Render) -> Result<()> {
