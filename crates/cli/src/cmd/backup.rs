@@ -3,6 +3,7 @@
 
 mod demo;
 mod demo_files;
+mod demo_proxy;
 mod demo_repo;
 pub mod render;
 

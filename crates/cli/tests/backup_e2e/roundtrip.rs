@@ -202,6 +202,10 @@ fn demo_runs_and_verifies() {
         "the demo ends with a single-file restore: {s}"
     );
     assert!(root.join("restored-files/quarterly-report.txt").is_file());
+    assert!(
+        s.contains("Verified: the proxy's backup (") && s.contains("equals the VM's disk"),
+        "the demo backs the VM up through the host agent: {s}"
+    );
     assert!(root
         .join("volumes/datastore2/demo-vm-restored/demo-vm.vmx")
         .exists());

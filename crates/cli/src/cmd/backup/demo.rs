@@ -4,7 +4,8 @@
 //! up with vcbMounter's code, changes the VM, restores the backup onto the second
 //! datastore under a new folder and resource pool (through an edited copy of the
 //! catalog, as the seed describes), and checks the restored disk byte for byte; then
-//! restores one file of the guest's ext4 data disk from the backup (`vcb files get`).
+//! restores one file of the guest's ext4 data disk from the backup (`vcb files get`),
+//! and backs the VM up once more from a backup proxy through the host agent.
 
 use super::render::Render;
 use super::{backup_options, run_backup, run_restore};
@@ -127,6 +128,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         super::demo_files::restore_one(&dest, &files_to)?;
         println!("   Verified: the restored file equals the guest's");
     }
+    let proxy_dest = super::demo_proxy::run(&root, &backups, VM, vm.moref, &disk)?;
 
     println!();
     println!("Where things are:");
@@ -140,6 +142,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
     if data.is_some() {
         println!("  restored file  {}", files_to.display());
     }
+    println!("  proxy backup   {}", proxy_dest.display());
     println!(
         "  repository     {}  (passphrase in {})",
         repo_dir.display(),
