@@ -144,6 +144,9 @@ pub enum TrustPolicy {
     Ca(PathBuf),
 }
 
+/// Why the certificate check refused a server, once it did.
+pub type Refusal = Arc<Mutex<Option<String>>>;
+
 /// A client configuration for `host:port` under `policy`. The returned slot holds why
 /// the certificate was refused, when it was (rustls wraps the reason in its own words).
 ///
@@ -152,7 +155,7 @@ pub enum TrustPolicy {
 pub fn client_config(
     endpoint: &str,
     policy: &TrustPolicy,
-) -> Result<(Arc<rustls::ClientConfig>, Arc<Mutex<Option<String>>>)> {
+) -> Result<(Arc<rustls::ClientConfig>, Refusal)> {
     let seen = Arc::new(Mutex::new(None));
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()

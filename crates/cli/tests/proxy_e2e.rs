@@ -642,7 +642,7 @@ fn file_level_mount_from_a_proxy_and_unmount() {
 
 #[test]
 fn proxy_backups_into_a_repository_store_only_what_is_new() {
-    let (env, proxy, agent, pw, _) = setup();
+    let (_env, proxy, agent, pw, _) = setup();
     let repo = proxy.path("repo");
     let pass = proxy.password_file("repo.pass", "repo passphrase");
     let run = |tool: &str, args: &[&str]| {

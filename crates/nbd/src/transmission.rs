@@ -129,12 +129,20 @@ impl Transmission<'_> {
         };
         let mut body = id.to_be_bytes().to_vec();
         for (l, flags) in runs.into_iter().take(max) {
-            let l = u32::try_from(l).unwrap_or(u32::MAX & !4095);
+            // A run longer than a descriptor can say ends the reply (the client asks again
+            // from where it stops).
+            let (l, last) = match u32::try_from(l) {
+                Ok(l) => (l, false),
+                Err(_) => (!4095u32, true),
+            };
             if l == 0 {
                 break;
             }
             body.extend_from_slice(&l.to_be_bytes());
             body.extend_from_slice(&flags.to_be_bytes());
+            if last {
+                break;
+            }
         }
         let mut out = chunk_header(
             REPLY_FLAG_DONE,

@@ -76,7 +76,7 @@ impl Sessions {
         let busy = self
             .live
             .lock()
-            .map_or(false, |m| m.values().any(|l| l.moref == moref));
+            .is_ok_and(|m| m.values().any(|l| l.moref == moref));
         if busy {
             return Err(format!(
                 "{}: a proxy session of this VM is open already (a backup or a file-level mount); wait for it to end",

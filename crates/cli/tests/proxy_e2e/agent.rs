@@ -89,6 +89,7 @@ impl Proxy {
 
     fn with_user(drop_root: bool) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
+        // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
         let uid = (root && drop_root).then_some(NOBODY);
         if let Some(uid) = uid {
