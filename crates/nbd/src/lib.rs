@@ -15,7 +15,7 @@ mod transmission;
 
 pub use client::{Client, Extent, Tls};
 pub use proto::{BASE_ALLOCATION, STATE_HOLE, STATE_ZERO};
-pub use server::{serve_connection, Backend, Export, Exports, Server, ServerConfig};
+pub use server::{serve_connection, serve_unix, Backend, Export, Exports, Server, ServerConfig};
 
 /// What can go wrong talking NBD.
 #[derive(Debug, thiserror::Error)]

@@ -192,10 +192,27 @@ pub fn serve_connection(
     config: &ServerConfig,
     exports: &dyn Exports,
 ) -> io::Result<()> {
-    stream.set_read_timeout(Some(config.negotiation_timeout))?;
     stream.set_write_timeout(Some(config.idle_timeout))?;
     stream.set_nodelay(true)?;
-    let mut conn = Conn::Plain(stream);
+    serve_conn(Conn::Plain(stream), config, exports)
+}
+
+/// [`serve_connection`] over a Unix socket (as `qemu-nbd --socket` serves; STARTTLS is
+/// refused there).
+///
+/// # Errors
+/// As for [`serve_connection`].
+pub fn serve_unix(
+    stream: std::os::unix::net::UnixStream,
+    config: &ServerConfig,
+    exports: &dyn Exports,
+) -> io::Result<()> {
+    stream.set_write_timeout(Some(config.idle_timeout))?;
+    serve_conn(Conn::Unix(stream), config, exports)
+}
+
+fn serve_conn(mut conn: Conn, config: &ServerConfig, exports: &dyn Exports) -> io::Result<()> {
+    conn.set_read_timeout(Some(config.negotiation_timeout))?;
     let mut hello = Vec::with_capacity(18);
     hello.extend_from_slice(&NBDMAGIC.to_be_bytes());
     hello.extend_from_slice(&IHAVEOPT.to_be_bytes());
@@ -251,7 +268,7 @@ fn negotiate(
                 return Ok(None);
             }
             OPT_STARTTLS => match (&config.tls, conn.is_tls(), data.is_empty()) {
-                (Some(tls), false, true) => {
+                (Some(tls), false, true) if matches!(conn, Conn::Plain(_)) => {
                     reply(&mut conn, opt, REP_ACK, &[])?;
                     conn = conn.start_tls(tls)?;
                     // A new session: what was negotiated in clear text is forgotten.
@@ -260,8 +277,9 @@ fn negotiate(
                         context: None,
                     };
                 }
-                (None, _, _) => error(&mut conn, opt, REP_ERR_POLICY, "TLS is not offered")?,
-                _ => error(&mut conn, opt, REP_ERR_INVALID, "TLS is already on")?,
+                (_, true, _) => error(&mut conn, opt, REP_ERR_INVALID, "TLS is already on")?,
+                (_, _, false) => error(&mut conn, opt, REP_ERR_INVALID, "malformed request")?,
+                _ => error(&mut conn, opt, REP_ERR_POLICY, "TLS is not offered here")?,
             },
             OPT_EXPORT_NAME if tls_missing => return Ok(None),
             OPT_EXPORT_NAME => {

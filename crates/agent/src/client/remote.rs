@@ -34,24 +34,7 @@ impl RemoteBackup {
         for e in &session.events {
             obs.event(&e.to_event());
         }
-        let (stop, stopped) = mpsc::channel::<()>();
-        let (a, id) = (Arc::clone(&agent), session.id.clone());
-        let every = Duration::from_secs((session.lease_secs / 3).max(1));
-        let thread = std::thread::spawn(move || {
-            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
-                if let Err(e) = a.keepalive(&id) {
-                    tracing::warn!("backup session {id}: keepalive: {e}");
-                }
-            }
-        });
-        Ok(RemoteBackup {
-            agent,
-            session,
-            keepalive: Some((stop, thread)),
-            finished: false,
-            transport,
-            read_ahead: true,
-        })
+        Ok(RemoteBackup::attach(agent, session, transport))
     }
 
     /// Takes over a session another process started (a mount server of `-t file`):

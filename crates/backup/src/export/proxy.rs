@@ -265,10 +265,7 @@ pub fn backup_from_proxy(
     opts: &BackupOptions,
     obs: &mut dyn Observer,
 ) -> Result<BackupReport> {
-    let m = src.manifest().clone();
-    for w in &m.warnings {
-        obs.event(&Event::Warning(w.clone()));
-    }
+    let m = manifest_told(src, obs);
     dest.create()?;
     let capacity = m
         .disks
@@ -313,10 +310,7 @@ pub fn backup_from_proxy_to_repo(
     opts: &BackupOptions,
     obs: &mut dyn Observer,
 ) -> Result<BackupReport> {
-    let m = src.manifest().clone();
-    for w in &m.warnings {
-        obs.event(&Event::Warning(w.clone()));
-    }
+    let m = manifest_told(src, obs);
     let mut sink = super::sink::RepoSink::new(repo);
     if let Err(e) = sink.begin(&m.vm, m.uuid.clone(), obs) {
         sink.discard(obs);
@@ -331,6 +325,15 @@ pub fn backup_from_proxy_to_repo(
         warnings: m.warnings.clone(),
         point: sink.point.take(),
     })
+}
+
+/// The session's manifest, its warnings passed on to `obs`.
+fn manifest_told(src: &dyn ProxySource, obs: &mut dyn Observer) -> ProxyManifest {
+    let m = src.manifest().clone();
+    for w in &m.warnings {
+        obs.event(&Event::Warning(w.clone()));
+    }
+    m
 }
 
 /// Copies everything into `sink` and commits it with the catalog; on error the sink's

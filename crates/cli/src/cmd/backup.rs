@@ -295,6 +295,12 @@ pub fn run_backup(
     }
     let mut d = backup::dest::open_with(dest, remote).map_err(host_key_hint)?;
     let report = backup::backup_vm(host, vm, d.as_mut(), opts, render)?;
+    folder_line(&report, render);
+    Ok(())
+}
+
+/// The line a folder backup ends with.
+fn folder_line(report: &backup::BackupReport, render: &mut Render) {
     render.line(format!(
         "Backed up {} to {} ({} files, {})",
         report.vm,
@@ -302,7 +308,6 @@ pub fn run_backup(
         report.catalog.files.len(),
         crate::output::human_bytes(report.bytes_written)
     ));
-    Ok(())
 }
 
 /// The line a repository backup ends with.
@@ -354,13 +359,7 @@ pub fn run_proxy_backup(
     let mut d = backup::dest::open_with(dest, remote).map_err(host_key_hint)?;
     let mut session = agent::client::RemoteBackup::start(agent, &req, transport, render)?;
     let report = backup::backup_from_proxy(&mut session, d.as_mut(), opts, render)?;
-    render.line(format!(
-        "Backed up {} to {} ({} files, {})",
-        report.vm,
-        report.location,
-        report.catalog.files.len(),
-        crate::output::human_bytes(report.bytes_written)
-    ));
+    folder_line(&report, render);
     Ok(())
 }
 

@@ -140,16 +140,39 @@ pub(crate) fn prepare_dir(dir: &Path) -> Result<bool> {
 
 /// Start the detached server and wait until its mount is visible.
 fn start_server(host: &host::Host, record_path: &Path, record: &mut MountRecord) -> Result<()> {
+    let args = [
+        "--serve-file-mount".as_ref(),
+        record_path.as_os_str(),
+        "--root".as_ref(),
+        host.root().as_os_str(),
+    ];
+    let mountdir = record.mountdir.clone();
+    spawn_mount_server(
+        &args,
+        &record_path.with_extension("log"),
+        &mountdir,
+        |pid| {
+            record.server_pid = Some(pid);
+            write_record(record_path, record)
+        },
+    )
+}
+
+/// Start vcbMounter again with `args` as a detached mount server (its output in `log`),
+/// tell `spawned` its pid, and wait until `mountdir` is mounted.
+pub(crate) fn spawn_mount_server(
+    args: &[&std::ffi::OsStr],
+    log: &Path,
+    mountdir: &Path,
+    spawned: impl FnOnce(u32) -> Result<()>,
+) -> Result<()> {
     let exe = std::env::current_exe().context("locate vcbMounter")?;
-    let log = std::fs::File::create(record_path.with_extension("log"))?;
+    let out = std::fs::File::create(log)?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.arg("--serve-file-mount")
-        .arg(record_path)
-        .arg("--root")
-        .arg(host.root());
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
+    cmd.args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
     // SAFETY: setsid is async-signal-safe; it detaches the server from our session.
     unsafe {
         cmd.pre_exec(|| {
@@ -158,21 +181,19 @@ fn start_server(host: &host::Host, record_path: &Path, record: &mut MountRecord)
         });
     }
     let mut child = cmd.spawn().context("start the mount server")?;
-    record.server_pid = Some(child.id());
-    write_record(record_path, record)?;
+    spawned(child.id())?;
     let started = Instant::now();
-    while !is_mounted(&record.mountdir) {
+    while !is_mounted(mountdir) {
         if let Some(status) = child.try_wait()? {
-            let log =
-                std::fs::read_to_string(record_path.with_extension("log")).unwrap_or_default();
+            let text = std::fs::read_to_string(log).unwrap_or_default();
             bail!(
                 "the mount server ended ({status}): {}",
-                log.lines().last().unwrap_or("no message")
+                text.lines().last().unwrap_or("no message")
             );
         }
-        if started.elapsed() > Duration::from_secs(60) {
+        if started.elapsed() > Duration::from_secs(120) {
             let _ = child.kill();
-            bail!("the mount did not appear within 60 s");
+            bail!("the mount did not appear within 120 s");
         }
         std::thread::sleep(Duration::from_millis(50));
     }

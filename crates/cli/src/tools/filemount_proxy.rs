@@ -9,10 +9,8 @@
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 /// What the mount server and `-U` need.
 #[derive(Serialize, Deserialize)]
@@ -130,40 +128,13 @@ pub fn mount_vm(
 }
 
 fn start_server(record_path: &Path, record: &mut ProxyMount) -> Result<()> {
-    let exe = std::env::current_exe().context("locate vcbMounter")?;
-    let log = std::fs::File::create(record_path.with_extension("log"))?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg("--serve-proxy-mount").arg(record_path);
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    // SAFETY: setsid is async-signal-safe; it detaches the server from our session.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().context("start the mount server")?;
-    record.server_pid = Some(child.id());
-    write_record(record_path, record)?;
-    let started = Instant::now();
-    while !super::filemount::is_mounted(&record.mountdir) {
-        if let Some(status) = child.try_wait()? {
-            let log =
-                std::fs::read_to_string(record_path.with_extension("log")).unwrap_or_default();
-            bail!(
-                "the mount server ended ({status}): {}",
-                log.lines().last().unwrap_or("no message")
-            );
-        }
-        if started.elapsed() > Duration::from_secs(120) {
-            let _ = child.kill();
-            bail!("the mount did not appear within 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
+    let args = ["--serve-proxy-mount".as_ref(), record_path.as_os_str()];
+    let mountdir = record.mountdir.clone();
+    let log = record_path.with_extension("log");
+    super::filemount::spawn_mount_server(&args, &log, &mountdir, |pid| {
+        record.server_pid = Some(pid);
+        write_record(record_path, record)
+    })
 }
 
 /// The hidden `--serve-proxy-mount RECORD`: take the session over and serve the mount

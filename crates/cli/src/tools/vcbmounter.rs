@@ -126,12 +126,7 @@ fn run(a: Args) -> Result<()> {
         );
     }
     let (host, conf) = open_host(&a.tool.host_args, &overrides)?;
-    let format = if a.monolithic == "1" {
-        ExportFormat::Monolithic
-    } else {
-        ExportFormat::Split2Gb
-    };
-    let mut opts = backup_options(format, a.skip_physical_rdm, &conf);
+    let mut opts = backup_options(format_of(&a.monolithic), a.skip_physical_rdm, &conf);
     a.quiesce.apply(&mut opts);
     opts.base_backup = a.incremental_from.or(a.differential_from);
     if a.kind == "file" {
