@@ -232,14 +232,12 @@ fn bad_credentials_and_changed_certificates_are_refused() {
     // A new certificate on the same address is refused, even with --accept-new-host-cert.
     agent.kill();
     env.ok("vcb", &["host", "cert", "--replace"]);
-    let port = agent.url.rsplit(':').next().unwrap().to_owned();
-    let mut again = Agent::start(&env, &[]);
-    let _ = port;
+    let mut again = Agent::start_on(&env, agent.port(), &[]);
+    assert_eq!(again.url, agent.url);
     let out = try_ping(&again.url, "backup1", &pw, true);
+    assert!(!out.status.success());
     let err = text(&out.stderr);
-    if again.url == agent.url {
-        assert!(err.contains("CHANGED"), "{err}");
-    }
+    assert!(err.contains("CHANGED") && err.lines().count() == 1, "{err}");
     again.kill();
 }
 
@@ -323,6 +321,42 @@ fn an_agent_killed_mid_backup_cleans_up_when_it_restarts() {
         0,
         "the restarted agent committed it before serving"
     );
+    drop(again);
+
+    // The same under a real proxy tool mid-backup: it fails with one clear line.
+    let mut agent = Agent::start(&env, &[]);
+    let dest = proxy.path("killed-agent");
+    let args = [
+        "-h",
+        agent.url.as_str(),
+        "-u",
+        "backup1",
+        "--host-password-file",
+        pw.as_str(),
+        "--accept-new-host-cert",
+        "-a",
+        "name:vm1",
+        "-r",
+        dest.to_str().unwrap(),
+    ];
+    let child = proxy
+        .command("vcbMounter", &args)
+        .env("VCB_TEST_PAUSE_AFTER_SNAPSHOT", "3")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the proxy's snapshot", || snapshots(&env) > 0);
+    agent.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.starts_with("error: "), "{err}");
+    assert!(last.contains("host agent") || last.contains("NBD"), "{err}");
+    assert!(!dest.exists(), "the incomplete backup folder is removed");
+    let again = Agent::start(&env, &[]);
+    assert_eq!(snapshots(&env), 0);
     drop(again);
 }
 

@@ -15,10 +15,16 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts the agent of `env`'s host with `extra` arguments.
+    /// Starts the agent of `env`'s host with `extra` arguments, on any free port.
     pub fn start(env: &Env, extra: &[&str]) -> Agent {
+        Agent::start_on(env, 0, extra)
+    }
+
+    /// [`Agent::start`] on `port` (an agent restarted where clients know it).
+    pub fn start_on(env: &Env, port: u16, extra: &[&str]) -> Agent {
+        let listen = format!("127.0.0.1:{port}");
         let mut child = Command::new(bin("vcb"))
-            .args(["hostd", "--listen", "127.0.0.1:0", "--root"])
+            .args(["hostd", "--listen", &listen, "--root"])
             .arg(&env.root)
             .args(extra)
             .env_remove("VCB_ROOT")
@@ -53,6 +59,11 @@ impl Agent {
             url,
             nbd_port,
         }
+    }
+
+    /// The API's port.
+    pub fn port(&self) -> u16 {
+        self.url.rsplit(':').next().unwrap().parse().unwrap()
     }
 
     pub fn kill(&mut self) {
