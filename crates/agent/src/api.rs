@@ -80,6 +80,45 @@ pub struct Inventory {
     pub datastores: Vec<(String, String)>,
 }
 
+/// `GET /api/v1/vms/{moref}`: a VM in detail.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmDetails {
+    /// What lookups say of it.
+    pub info: VmInfo,
+    /// Its disks: node and `[datastore] path` of the top link.
+    pub disks: Vec<(String, String)>,
+    /// Its snapshots: uid, name, description.
+    pub snapshots: Vec<(u64, String, String)>,
+}
+
+/// `POST /api/v1/vms/{moref}/power`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PowerRequest {
+    /// on, off, reset, suspend, resume or shutdown.
+    pub op: String,
+}
+
+/// `POST /api/v1/vms/{moref}/snapshots`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRequest {
+    /// The snapshot's name.
+    pub name: String,
+    /// Its description.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// What a VM operation did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotTaken {
+    /// The snapshot concerned, if any.
+    pub uid: Option<u64>,
+    /// One line.
+    pub text: String,
+}
+
 /// `POST /api/v1/backups`: start a backup session.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -736,3 +736,64 @@ fn proxy_backups_into_a_repository_store_only_what_is_new() {
     assert_eq!(list.matches("vm1").count(), 2, "{list}");
     run("vcb", &["repo", "verify", r]);
 }
+
+#[test]
+fn vm_details_snapshots_power_and_host_configuration_through_the_api() {
+    let (env, proxy, agent, pw, ro) = setup();
+    let admin_pw = add_user(&env, &proxy, "root1", "admin");
+    let as_user = |user: &str, pwf: &std::path::Path| {
+        let password = std::fs::read_to_string(pwf).unwrap();
+        let policy = ::agent::tls::TrustPolicy::Pinned {
+            file: proxy.path("api-trust"),
+            accept_new: true,
+        };
+        agent_client::Agent::login(&agent.url, user, password.trim(), policy).unwrap()
+    };
+    let viewer = as_user("viewer", std::path::Path::new(&ro));
+    let backup = as_user("backup1", std::path::Path::new(&pw));
+    let admin = as_user("root1", &admin_pw);
+    let moref = viewer.vms("name:vm1").unwrap().vms[0].moref.clone();
+    let d = viewer.vm_details(&moref).unwrap();
+    assert_eq!(d.info.name, "vm1");
+    assert_eq!(d.disks.len(), 2);
+    assert!(d.snapshots.is_empty());
+    // Snapshots: backup may, readonly may not.
+    let err = viewer.snapshot(&moref, "s1", "").unwrap_err().to_string();
+    assert!(err.contains("this needs backup"), "{err}");
+    let taken = backup
+        .snapshot(&moref, "before-patch", "via the agent")
+        .unwrap();
+    let uid = taken.uid.unwrap();
+    let d = viewer.vm_details(&moref).unwrap();
+    assert_eq!(
+        d.snapshots,
+        vec![(uid, "before-patch".to_owned(), "via the agent".to_owned())]
+    );
+    backup.remove_snapshot(&moref, uid).unwrap();
+    assert!(viewer.vm_details(&moref).unwrap().snapshots.is_empty());
+    assert_eq!(snapshots(&env), 0);
+    // Power: admin only; a bad operation is one clear line.
+    let err = backup.power(&moref, "on").unwrap_err().to_string();
+    assert!(err.contains("this needs admin"), "{err}");
+    let err = admin.power(&moref, "explode").unwrap_err().to_string();
+    assert!(err.contains("expected one of on, off"), "{err}");
+    let err = admin.power(&moref, "off").unwrap_err().to_string();
+    assert!(
+        err.contains("powered off") || err.contains("power"),
+        "{err}"
+    );
+    // The host's configuration backup, admin only; it restores on the host.
+    assert!(backup
+        .config_backup()
+        .unwrap_err()
+        .to_string()
+        .contains("this needs admin"));
+    let bundle = admin.config_backup().unwrap();
+    let file = env.path("host-config");
+    std::fs::write(&file, &bundle).unwrap();
+    let said = env.ok("vcb", &["host", "config-restore", file.to_str().unwrap()]);
+    assert!(
+        said.contains("Restored the configuration of host esx-test"),
+        "{said}"
+    );
+}

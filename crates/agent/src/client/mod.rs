@@ -212,6 +212,70 @@ impl Agent {
         self.call("GET", "/api/v1/inventory", None)
     }
 
+    /// A VM in detail: disks and snapshots too.
+    ///
+    /// # Errors
+    /// Connection and API errors.
+    pub fn vm_details(&self, moref: &str) -> Result<VmDetails> {
+        self.call("GET", &format!("/api/v1/vms/{}", query_escape(moref)), None)
+    }
+
+    /// A power operation (on, off, reset, suspend, resume, shutdown; admin only).
+    ///
+    /// # Errors
+    /// Connection and API errors.
+    pub fn power(&self, moref: &str, op: &str) -> Result<SnapshotTaken> {
+        let body = serde_json::to_vec(&PowerRequest { op: op.to_owned() })
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        self.call(
+            "POST",
+            &format!("/api/v1/vms/{}/power", query_escape(moref)),
+            Some(&body),
+        )
+    }
+
+    /// Takes a snapshot of a VM.
+    ///
+    /// # Errors
+    /// Connection and API errors.
+    pub fn snapshot(&self, moref: &str, name: &str, description: &str) -> Result<SnapshotTaken> {
+        let body = serde_json::to_vec(&SnapshotRequest {
+            name: name.to_owned(),
+            description: description.to_owned(),
+        })
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+        let path = format!("/api/v1/vms/{}/snapshots", query_escape(moref));
+        self.call("POST", &path, Some(&body))
+    }
+
+    /// Removes snapshot `uid` of a VM (its redo logs are committed).
+    ///
+    /// # Errors
+    /// Connection and API errors.
+    pub fn remove_snapshot(&self, moref: &str, uid: u64) -> Result<SnapshotTaken> {
+        let path = format!("/api/v1/vms/{}/snapshots/{uid}", query_escape(moref));
+        self.call("DELETE", &path, None)
+    }
+
+    /// The host's configuration backup (admin only), as `vcb host config-backup` writes it.
+    ///
+    /// # Errors
+    /// Connection and API errors.
+    pub fn config_backup(&self) -> Result<Vec<u8>> {
+        let resp =
+            self.endpoint
+                .exchange("GET", "/api/v1/host/config-backup", Some(&self.token), None)?;
+        let status = resp.status;
+        let bytes = resp.bytes(64 << 20).map_err(|e| Error::Connect {
+            endpoint: self.endpoint.name.clone(),
+            text: format!("reading the reply: {e}"),
+        })?;
+        if status != 200 {
+            return Err(api_error(status, &bytes));
+        }
+        Ok(bytes)
+    }
+
     /// Starts a backup session (the host quiesces and snapshots the VM).
     ///
     /// # Errors

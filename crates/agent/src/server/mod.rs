@@ -10,6 +10,7 @@ mod restores;
 mod routes;
 mod routes_host;
 mod routes_restore;
+mod routes_vm;
 mod sessions;
 
 use crate::audit::AuditLog;
@@ -70,7 +71,9 @@ struct Token {
 pub(crate) struct State {
     root: PathBuf,
     dir: PathBuf,
-    users: RwLock<Users>,
+    /// The users, and when `users.json` was changed when they were read (`vcb host
+    /// user add` while the agent runs takes effect at the next login).
+    users: RwLock<(Users, Option<std::time::SystemTime>)>,
     audit: AuditLog,
     tokens: Mutex<HashMap<String, Token>>,
     failures: Mutex<HashMap<String, u32>>,
@@ -82,6 +85,31 @@ pub(crate) struct State {
     nbd_port: u16,
     /// How long a request body (or a piece of an upload) may take.
     body_timeout: Duration,
+}
+
+fn users_mtime(dir: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(dir.join(crate::users::USERS_FILE))
+        .and_then(|m| m.modified())
+        .ok()
+}
+
+impl State {
+    /// The role of `name` with `password`, reading `users.json` again when it changed.
+    pub(crate) fn verify(&self, name: &str, password: &str) -> Option<Role> {
+        let now = users_mtime(&self.dir);
+        let stale = self.users.read().ok().is_some_and(|u| u.1 != now);
+        if stale {
+            match Users::load(&self.dir) {
+                Ok(fresh) => {
+                    if let Ok(mut u) = self.users.write() {
+                        *u = (fresh, now);
+                    }
+                }
+                Err(e) => tracing::error!("users: {e}; keeping the users read before"),
+            }
+        }
+        self.users.read().ok()?.0.verify(name, password)
+    }
 }
 
 /// A random 256-bit token in hex.
@@ -132,7 +160,7 @@ pub fn run(
     let state = Arc::new(State {
         root: config.root.clone(),
         dir,
-        users: RwLock::new(users),
+        users: RwLock::new((users, users_mtime(&crate::agent_dir(&config.root)))),
         audit,
         tokens: Mutex::new(HashMap::new()),
         failures: Mutex::new(HashMap::new()),

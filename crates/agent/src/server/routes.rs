@@ -30,6 +30,20 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/api/v1/ping", get(ping))
         .route("/api/v1/vms", get(vms))
         .route("/api/v1/inventory", get(inventory))
+        .route("/api/v1/vms/{moref}", get(super::routes_vm::details))
+        .route("/api/v1/vms/{moref}/power", post(super::routes_vm::power))
+        .route(
+            "/api/v1/vms/{moref}/snapshots",
+            post(super::routes_vm::snapshot),
+        )
+        .route(
+            "/api/v1/vms/{moref}/snapshots/{uid}",
+            delete(super::routes_vm::remove_snapshot),
+        )
+        .route(
+            "/api/v1/host/config-backup",
+            get(super::routes_vm::config_backup),
+        )
         .route("/api/v1/backups", post(start_backup))
         .route("/api/v1/backups/{id}", delete(finish_backup))
         .route("/api/v1/backups/{id}/keepalive", post(keepalive))
@@ -269,14 +283,7 @@ async fn login(
     let req: LoginRequest = parse(&s, peer, ACTION, body)?;
     let state = Arc::clone(&s);
     let (user, password) = (req.user.clone(), req.password);
-    let role = blocking(move || {
-        Ok(state
-            .users
-            .read()
-            .ok()
-            .and_then(|u| u.verify(&user, &password)))
-    })
-    .await?;
+    let role = blocking(move || Ok(state.verify(&user, &password))).await?;
     let Some(role) = role else {
         // Each failure for a name (or from an address) slows the next answer, up to 8 s.
         let key = format!("{}|{}", req.user, peer.0.ip());
