@@ -73,6 +73,25 @@ row "vcbMounter on a proxy, -m nbd" "$p"
 printf 'proxy / local throughput: nbdssl %.2fx, nbd %.2fx (goal >= 0.8)\n' \
   "$(echo "$l / $s" | bc -l)" "$(echo "$l / $p" | bc -l)"
 
+# The same with the host's work and the proxy's on separate cores (as on two machines):
+# the agent pinned to core 0, each vcbMounter (host or proxy) to core 1.
+if [ "$(nproc)" -ge 2 ]; then
+  taskset -a -p -c 0 "$agent_pid" >/dev/null
+  lt=(); st=()
+  for i in $(seq "$runs"); do
+    rm -rf "$out" && mkdir "$out" && sync
+    lt+=("$(secs taskset -c 1 "$mounter" --root "$root" -a name:bench -r "$out/local")")
+    rm -rf "$out" && mkdir "$out" && sync
+    st+=("$(secs taskset -c 1 "$mounter" "${proxy[@]}" -m nbdssl -a name:bench -r "$out/proxy")")
+  done
+  rm -rf "$out"
+  taskset -a -p -c "0-$(( $(nproc) - 1 ))" "$agent_pid" >/dev/null
+  l=$(printf '%s\n' "${lt[@]}" | median); s=$(printf '%s\n' "${st[@]}" | median)
+  row "host, one core" "$l"
+  row "proxy -m nbdssl, one core" "$s"
+  printf 'proxy / local throughput, one core each: nbdssl %.2fx (goal >= 0.8)\n' "$(echo "$l / $s" | bc -l)"
+fi
+
 # 2. NBD servers. The agent exports the static disk of a backup session (held open
 # through the API with curl); qemu-nbd serves the same file read-only.
 # The agent's self-signed certificate is its own trust anchor for nbdcopy; QEMU wants a

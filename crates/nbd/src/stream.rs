@@ -5,7 +5,29 @@ use std::net::TcpStream;
 use std::sync::Arc;
 
 type ServerTls = rustls::StreamOwned<rustls::ServerConnection, TcpStream>;
-type ClientTls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+type ClientTls = rustls::StreamOwned<rustls::ClientConnection, BufSock>;
+
+/// A socket read through a buffer: rustls reads at most 4 KiB of records per call, and a
+/// read of disk data would otherwise cost several system calls per 16 KiB record.
+pub(crate) struct BufSock {
+    reader: std::io::BufReader<TcpStream>,
+}
+
+impl Read for BufSock {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.reader.read(buf)
+    }
+}
+
+impl Write for BufSock {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.reader.get_mut().write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.reader.get_mut().flush()
+    }
+}
 
 /// Plain TCP, or TLS over it (either side).
 pub(crate) enum Conn {
@@ -27,7 +49,7 @@ impl Conn {
             Conn::Unix(u) => u.set_read_timeout(d),
             Conn::Plain(t) => t.set_read_timeout(d),
             Conn::Server(s) => s.sock.set_read_timeout(d),
-            Conn::Client(c) => c.sock.set_read_timeout(d),
+            Conn::Client(c) => c.sock.reader.get_ref().set_read_timeout(d),
             Conn::Closed => Err(closed()),
         }
     }
@@ -69,7 +91,10 @@ impl Conn {
         while tls.is_handshaking() {
             tls.complete_io(&mut tcp)?;
         }
-        Ok(Conn::Client(Box::new(rustls::StreamOwned::new(tls, tcp))))
+        let sock = BufSock {
+            reader: std::io::BufReader::with_capacity(256 << 10, tcp),
+        };
+        Ok(Conn::Client(Box::new(rustls::StreamOwned::new(tls, sock))))
     }
 }
 
