@@ -7,7 +7,7 @@ set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 secs="${1:-600}"; shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(catalog stream_scan descriptor_files known_hosts ssh_config dest_url agent_json qmp_json repo_object ctk_file nbd_server_bytes)
+[ ${#targets[@]} -gt 0 ] || targets=(catalog stream_scan descriptor_files known_hosts ssh_config dest_url agent_json qmp_json repo_object ctk_file nbd_server_bytes nbd_client_requests)
 export RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/tmp/vcb-fuzz-target}" TMPDIR=/dev/shm
 cd "$here"
 for t in "${targets[@]}"; do
