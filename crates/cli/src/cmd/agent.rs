@@ -169,26 +169,32 @@ pub fn read_password(file: Option<&Path>, prompt: &str) -> Result<String> {
     Ok(rpassword::prompt_password(prompt)?)
 }
 
-/// The host agent a tool talks to when VCHOST (or `-h`) names another host: logged in
-/// with the tool's USERNAME and PASSWORD; `None` for this machine's host.
-pub fn remote_target(
+/// Where a tool's host is, with the settings (backuptools.conf, read once) it was
+/// found by.
+pub enum Target {
+    /// This machine's host root.
+    Local(host::Host, crate::tools::conf::ToolConf),
+    /// A host agent, logged in with the tool's USERNAME and PASSWORD.
+    Remote(Arc<agent::client::Agent>, crate::tools::conf::ToolConf),
+}
+
+/// The host a tool works on: the agent VCHOST (or `-h`) names, or this machine's.
+pub fn tool_target(
     tool: &crate::tools::conf::ToolArgs,
     overrides: &crate::tools::conf::Overrides,
-) -> Result<Option<(Arc<agent::client::Agent>, crate::tools::conf::ToolConf)>> {
-    let conf = crate::tools::conf::ToolConf::load(tool.host_args.config.as_deref(), overrides)?;
+) -> Result<Target> {
+    let conf = crate::cmd::backup::load_conf(&tool.host_args, overrides)?;
     let Some(url) = conf.remote_host() else {
-        return Ok(None);
+        let (host, conf) = crate::cmd::backup::open_host_with(&tool.host_args, conf)?;
+        return Ok(Target::Local(host, conf));
     };
-    for w in &conf.warnings {
-        eprintln!("warning: {w}");
-    }
     let agent = connect(
         url,
         conf.username.as_deref(),
         conf.password.as_deref(),
         &tool.certs,
     )?;
-    Ok(Some((agent, conf)))
+    Ok(Target::Remote(agent, conf))
 }
 
 /// Options of the tools for a remote host's certificate.

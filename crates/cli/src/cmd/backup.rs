@@ -188,10 +188,20 @@ pub fn resolve_root(root: Option<&Path>) -> PathBuf {
 /// Load backuptools.conf with the command-line overrides, print its warnings, refuse
 /// remote hosts, and open the host with the configured name cache.
 pub fn open_host(args: &HostArgs, overrides: &Overrides) -> Result<(host::Host, ToolConf)> {
+    open_host_with(args, load_conf(args, overrides)?)
+}
+
+/// backuptools.conf with the command line's overrides, its warnings printed.
+pub fn load_conf(args: &HostArgs, overrides: &Overrides) -> Result<ToolConf> {
     let conf = ToolConf::load(args.config.as_deref(), overrides)?;
     for w in &conf.warnings {
         eprintln!("warning: {w}");
     }
+    Ok(conf)
+}
+
+/// The local host of `conf` (which must name this machine).
+pub fn open_host_with(args: &HostArgs, conf: ToolConf) -> Result<(host::Host, ToolConf)> {
     conf.require_local_host()?;
     let root = resolve_root(args.root.as_deref());
     let mut host =

@@ -9,6 +9,7 @@
 //! ```
 //! `-h` is the host, as in VCB: help is `--help` only.
 
+use crate::cmd::agent::{tool_target, Target};
 use crate::cmd::backup::{backup_options, open_host, render::Render, run_backup};
 use crate::cmd::backup::{QuiesceArgs, RemoteArgs};
 use crate::tools::conf::ToolArgs;
@@ -97,35 +98,10 @@ fn run(a: Args) -> Result<()> {
         bail!("-a <vm identifier> and -r <destination> are required (see --help)");
     };
     let overrides = a.tool.overrides(a.cache.clone());
-    if let Some((agent, conf)) = crate::cmd::agent::remote_target(&a.tool, &overrides)? {
-        let mut opts = backup_options(format_of(&a.monolithic), a.skip_physical_rdm, &conf);
-        a.quiesce.apply(&mut opts);
-        if a.kind == "file" {
-            let url = conf.remote_host().unwrap_or_default().to_owned();
-            return filemount_proxy::mount_vm(
-                agent,
-                &a.tool.certs,
-                &url,
-                vm,
-                dest,
-                &opts,
-                &mut Render::new(a.tool.level),
-            );
-        }
-        opts.base_backup = a.incremental_from.or(a.differential_from);
-        let remote = a.remote.options(&conf);
-        return crate::cmd::backup::run_proxy_backup(
-            agent,
-            a.tool.certs.transport,
-            vm,
-            dest,
-            &a.remote,
-            &remote,
-            &opts,
-            &mut Render::new(a.tool.level),
-        );
-    }
-    let (host, conf) = open_host(&a.tool.host_args, &overrides)?;
+    let (host, conf) = match tool_target(&a.tool, &overrides)? {
+        Target::Local(host, conf) => (host, conf),
+        Target::Remote(agent, conf) => return proxy(&a, agent, &conf, vm, dest),
+    };
     let mut opts = backup_options(format_of(&a.monolithic), a.skip_physical_rdm, &conf);
     a.quiesce.apply(&mut opts);
     opts.base_backup = a.incremental_from.or(a.differential_from);
@@ -150,4 +126,33 @@ fn format_of(monolithic: &str) -> ExportFormat {
     } else {
         ExportFormat::Split2Gb
     }
+}
+
+/// `vcbMounter` from a backup proxy: `-t file`, or a full backup through the agent.
+fn proxy(
+    a: &Args,
+    agent: std::sync::Arc<agent::client::Agent>,
+    conf: &crate::tools::conf::ToolConf,
+    vm: &str,
+    dest: &str,
+) -> Result<()> {
+    let mut opts = backup_options(format_of(&a.monolithic), a.skip_physical_rdm, conf);
+    a.quiesce.apply(&mut opts);
+    let mut render = Render::new(a.tool.level);
+    if a.kind == "file" {
+        let url = conf.remote_host().unwrap_or_default().to_owned();
+        return filemount_proxy::mount_vm(agent, &a.tool.certs, &url, vm, dest, &opts, &mut render);
+    }
+    opts.base_backup = a.incremental_from.clone().or(a.differential_from.clone());
+    let remote = a.remote.options(conf);
+    crate::cmd::backup::run_proxy_backup(
+        agent,
+        a.tool.certs.transport,
+        vm,
+        dest,
+        &a.remote,
+        &remote,
+        &opts,
+        &mut render,
+    )
 }

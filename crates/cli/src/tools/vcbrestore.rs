@@ -8,7 +8,7 @@
 //! ```
 
 use crate::cmd::backup::RemoteArgs;
-use crate::cmd::backup::{open_host, render::Render, run_restore};
+use crate::cmd::backup::{render::Render, run_restore};
 use crate::tools::conf::ToolArgs;
 use anyhow::{bail, Result};
 use backup::ConflictPolicy;
@@ -59,19 +59,20 @@ fn run(a: Args) -> Result<()> {
     let opts = a
         .safety
         .options(a.catalog.as_deref(), policy, a.disk_format.as_deref())?;
-    if let Some((agent, conf)) = crate::cmd::agent::remote_target(&a.tool, &a.tool.overrides(None))?
-    {
-        let remote = a.remote.options(&conf);
-        return crate::cmd::backup::run_proxy_restore(
-            &agent,
-            a.tool.certs.transport,
-            &a.src,
-            &remote,
-            &opts,
-            &mut Render::new(a.tool.level),
-        );
-    }
-    let (mut host, conf) = open_host(&a.tool.host_args, &a.tool.overrides(None))?;
+    let (mut host, conf) = match crate::cmd::agent::tool_target(&a.tool, &a.tool.overrides(None))? {
+        crate::cmd::agent::Target::Local(host, conf) => (host, conf),
+        crate::cmd::agent::Target::Remote(agent, conf) => {
+            let remote = a.remote.options(&conf);
+            return crate::cmd::backup::run_proxy_restore(
+                &agent,
+                a.tool.certs.transport,
+                &a.src,
+                &remote,
+                &opts,
+                &mut Render::new(a.tool.level),
+            );
+        }
+    };
     let remote = a.remote.options(&conf);
     run_restore(
         &mut host,

@@ -4,7 +4,7 @@
 //! vcbSnapAll -a <group specifier> -r <destination root> [-M 0|1] [-h -u -p -c -L]
 //! ```
 
-use crate::cmd::backup::{backup_options, open_host, render::Render};
+use crate::cmd::backup::{backup_options, render::Render};
 use crate::cmd::backup::{QuiesceArgs, RemoteArgs};
 use crate::tools::conf::ToolArgs;
 use anyhow::{bail, Result};
@@ -57,35 +57,33 @@ fn run(a: Args) -> Result<()> {
     };
     let mut render = Render::new(a.tool.level);
     let overrides = a.tool.overrides(a.cache.clone());
-    let items = if let Some((agent, conf)) = crate::cmd::agent::remote_target(&a.tool, &overrides)?
-    {
-        let mut opts = backup_options(format, a.skip_physical_rdm, &conf);
-        a.quiesce.apply(&mut opts);
-        let remote = a.remote.options(&conf);
-        proxy_group(&a, agent, &opts, &remote, &mut render)?
-    } else {
-        local_group(&a, format, &overrides, &mut render)?
+    let (target, conf) = match crate::cmd::agent::tool_target(&a.tool, &overrides)? {
+        crate::cmd::agent::Target::Local(host, conf) => (Ok(host), conf),
+        crate::cmd::agent::Target::Remote(agent, conf) => (Err(agent), conf),
+    };
+    let mut opts = backup_options(format, a.skip_physical_rdm, &conf);
+    a.quiesce.apply(&mut opts);
+    let remote = a.remote.options(&conf);
+    let items = match target {
+        Ok(host) => local_group(&a, &host, &opts, &remote, &mut render)?,
+        Err(agent) => proxy_group(&a, agent, &opts, &remote, &mut render)?,
     };
     summary(&a.spec, &items, &mut render)
 }
 
 fn local_group(
     a: &Args,
-    format: ExportFormat,
-    overrides: &crate::tools::conf::Overrides,
+    host: &host::Host,
+    opts: &backup::BackupOptions,
+    remote: &backup::RemoteOptions,
     render: &mut Render,
 ) -> Result<Vec<backup::GroupItem>> {
-    let (host, conf) = open_host(&a.tool.host_args, overrides)?;
-    let mut opts = backup_options(format, a.skip_physical_rdm, &conf);
-    a.quiesce.apply(&mut opts);
-    let remote = a.remote.options(&conf);
-    let render = &mut *render;
     Ok(match crate::cmd::backup::repo_spec(&a.dest_root) {
         Some(spec) => {
             let repo = crate::cmd::repo::access::RepoAccess::new(spec, &a.remote).open()?;
-            backup::backup_group_to_repo(&host, &a.spec, &repo, &opts, render)?
+            backup::backup_group_to_repo(host, &a.spec, &repo, opts, render)?
         }
-        None => backup::backup_group_to(&host, &a.spec, &a.dest_root, &remote, &opts, render)?,
+        None => backup::backup_group_to(host, &a.spec, &a.dest_root, remote, opts, render)?,
     })
 }
 

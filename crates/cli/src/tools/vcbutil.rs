@@ -9,7 +9,6 @@
 //! - `datastores`: `name<TAB>folder` per line;
 //! - `ping`: one line saying the host answered.
 
-use crate::cmd::backup::open_host;
 use crate::tools::conf::ToolArgs;
 use anyhow::Result;
 use clap::{Parser, ValueEnum};
@@ -46,10 +45,10 @@ pub fn main() -> ExitCode {
 
 fn run(a: Args) -> Result<()> {
     crate::logging::init(a.tool.level);
-    if let Some((agent, _)) = crate::cmd::agent::remote_target(&a.tool, &a.tool.overrides(None))? {
-        return remote(&agent, a.command);
-    }
-    let (host, _) = open_host(&a.tool.host_args, &a.tool.overrides(None))?;
+    let host = match crate::cmd::agent::tool_target(&a.tool, &a.tool.overrides(None))? {
+        crate::cmd::agent::Target::Local(host, _) => host,
+        crate::cmd::agent::Target::Remote(agent, _) => return remote(&agent, a.command),
+    };
     let containers = |kind| -> Vec<String> {
         host.containers(kind)
             .iter()

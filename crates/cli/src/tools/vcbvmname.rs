@@ -14,7 +14,6 @@
 //! `none:` prints nothing and succeeds; so does a group specifier (`powerstate:`, `any:`)
 //! that finds nothing. A single-VM specifier that finds nothing fails.
 
-use crate::cmd::backup::open_host;
 use crate::tools::conf::ToolArgs;
 use anyhow::{bail, Result};
 use clap::Parser;
@@ -47,23 +46,10 @@ fn run(a: Args) -> Result<()> {
     crate::logging::init(a.tool.level);
     let spec = Specifier::parse(&a.spec)?;
     let overrides = a.tool.overrides(a.cache.clone());
-    if let Some((agent, _)) = crate::cmd::agent::remote_target(&a.tool, &overrides)? {
-        let list = agent.vms(&a.spec)?;
-        if list.vms.is_empty() && !list.group {
-            bail!("no virtual machine matches {}", a.spec);
-        }
-        let mut out = std::io::stdout().lock();
-        for vm in &list.vms {
-            let text = format!(
-                "Found VM:\nmoref:{}\nname:{}\nuuid:{}\nipaddr:{}\n",
-                vm.moref, vm.name, vm.uuid, vm.ipaddr
-            );
-            out.write_all(text.as_bytes())?;
-        }
-        out.flush()?;
-        return Ok(());
-    }
-    let (host, _) = open_host(&a.tool.host_args, &overrides)?;
+    let host = match crate::cmd::agent::tool_target(&a.tool, &overrides)? {
+        crate::cmd::agent::Target::Local(host, _) => host,
+        crate::cmd::agent::Target::Remote(agent, _) => return remote(&agent, &a.spec),
+    };
     let found = spec.find(&host)?;
     if found.is_empty() && !spec.is_group() {
         bail!("no virtual machine matches {}", a.spec);
@@ -96,4 +82,22 @@ fn block(host: &host::Host, vm: &Vm, cache: &host::namecache::NameCache) -> Stri
         uuid.map(|u| u.to_string()).unwrap_or_default(),
         ip
     )
+}
+
+/// The same blocks, from a host agent.
+fn remote(agent: &agent::client::Agent, spec: &str) -> Result<()> {
+    let list = agent.vms(spec)?;
+    if list.vms.is_empty() && !list.group {
+        bail!("no virtual machine matches {spec}");
+    }
+    let mut out = std::io::stdout().lock();
+    for vm in &list.vms {
+        let text = format!(
+            "Found VM:\nmoref:{}\nname:{}\nuuid:{}\nipaddr:{}\n",
+            vm.moref, vm.name, vm.uuid, vm.ipaddr
+        );
+        out.write_all(text.as_bytes())?;
+    }
+    out.flush()?;
+    Ok(())
 }
