@@ -115,7 +115,7 @@ pub fn load_identity(dir: &Path) -> Result<(Vec<CertificateDer<'static>>, Privat
 ///
 /// # Errors
 /// As for [`load_identity`]; a key that does not fit the certificate.
-pub fn server_config(dir: &Path, alpn: &[&[u8]]) -> Result<Arc<rustls::ServerConfig>> {
+pub fn server_config(dir: &Path) -> Result<Arc<rustls::ServerConfig>> {
     let (certs, key) = load_identity(dir)?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -123,7 +123,6 @@ pub fn server_config(dir: &Path, alpn: &[&[u8]]) -> Result<Arc<rustls::ServerCon
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| Error::Tls(format!("certificate and key: {e}")))?;
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     // The server's preference (AES-128-GCM first) wins over the client's.
     config.ignore_client_order = true;
     Ok(Arc::new(config))

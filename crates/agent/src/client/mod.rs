@@ -13,6 +13,7 @@ use crate::tls::TrustPolicy;
 use crate::{Error, Result};
 use http::Endpoint;
 use rustls::pki_types::ServerName;
+use std::sync::Arc;
 
 /// How disk data travels between the agent and the proxy (VMware's transport modes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -48,7 +49,6 @@ const MAX_JSON: u64 = 16 << 20;
 pub struct Agent {
     endpoint: Endpoint,
     token: String,
-    policy: TrustPolicy,
     role: String,
 }
 
@@ -123,7 +123,6 @@ impl Agent {
         Ok(Agent {
             endpoint,
             token: String::new(),
-            policy,
             role: String::new(),
         })
     }
@@ -326,9 +325,9 @@ impl Agent {
         if transport == Transport::Nbd {
             return Ok(None);
         }
-        let (config, _) = crate::tls::client_config(&self.endpoint.name, &self.policy)?;
+        // The API's configuration: the same certificate check (the HTTP client sets no ALPN).
         Ok(Some(nbd::Tls {
-            config,
+            config: Arc::clone(&self.endpoint.tls),
             server_name: self.endpoint.server_name.clone(),
         }))
     }

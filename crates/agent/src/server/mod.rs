@@ -140,8 +140,11 @@ pub fn run(
     stop: Option<tokio::sync::oneshot::Receiver<()>>,
 ) -> Result<()> {
     let dir = crate::agent_dir(&config.root);
-    let tls_config = tls::server_config(&dir, &[b"http/1.1"])?;
-    let nbd_tls = tls::server_config(&dir, &[])?;
+    let nbd_tls = tls::server_config(&dir)?;
+    // One certificate for both: the API's configuration differs only by its ALPN.
+    let mut api_tls = (*nbd_tls).clone();
+    api_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tls_config = Arc::new(api_tls);
     let users = Users::load(&dir)?;
     let audit = AuditLog::open(&dir).map_err(|e| Error::io(&dir, "open audit log", e))?;
     let cleaned = sessions::recover(&config.root, &dir);

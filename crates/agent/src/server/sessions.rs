@@ -89,14 +89,18 @@ impl Sessions {
         let deadline = Arc::new(Mutex::new(Instant::now() + ctx.lease));
         let (sessions, thread_id, thread_deadline) =
             (Arc::clone(self), id.clone(), Arc::clone(&deadline));
-        let user_owned = user.to_owned();
+        let record = Record {
+            vm: found.name(),
+            moref,
+            user: user.to_owned(),
+        };
         std::thread::Builder::new()
             .name(format!("session-{id}"))
             .spawn(move || {
                 run(
                     &ctx,
                     &thread_id,
-                    &user_owned,
+                    &record,
                     &req,
                     &ready_tx,
                     &finish_rx,
@@ -200,7 +204,7 @@ type Ready = Result<(BackupSession, Vec<(String, FileSource)>), String>;
 fn run(
     ctx: &Context,
     id: &str,
-    user: &str,
+    vm: &Record,
     req: &BackupRequest,
     ready: &mpsc::Sender<Ready>,
     finish: &mpsc::Receiver<mpsc::Sender<Result<Vec<RemoteEvent>, String>>>,
@@ -214,7 +218,7 @@ fn run(
         }
     };
     let record = records_dir(&ctx.dir).join(format!("{id}.json"));
-    if let Err(e) = write_record(&host, &record, &req.vm, user) {
+    if let Err(e) = write_record(&record, vm) {
         let _ = ready.send(Err(e));
         return;
     }
@@ -226,7 +230,12 @@ fn run(
         ..Default::default()
     };
     let mut events = Collect::default();
-    let session = match backup::open_host_session(&host, &req.vm, &opts, &mut events) {
+    let session = match backup::open_host_session(
+        &host,
+        &format!("moref:{}", vm.moref),
+        &opts,
+        &mut events,
+    ) {
         Ok(s) => s,
         Err(e) => {
             let _ = std::fs::remove_file(&record);
@@ -304,14 +313,8 @@ fn wait(
     }
 }
 
-fn write_record(host: &host::Host, record: &Path, vm: &str, user: &str) -> Result<(), String> {
-    let found = host.find_vm(vm).map_err(|e| e.to_string())?;
-    let text = serde_json::to_vec(&Record {
-        vm: found.name(),
-        moref: found.moref.0,
-        user: user.to_owned(),
-    })
-    .map_err(|e| e.to_string())?;
+fn write_record(record: &Path, vm: &Record) -> Result<(), String> {
+    let text = serde_json::to_vec(vm).map_err(|e| e.to_string())?;
     if let Some(dir) = record.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
