@@ -57,10 +57,7 @@ pub fn mount_vm(
     opts: &backup::BackupOptions,
     render: &mut crate::cmd::backup::render::Render,
 ) -> Result<()> {
-    if dest.contains("://") || dest.starts_with("repo:") {
-        bail!("{dest}: -t file mounts under a local folder");
-    }
-    let dir = std::path::absolute(dest).with_context(|| dest.to_string())?;
+    let dir = mount_dir(dest)?;
     let vm_ref = host.find_vm(vm)?.moref;
     if let Some((_, r)) = records(host).into_iter().find(|(_, r)| r.moref == vm_ref.0) {
         // A second snapshot's base would be the first one's redo log, which `-U` of the
@@ -118,6 +115,14 @@ pub fn mount_vm(
         dir.display()
     );
     Ok(())
+}
+
+/// The absolute mount folder `-r` names (a local folder only).
+pub(crate) fn mount_dir(dest: &str) -> Result<PathBuf> {
+    if dest.contains("://") || dest.starts_with("repo:") {
+        bail!("{dest}: -t file mounts under a local folder");
+    }
+    std::path::absolute(dest).with_context(|| dest.to_string())
 }
 
 /// The mount folder: created (true), or an existing empty one (false).

@@ -7,7 +7,7 @@
 //! The record (`$XDG_STATE_HOME/vcb/file-mounts/`, else `~/.local/state/...`, mode 0600)
 //! holds the session's token: whoever reads it acts as the user until the session ends.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -69,17 +69,12 @@ pub fn mount_vm(
     opts: &backup::BackupOptions,
     render: &mut crate::cmd::backup::render::Render,
 ) -> Result<()> {
-    if dest.contains("://") || dest.starts_with("repo:") {
-        bail!("{dest}: -t file mounts under a local folder");
-    }
-    let dir = std::path::absolute(dest).with_context(|| dest.to_string())?;
+    let dir = super::filemount::mount_dir(dest)?;
     let created_dir = super::filemount::prepare_dir(&dir)?;
+    // A physical RDM cannot be snapshotted: its file systems are left out, as on the host.
     let req = agent::api::BackupRequest {
-        vm: vm.to_owned(),
-        no_quiesce: opts.no_quiesce,
-        quiesce_timeout_secs: opts.quiesce_timeout.map(|t| t.as_secs()),
         skip_physical_rdm: true,
-        tool_version: opts.tool_version.clone(),
+        ..crate::cmd::backup::proxy_request(vm, opts)
     };
     let started =
         agent::client::RemoteBackup::start(Arc::clone(&agent), &req, certs.transport, render);
